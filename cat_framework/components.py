@@ -1,0 +1,177 @@
+"""The base classes plugins implement.
+
+A component is a class with a registered ``name``, a nested pydantic ``Params`` model that
+validates its pipeline parameters (unknown keys are errors: ``extra="forbid"``), and batched
+methods: a batch is what makes a backend fast, so a plugin never gets one item at a time.
+
+Instances are built by the pipeline with validated params and the run's :class:`Roles`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from cat_framework.errors import NotSupportedError
+from cat_framework.types import (
+    Completion,
+    GenerationRequest,
+    Message,
+    Prompt,
+    Reference,
+    Rewards,
+    RolloutGroup,
+)
+
+Task = Literal["math", "freeform"]
+
+
+class ComponentParams(BaseModel):
+    """Base of every ``Params`` model: unknown keys are rejected so typos surface at validation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Component:
+    """Shared construction: ``Component(params, roles=...)``; ``params`` may be a mapping."""
+
+    kind: ClassVar[str] = "component"
+    name: ClassVar[str] = ""
+    Params: ClassVar[type[ComponentParams]] = ComponentParams
+
+    def __init__(
+        self, params: ComponentParams | Mapping[str, Any] | None = None, *, roles: Roles | None = None
+    ) -> None:
+        if params is None:
+            params = {}
+        if not isinstance(params, self.Params):
+            params = self.Params.model_validate(dict(params))
+        self.params = params
+        self.roles = roles
+
+    @classmethod
+    def describe(cls) -> str:
+        """First paragraph of the class docstring (shown by ``cat-framework components``)."""
+        doc = (cls.__doc__ or "").strip()
+        return doc.split("\n\n")[0].replace("\n", " ") if doc else "Undocumented"
+
+    def require_roles(self) -> Roles:
+        if self.roles is None:
+            raise RuntimeError(f"{type(self).__name__} needs model roles but was built without any")
+        return self.roles
+
+
+class Backend(Component, ABC):
+    """Turns prompts into text and token log-probabilities."""
+
+    kind = "backend"
+
+    @abstractmethod
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        """Sample ``request.n`` completions for every request; one inner list per request."""
+
+    @abstractmethod
+    def score(
+        self,
+        contexts: Sequence[Sequence[Message] | str],
+        continuations: Sequence[str | Sequence[int]],
+    ) -> list[list[float]]:
+        """Per-token log-probs of each continuation given its context (teacher forcing, T=1).
+
+        A context is chat messages (templated with the generation prompt) or raw text; a
+        continuation is text or the exact token ids (preferred: no re-tokenisation drift).
+        """
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
+        """Load new weights (e.g. the trainer's policy after an optimizer step)."""
+        raise NotSupportedError(f"backend {self.name!r} cannot receive weight updates")
+
+    @property
+    def supports_update_weights(self) -> bool:
+        return type(self).update_weights is not Backend.update_weights
+
+    def close(self) -> None:
+        """Release processes, servers or memory. Safe to call twice."""
+
+
+class Aggregator(Component, ABC):
+    """Turns each group of rollouts into one :class:`Reference`."""
+
+    kind = "aggregator"
+    #: the task kinds this aggregator is defined for (majority vote needs final answers)
+    tasks: ClassVar[frozenset[str]] = frozenset({"math", "freeform"})
+
+    @abstractmethod
+    def aggregate(self, groups: Sequence[RolloutGroup]) -> list[Reference]:
+        """One reference per group, in order. Must never read ``prompt.gold_answer``/``rubric``."""
+
+
+class RewardDeriver(Component, ABC):
+    """Turns groups and their references into one reward per rollout."""
+
+    kind = "reward_deriver"
+    tasks: ClassVar[frozenset[str]] = frozenset({"math", "freeform"})
+
+    @abstractmethod
+    def derive(
+        self, groups: Sequence[RolloutGroup], references: Sequence[Reference]
+    ) -> list[Rewards]:
+        """One :class:`Rewards` per group, aligned with its rollouts."""
+
+
+class Dataset(Component, ABC):
+    """A source of prompts."""
+
+    kind = "dataset"
+    #: "math" (final answers checkable) or "freeform" (open-ended); may depend on params
+    task: ClassVar[Task] = "math"
+
+    @property
+    def task_kind(self) -> Task:
+        return getattr(self.params, "task", None) or self.task
+
+    @abstractmethod
+    def load(self) -> list[Prompt]:
+        """All prompts of the configured split, in a deterministic order."""
+
+
+@dataclass
+class Roles:
+    """The backends a run binds to roles (DESIGN.md section 2).
+
+    ``anchor`` is the frozen initial policy; ``judge`` defaults to the anchor.
+    """
+
+    policy: Backend
+    anchor: Backend
+    judge: Backend
+
+    def distinct(self) -> list[Backend]:
+        seen: dict[int, Backend] = {}
+        for b in (self.policy, self.anchor, self.judge):
+            seen.setdefault(id(b), b)
+        return list(seen.values())
+
+
+COMPONENT_KINDS: dict[str, type[Component]] = {
+    "aggregator": Aggregator,
+    "reward_deriver": RewardDeriver,
+    "backend": Backend,
+    "dataset": Dataset,
+}
+
+__all__ = [
+    "COMPONENT_KINDS",
+    "Aggregator",
+    "Backend",
+    "Component",
+    "ComponentParams",
+    "Dataset",
+    "RewardDeriver",
+    "Roles",
+    "Task",
+]

@@ -1,0 +1,46 @@
+"""Errors the user is meant to read.
+
+Every error that reaches the CLI derives from :class:`CatError`; the CLI prints its message (no
+traceback unless ``--debug``) and exits with its ``exit_code``.
+"""
+
+from __future__ import annotations
+
+
+class CatError(Exception):
+    """Base of all user-facing errors; ``exit_code`` is what the CLI returns."""
+
+    exit_code = 1
+
+
+class ConfigError(CatError):
+    """A pipeline or its overrides are invalid."""
+
+    exit_code = 2
+
+
+class ComponentClashError(CatError):
+    """Two plugins registered the same component name."""
+
+
+class UnknownComponentError(CatError, KeyError):
+    """A name that no installed plugin registered."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class PluginLoadError(CatError):
+    """A plugin could not be loaded (fatal only with ``CAT_STRICT_PLUGINS=1``)."""
+
+
+class ModeNotAvailableError(CatError):
+    """The pipeline's ``mode`` is valid but not available in this installation."""
+
+
+class BackendError(CatError):
+    """A backend failed in a way the user can act on (dead server, missing package...)."""
+
+
+class NotSupportedError(CatError):
+    """A component does not implement an optional capability (e.g. ``update_weights``)."""

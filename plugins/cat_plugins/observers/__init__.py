@@ -1,0 +1,1 @@
+"""Built-in observers: lifecycle-hook implementations that log runs."""
