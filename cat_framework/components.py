@@ -44,7 +44,10 @@ class Component:
     Params: ClassVar[type[ComponentParams]] = ComponentParams
 
     def __init__(
-        self, params: ComponentParams | Mapping[str, Any] | None = None, *, roles: Roles | None = None
+        self,
+        params: ComponentParams | Mapping[str, Any] | None = None,
+        *,
+        roles: Roles | None = None,
     ) -> None:
         if params is None:
             params = {}

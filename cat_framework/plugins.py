@@ -176,7 +176,9 @@ class Plugins:
                     raise PluginLoadError(
                         f"plugin {impl.plugin_name!r} failed in {hook_name}: {exc}"
                     ) from exc
-                log.warning("observer failed", plugin=impl.plugin_name, hook=hook_name, error=str(exc))
+                log.warning(
+                    "observer failed", plugin=impl.plugin_name, hook=hook_name, error=str(exc)
+                )
 
 
 def _load_builtins(plugins: Plugins, modules: Sequence[str]) -> None:
@@ -185,7 +187,9 @@ def _load_builtins(plugins: Plugins, modules: Sequence[str]) -> None:
     except md.PackageNotFoundError:
         from cat_framework import __version__ as version
     for module_name in modules:
-        record = PluginRecord(module_name, builtin=True, distribution="cat-framework", version=version)
+        record = PluginRecord(
+            module_name, builtin=True, distribution="cat-framework", version=version
+        )
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:

@@ -47,9 +47,7 @@ class _Serializable:
             nested = hooks.get(f.name)
             if nested is not None and value is not None:
                 target, many = nested
-                value = (
-                    [target.from_dict(v) for v in value] if many else target.from_dict(value)
-                )
+                value = [target.from_dict(v) for v in value] if many else target.from_dict(value)
             kwargs[f.name] = value
         return cls(**kwargs)
 
@@ -136,7 +134,9 @@ class Completion(_Serializable):
         if self.logprobs is not None:
             object.__setattr__(self, "logprobs", tuple(float(x) for x in self.logprobs))
         if self.finish_reason not in ("stop", "length"):
-            raise ValueError(f"finish_reason must be 'stop' or 'length', not {self.finish_reason!r}")
+            raise ValueError(
+                f"finish_reason must be 'stop' or 'length', not {self.finish_reason!r}"
+            )
 
     @property
     def truncated(self) -> bool:

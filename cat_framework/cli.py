@@ -1,0 +1,224 @@
+"""The ``cat-framework`` command.
+
+Every error a user can cause is a :class:`~cat_framework.errors.CatError` and is printed as one
+message with no traceback (``--debug`` shows it). Exit codes: 0 ok, 1 error, 2 invalid input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from cat_framework import __version__
+from cat_framework.errors import CatError
+from cat_framework.logs import configure_logging
+
+KIND_ALIASES = {
+    "aggregators": "aggregator",
+    "aggregator": "aggregator",
+    "rewards": "reward_deriver",
+    "reward": "reward_deriver",
+    "reward_derivers": "reward_deriver",
+    "reward_deriver": "reward_deriver",
+    "backends": "backend",
+    "backend": "backend",
+    "datasets": "dataset",
+    "dataset": "dataset",
+}
+
+
+def _plugins() -> Any:
+    from cat_framework.plugins import default_plugins
+
+    return default_plugins()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cat-framework")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="Console log level.",
+)
+def cli(debug: bool, log_level: str) -> None:
+    """Compute as Teacher: label-free post-training of LLMs, as YAML pipelines and plugins."""
+    configure_logging("debug" if debug else log_level)
+
+
+@cli.command("plugins")
+@click.option("--table", is_flag=True, help="A table for people instead of JSON.")
+@click.option("--hook", default=None, help="Only plugins implementing this hook.")
+def plugins_cmd(table: bool, hook: str | None) -> None:
+    """List built-in and third-party plugins with version, hooks, components and load status."""
+    records = [r.to_dict() for r in _plugins().records]
+    if hook:
+        records = [r for r in records if hook in r["hooks"]]
+    if not table:
+        click.echo(json.dumps(records, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="cat-framework plugins")
+    for col in ("plugin", "distribution", "version", "status", "components", "hooks"):
+        t.add_column(col, overflow="fold")
+    for r in records:
+        comps = "; ".join(f"{k}: {', '.join(v)}" for k, v in r["components"].items())
+        status = r["status"] + ("".join(f"\n{e}" for e in r["errors"]))
+        style = "red" if r["status"] == "failed" else "yellow" if r["status"] == "partial" else None
+        t.add_row(
+            r["name"] + (" (built-in)" if r["builtin"] else ""),
+            r["distribution"] or "-",
+            r["version"] or "-",
+            status,
+            comps or "-",
+            ", ".join(r["hooks"]) or "-",
+            style=style,
+        )
+    Console(width=160).print(t)
+
+
+def _describe_component(entry: Any, registry: Any) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "name": entry.name,
+        "plugin": entry.source.plugin,
+        "distribution": entry.source.distribution,
+        "origin": entry.origin,
+    }
+    try:
+        cls = registry.get(entry.name)
+    except CatError as exc:
+        info["error"] = str(exc)
+        return info
+    info["description"] = cls.describe()
+    info["params"] = cls.Params.model_json_schema()
+    return info
+
+
+@cli.command("components")
+@click.argument("kind", required=False, type=click.Choice(sorted(KIND_ALIASES)))
+@click.option("--json", "as_json", is_flag=True, help="JSON (with full params schemas).")
+def components_cmd(kind: str | None, as_json: bool) -> None:
+    """List components (optionally of one KIND) with their plugin and params."""
+    plugins = _plugins()
+    kinds = [KIND_ALIASES[kind]] if kind else list(plugins.registries)
+    out = {
+        k: [_describe_component(e, plugins.registry(k)) for e in plugins.registry(k)] for k in kinds
+    }
+    if as_json:
+        click.echo(json.dumps(out, indent=2, default=str))
+        return
+    for k, items in out.items():
+        click.secho(f"{k}s", bold=True)
+        for item in items:
+            click.echo(f"  {item['name']}  [{item['plugin']}]  {item.get('description', '')}")
+            if "error" in item:
+                click.secho(f"      error: {item['error']}", fg="red")
+                continue
+            props = item["params"].get("properties", {})
+            required = set(item["params"].get("required", []))
+            for pname, schema in props.items():
+                default = "required" if pname in required else f"default {schema.get('default')!r}"
+                typ = (
+                    schema.get("type")
+                    or "/".join(s.get("type", "?") for s in schema.get("anyOf", []))
+                    or "?"
+                )
+                click.echo(f"      {pname} ({typ}, {default}): {schema.get('description', '')}")
+
+
+_set_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY.PATH=VALUE",
+    help="Override a pipeline value (YAML syntax), e.g. --set rollouts.n=4. Repeatable.",
+)
+
+
+@cli.command("validate")
+@click.argument("pipelines", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@_set_option
+def validate_cmd(pipelines: tuple[str, ...], overrides: tuple[str, ...]) -> None:
+    """Check PIPELINES without loading any model; exit 2 with every problem if one is invalid."""
+    from cat_framework.pipeline import PipelineValidationError, load_pipeline
+
+    failed = 0
+    for path in pipelines:
+        try:
+            load_pipeline(path, overrides, plugins=_plugins())
+        except PipelineValidationError as exc:
+            failed += 1
+            click.echo(str(exc), err=True)
+        else:
+            click.echo(f"{path}: valid")
+    if failed:
+        sys.exit(2)
+
+
+@cli.command("run")
+@click.argument("pipeline", type=click.Path(dir_okay=False))
+@_set_option
+@click.option(
+    "--resume",
+    "resume",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Continue the run in this directory from its latest checkpoint.",
+)
+@click.option(
+    "--run-dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Write the run here instead of output.dir/<name>-<time>.",
+)
+def run_cmd(
+    pipeline: str, overrides: tuple[str, ...], resume: str | None, run_dir: str | None
+) -> None:
+    """Validate PIPELINE, then run it according to its mode."""
+    from cat_framework.engine.runner import run_pipeline
+    from cat_framework.pipeline import load_pipeline
+
+    loaded = load_pipeline(pipeline, overrides, plugins=_plugins())
+    result = run_pipeline(loaded, plugins=_plugins(), run_dir=run_dir, resume=resume)
+    click.echo(f"run finished: {result}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning user-facing errors into one message and an exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or os.environ.get("CAT_DEBUG") == "1"
+    try:
+        cli.main(args=args, prog_name="cat-framework", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except CatError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        if debug:
+            raise
+        click.echo(
+            f"error: {type(exc).__name__}: {exc}\n"
+            "(an unexpected error; rerun with --debug for the traceback and please report it)",
+            err=True,
+        )
+        sys.exit(1)

@@ -1,0 +1,1 @@
+"""The CaT loop: teacher (explore -> reference -> rewards), evaluate, GRPO math, trainer, SFT."""

@@ -1,0 +1,82 @@
+"""structlog, configured once: readable lines on stderr for people, JSON lines in the run dir.
+
+``configure_logging()`` is called by the CLI at start; ``attach_run_log(path)`` adds the run's
+``log.jsonl`` sink when a run directory exists. Library users who never call either get
+structlog's defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+class _JsonTee:
+    """A processor that writes each event as a JSON line to the run's log file, then passes it on."""
+
+    def __init__(self) -> None:
+        self._file: TextIO | None = None
+        self._lock = threading.Lock()
+
+    def open(self, path: Path) -> None:
+        self.close()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = path.open("a", encoding="utf-8", buffering=1)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+        if self._file is not None:
+            line = json.dumps(event, default=str, ensure_ascii=False)
+            with self._lock:
+                self._file.write(line + "\n")
+        return event
+
+
+_tee = _JsonTee()
+_configured = False
+
+
+def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
+    """Console rendering on ``stream`` (stderr) at ``level``; idempotent."""
+    global _configured
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=False),
+            _tee,
+            structlog.dev.ConsoleRenderer(colors=(stream or sys.stderr).isatty()),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    _configured = True
+
+
+def attach_run_log(path: str | Path) -> None:
+    """Also write every event as JSON to ``path`` (the run's ``log.jsonl``)."""
+    if not _configured:
+        configure_logging()
+    _tee.open(Path(path))
+
+
+def detach_run_log() -> None:
+    _tee.close()

@@ -1,0 +1,225 @@
+"""The pydantic schema of a pipeline file (everything but the components' own params).
+
+A component is written as a mapping whose selector key names it (``backend:`` for roles,
+``dataset:`` for data, ``name:`` for aggregators and rewards); every other key is a parameter
+validated by that component's ``Params``. A bare string is shorthand for ``{selector: string}``.
+Defaults follow the paper (../shared/research/paper.md): G=8, LR 5e-7, KL 1e-3.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+Mode = Literal["evaluate", "train", "sft"]
+#: role references allowed instead of a backend spec, per role
+ROLE_CHOICES = {
+    "anchor": ("initial-policy", "policy"),
+    "judge": ("anchor", "policy", "initial-policy"),
+}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _shorthand(selector: str, value: Any) -> Any:
+    return {selector: value} if isinstance(value, str) else value
+
+
+class ComponentSpec(BaseModel):
+    """A component selector plus its params (checked later against the component's Params)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class BackendSpec(ComponentSpec):
+    backend: str = Field("transformers", description="Registered backend name.")
+
+
+class DatasetSpec(ComponentSpec):
+    dataset: str = Field(description="Registered dataset name, e.g. math500, gsm8k, healthbench.")
+
+
+class NamedSpec(ComponentSpec):
+    name: str = Field(description="Registered component name.")
+
+
+class Models(Strict):
+    """Roles (DESIGN.md section 2). Anchor and judge may reuse another role by name."""
+
+    policy: BackendSpec = Field(description="The model sampled and trained.")
+    anchor: BackendSpec | Literal["initial-policy", "policy"] = Field(
+        "initial-policy",
+        description="Frozen pi_0 for synthesis and rubrics: 'initial-policy' shares the policy's "
+        "initial weights (with LoRA: adapters disabled, no copy), or a backend spec.",
+    )
+    judge: BackendSpec | Literal["anchor", "policy", "initial-policy"] = Field(
+        "anchor",
+        description="Scores rollouts against rubric criteria: a role name or a backend spec.",
+    )
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _policy_shorthand(cls, v: Any) -> Any:
+        return {"model": v} if isinstance(v, str) else v
+
+    @field_validator("anchor", "judge", mode="before")
+    @classmethod
+    def _role(cls, v: Any, info: ValidationInfo) -> Any:
+        allowed = ROLE_CHOICES[info.field_name]
+        if isinstance(v, str):
+            if v not in allowed:
+                raise ValueError(
+                    f"{v!r} is not a role; use one of {', '.join(allowed)} "
+                    "or a backend mapping such as {backend: transformers, model: ...}"
+                )
+            return v
+        if isinstance(v, dict):
+            return BackendSpec(**v)
+        raise ValueError("expected a role name or a backend mapping")
+
+
+class Data(Strict):
+    train: DatasetSpec | None = Field(None, description="Prompts to train on (train, sft).")
+    eval: DatasetSpec | None = Field(
+        None, description="Prompts to evaluate on (evaluate, periodic)."
+    )
+
+    @field_validator("train", "eval", mode="before")
+    @classmethod
+    def _dataset_shorthand(cls, v: Any) -> Any:
+        return _shorthand("dataset", v)
+
+
+class Rollouts(Strict):
+    """Sampling of the G policy rollouts per prompt."""
+
+    n: int = Field(8, ge=1, description="G: rollouts per prompt (paper: 8).")
+    temperature: float = Field(1.0, ge=0.0, description="Sampling temperature (0 = greedy).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    top_k: int = Field(0, ge=0, description="Top-k sampling (0 = off).")
+    max_new_tokens: int = Field(
+        1536, ge=1, description="Generation budget (paper: 1536 math, 1024 HealthBench)."
+    )
+    stop: list[str] = Field(default_factory=list, description="Extra stop strings.")
+
+
+class Lora(Strict):
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA alpha (scaling = alpha / r).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt, or 'all-linear'."
+    )
+
+
+class Trainer(Strict):
+    """GRPO (mode: train) and SFT (mode: sft) settings."""
+
+    steps: int = Field(1000, ge=1, description="Optimizer steps (paper: <= 1000).")
+    prompts_per_step: int = Field(32, ge=1, description="Prompts per step (x G rollouts).")
+    micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward pass.")
+    learning_rate: float = Field(5e-7, gt=0.0, description="Paper: 5e-7, constant.")
+    lr_scheduler: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="Schedule."
+    )
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    max_grad_norm: float | None = Field(1.0, gt=0.0, description="Gradient clipping (None = off).")
+    beta: float = Field(1e-3, ge=0.0, description="KL coefficient (0 = no reference forward).")
+    kl_in: Literal["loss", "reward"] = Field(
+        "loss",
+        description="'loss': k3 KL term in the loss; 'reward': KL penalty on rewards (paper).",
+    )
+    epsilon: float = Field(0.2, gt=0.0, description="Lower clip range of the policy ratio.")
+    epsilon_high: float | None = Field(
+        None, gt=0.0, description="Upper clip range (None = epsilon)."
+    )
+    loss_type: Literal["grpo", "dr_grpo", "dapo"] = Field("grpo", description="Loss aggregation.")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="Divide advantages by the group's std, the batch's std, or nothing."
+    )
+    num_iterations: int = Field(
+        1, ge=1, description="mu: optimisation passes per generation batch."
+    )
+    mask_truncated_completions: bool = Field(
+        False, description="Drop truncated rollouts from loss."
+    )
+    vllm_importance_sampling: bool = Field(
+        False, description="Correct for engine/trainer log-prob mismatch (vLLM rollouts)."
+    )
+    lora: Lora | None = Field(None, description="Train LoRA adapters instead of all weights.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="accelerate setting.")
+    save_every: int = Field(50, ge=0, description="Checkpoint every N steps (0 = only at the end).")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk.")
+    eval_every: int = Field(0, ge=0, description="Evaluate every N steps (0 = never).")
+    sft_epochs: int = Field(1, ge=1, description="Epochs over synthesized references (mode: sft).")
+
+
+class Eval(Strict):
+    """Test-time comparison of reference estimators (mode: evaluate, periodic evaluation)."""
+
+    aggregators: list[NamedSpec] = Field(
+        default_factory=lambda: [NamedSpec(name="single")],
+        description="Aggregators compared side by side on the same rollouts.",
+    )
+    limit: int | None = Field(None, ge=1, description="Evaluate on the first N prompts only.")
+    bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for confidence intervals.")
+    confidence: float = Field(0.95, gt=0.0, lt=1.0, description="Confidence level of intervals.")
+
+    @field_validator("aggregators", mode="before")
+    @classmethod
+    def _names(cls, v: Any) -> Any:
+        return [_shorthand("name", x) for x in v] if isinstance(v, list) else v
+
+
+class Output(Strict):
+    dir: str = Field("runs", description="Parent directory of run directories.")
+    run_name: str | None = Field(None, description="Run directory name (default: name + time).")
+
+
+class PipelineConfig(Strict):
+    """A whole pipeline file."""
+
+    name: str = Field(description="Experiment name (used for the run directory).")
+    description: str | None = Field(None, description="Free text.")
+    mode: Mode = Field(description="evaluate (test-time CaT) | train (CaT-RL) | sft (CaT-SFT).")
+    seed: int = Field(0, description="Seeds sampling, shuffling and initialisation.")
+    requires: list[str] = Field(
+        default_factory=list, description="Plugins (distribution names) this pipeline needs."
+    )
+    models: Models
+    data: Data = Field(default_factory=Data)
+    rollouts: Rollouts = Field(default_factory=Rollouts)
+    aggregator: NamedSpec | None = Field(None, description="Reference estimator (train, sft).")
+    reward: NamedSpec | None = Field(None, description="Reward deriver (train).")
+    trainer: Trainer = Field(default_factory=Trainer)
+    eval: Eval = Field(default_factory=Eval)
+    output: Output = Field(default_factory=Output)
+
+    @field_validator("aggregator", "reward", mode="before")
+    @classmethod
+    def _named(cls, v: Any) -> Any:
+        return _shorthand("name", v)
+
+
+#: what each mode needs: (path, why)
+MODE_REQUIREMENTS: dict[str, list[tuple[tuple[str, ...], str]]] = {
+    "evaluate": [(("data", "eval"), "mode 'evaluate' needs prompts to evaluate on")],
+    "train": [
+        (("data", "train"), "mode 'train' needs prompts to train on"),
+        (("aggregator",), "mode 'train' needs an aggregator to build references"),
+        (("reward",), "mode 'train' needs a reward deriver"),
+    ],
+    "sft": [
+        (("data", "train"), "mode 'sft' needs prompts to train on"),
+        (("aggregator",), "mode 'sft' needs an aggregator to synthesize targets"),
+    ],
+}
