@@ -117,7 +117,11 @@ class Plugins:
             return False
         unknown = [hc.name for hc in self.pm.get_hookcallers(obj) or [] if not hc.has_spec()]
         if unknown:
-            known = [n for n in dir(self.pm.hook) if not n.startswith("_")]
+            known = [
+                n
+                for n, hc in vars(self.pm.hook).items()
+                if isinstance(hc, pluggy.HookCaller) and hc.has_spec()
+            ]
             for hook in unknown:
                 hint = suggest(hook, known)
                 record.fail(

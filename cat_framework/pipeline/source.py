@@ -67,6 +67,9 @@ def _syntax_issue(file: str, exc: yaml.YAMLError) -> Issue:
     )
 
 
+_PLAIN_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
+
+
 class _Builder:
     def __init__(self, file: str) -> None:
         self.file = file
@@ -76,6 +79,10 @@ class _Builder:
 
     def build(self, node: yaml.Node, path: KeyPath) -> Any:
         self.positions.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_TAGS:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"tag {node.tag!r} is not allowed in a pipeline", node.start_mark
+            )
         if isinstance(node, yaml.MappingNode):
             self._constructor.flatten_mapping(node)
             out: dict[Any, Any] = {}

@@ -1,0 +1,56 @@
+"""Shared fixtures: isolated plugin managers and throw-away fake distributions."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from cat_framework.plugins import Plugins, load_plugins
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def make_plugins() -> Callable[..., Plugins]:
+    """Build a plugin manager without third-party entry points (plus any extra plugins)."""
+
+    def make(*extra: tuple[str, object], strict: bool = False) -> Plugins:
+        return load_plugins(entry_points=False, strict=strict, extra=extra)
+
+    return make
+
+
+@pytest.fixture
+def fake_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
+    """Create an installed-looking distribution (dist-info + module) on ``sys.path``.
+
+    ``fake_dist("cat-x", {"x": "cat_x"}, {"cat_x": "<module source>"})``
+    """
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    created: list[str] = []
+
+    def make(
+        dist: str, entry_points: dict[str, str], modules: dict[str, str], version: str = "1.0"
+    ) -> Path:
+        info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        eps = "\n".join(f"{k} = {v}" for k, v in entry_points.items())
+        (info / "entry_points.txt").write_text(f"[cat_framework]\n{eps}\n")
+        for name, source in modules.items():
+            (site / f"{name}.py").write_text(textwrap.dedent(source))
+            created.append(name)
+        importlib.invalidate_caches()
+        return info
+
+    yield make
+    for name in created:
+        sys.modules.pop(name, None)

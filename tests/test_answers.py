@@ -1,0 +1,295 @@
+"""Final-answer extraction and equivalence (cat_framework.answers)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from cat_framework import answers
+from cat_framework.answers import (
+    answers_equivalent,
+    cluster_answers,
+    extract_answer,
+    extract_boxed,
+    normalize_answer,
+)
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+# ----------------------------------------------------------------------------------- extraction
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("so $x = \\boxed{5}$.", "5"),
+        ("first \\boxed{1}, then \\boxed{2}", "2"),  # the last one
+        ("\\boxed{\\frac{\\sqrt{3}}{2}}", "\\frac{\\sqrt{3}}{2}"),  # nested braces
+        ("\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}.", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+        ("\\boxed{\\{1,2\\}}", "\\{1,2\\}"),  # escaped braces do not close the box
+        ("\\boxed{\\text{(C)}}", "\\text{(C)}"),
+        ("\\boxed { 7 }", "7"),
+        ("hence $\\boxed 5$.", "5"),  # Hendrycks' brace-less form
+        ("hence \\boxed 9.", "9"),
+        ("\\fbox{7}", "7"),
+        ("\\boxed{5} and then \\boxed{6", "5"),  # a trailing unclosed box is skipped
+        ("\\boxed{4} but also \\boxed{}", "4"),  # an empty box is skipped
+        ("\\boxed{\\boxed{8}}", "8"),
+    ],
+)
+def test_extract_boxed_forms(text: str, expected: str) -> None:
+    assert extract_answer(text) == expected
+
+
+def test_boxed_beats_gsm8k_and_phrases() -> None:
+    assert extract_answer("The answer is 3.\n#### 4\n\\boxed{5}") == "5"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("She makes 9 * 2 = $<<9*2=18>>18.\n#### 18", "18"),
+        ("#### 1,234", "1234"),
+        ("#### 1,450,000", "1450000"),
+        ("#### -10", "-10"),
+        ("#### $-3", "-3"),
+        ("#### 2.5 dollars", "2.5"),
+        ("#### 12\nextra\n#### 13", "13"),
+    ],
+)
+def test_extract_gsm8k(text: str, expected: str) -> None:
+    assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("So the final answer is $\\frac{1}{2}$. I hope it is correct.", "\\frac{1}{2}"),
+        (
+            "Final Answer: The final answer is $(3,\\frac{\\pi}{2})$. I hope it is correct.",
+            "(3,\\frac{\\pi}{2})",
+        ),
+        ("The answer is: **42**", "42"),
+        ("The answer is 1,000 apples.", "1000"),
+        ("Thus the answer is 3.5.", "3.5"),
+        ("The answer is x = 5.", "x = 5"),
+        ("final answer: \\(\\sqrt{2}\\)", "\\sqrt{2}"),
+        ("The answer is 2. Wait, no: the answer is 3.", "3"),
+    ],
+)
+def test_extract_phrase_fallback(text: str, expected: str) -> None:
+    assert extract_answer(text, fallback="phrase") == expected
+    assert extract_answer(text, fallback="number") == expected  # phrase comes before numbers
+    assert extract_answer(text, fallback="none") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("x - 5 = 3, so x is 8", "8"),
+        ("We get 3-5=-2", "-2"),
+        ("a total of 1,500 people", "1500"),
+        ("half: 1/2", "1/2"),
+        ("costs 12.75 each", "12.75"),
+        ("The answer isn't clear; maybe 7", "7"),  # "isn't" is not "is"
+    ],
+)
+def test_extract_last_number_fallback(text: str, expected: str) -> None:
+    assert extract_answer(text) == expected
+    assert extract_answer(text, fallback="phrase") is None
+
+
+@pytest.mark.parametrize("text", ["", None, "no answer here", "\\boxed{}", "the answer is $\\boxed{}$"])
+def test_extract_nothing(text: str | None) -> None:
+    assert extract_answer(text) is None
+
+
+def test_extract_rejects_unknown_fallback() -> None:
+    with pytest.raises(ValueError, match="fallback"):
+        extract_answer("7", fallback="guess")  # type: ignore[arg-type]
+
+
+def test_extract_boxed_alone() -> None:
+    assert extract_boxed("#### 5") is None
+    assert extract_boxed("a \\boxed{1} b \\fbox{2}") == "2"
+
+
+# ------------------------------------------------------------------------------- normalisation
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("$\\dfrac{1}{2}$", "\\frac{1}{2}"),
+        ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})"),
+        ("90^\\circ", "90"),
+        ("\\$18.", "18"),
+        ("1,000", "1000"),
+        ("10 \\text{ cm}", "10cm"),
+        ("50\\%", "50"),
+        ("\\text{Evelyn}", "Evelyn"),
+        ("(1,2]", "(1,2]"),  # interval commas are kept
+    ],
+)
+def test_normalize_answer(raw: str, expected: str) -> None:
+    assert normalize_answer(raw) == expected
+
+
+# --------------------------------------------------------------------------------- equivalence
+
+EQUIVALENT = [
+    ("0.5", "\\frac{1}{2}"),
+    ("\\frac12", "0.5"),
+    ("3/4", "\\dfrac{3}{4}"),
+    ("\\tfrac{3}{4}", "\\frac{3}{4}"),
+    ("\\sqrt{18}", "3\\sqrt{2}"),  # needs the $...$ wrapping: bare parse("3\\sqrt{2}") is 3
+    ("\\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}"),
+    ("1000", "1,000"),
+    ("1,000", "1000"),
+    ("10", "10 \\text{ cm}"),
+    ("\\$18", "18"),
+    ("-5", "-5"),
+    ("-\\frac{1}{2}", "-0.5"),
+    ("(1, 2]", "(1,2]"),
+    ("(3,\\pi/2)", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+    ("\\{3,2\\}", "\\{2,3\\}"),
+    ("(x+1)^2", "x^2+2x+1"),
+    ("2", "x=2"),
+    ("50", "50\\%"),
+    ("5.0", "5"),
+    ("0.333333", "\\frac{1}{3}"),
+    ("\\infty", "\\infty"),
+    ("A", "\\text{(A)}"),
+    ("12.", "12"),
+]
+
+NOT_EQUIVALENT = [
+    ("5", "-5"),
+    ("(1,2)", "[1,2]"),
+    ("0.33", "\\frac{1}{3}"),
+    ("18 dollars", "18"),  # words are not units math-verify knows
+    ("b", "a"),
+    ("\\frac{1}{2}", "\\frac{1}{3}"),
+    ("2\\sqrt{3}", "3\\sqrt{2}"),
+    ("", "1"),
+    ("1", ""),
+    (None, "1"),
+    ("1", None),
+]
+
+
+@pytest.mark.parametrize(("pred", "gold"), EQUIVALENT)
+def test_equivalent_math_verify(pred: str, gold: str) -> None:
+    assert answers_equivalent(pred, gold) is True
+
+
+@pytest.mark.parametrize(("pred", "gold"), NOT_EQUIVALENT)
+def test_not_equivalent(pred: str | None, gold: str | None) -> None:
+    assert answers_equivalent(pred, gold) is False
+    assert answers_equivalent(pred, gold, mode="string") is False
+
+
+@pytest.mark.parametrize(
+    ("pred", "gold", "expected"),
+    [
+        ("\\dfrac{1}{2}", "\\frac{1}{2}", True),
+        ("$ \\left(1, 2\\right) $", "(1,2)", True),
+        ("1,000", "1000", True),
+        ("0.5", "\\frac{1}{2}", False),  # string mode does no mathematics
+        ("\\sqrt{18}", "3\\sqrt{2}", False),
+        ("A", "a", False),  # case is kept
+    ],
+)
+def test_string_mode(pred: str, gold: str, expected: bool) -> None:
+    assert answers_equivalent(pred, gold, mode="string") is expected
+
+
+def test_unknown_mode_rejected() -> None:
+    with pytest.raises(ValueError, match="mode"):
+        answers_equivalent("1", "1", mode="exact")  # type: ignore[arg-type]
+
+
+def test_long_answers_compared_as_strings_only() -> None:
+    long_sum = "+".join(["1"] * 300)  # 599 chars: math-verify would prove it equals 300
+    assert len(long_sum) > answers.MAX_VERIFY_CHARS
+    assert answers_equivalent(long_sum, "300") is False
+    assert answers_equivalent(long_sum, long_sum) is True
+
+
+def test_parse_results_are_cached() -> None:
+    answers._parse.cache_clear()
+    answers._verify.cache_clear()
+    assert answers_equivalent("0.25", "\\frac{1}{4}")
+    assert answers_equivalent("0.25", "\\frac{1}{4}")
+    assert answers._verify.cache_info().hits == 1
+    assert answers._parse.cache_info().currsize == 2
+
+
+def test_works_outside_the_main_thread() -> None:
+    """math-verify's own signal.alarm timeout would raise ValueError in a worker thread."""
+    results: list[object] = []
+
+    def work() -> None:
+        try:
+            results.append(answers_equivalent("0.125", "\\frac{1}{8}"))
+        except Exception as e:  # pragma: no cover - the failure being tested for
+            results.append(e)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert results == [True]
+
+
+def test_time_bound_interrupts_slow_work() -> None:
+    start = time.perf_counter()
+    assert answers._bounded(lambda: time.sleep(5) or "done", "timed out", 0.05) == "timed out"
+    assert time.perf_counter() - start < 2
+    assert answers._bounded(lambda: "done", "timed out", 0.5) == "done"
+
+
+# ------------------------------------------------------------------------------------ clusters
+
+
+def test_cluster_answers_by_equivalence() -> None:
+    got = ["\\frac{1}{2}", "0.5", None, "2", "1/2", "x=2", "3"]
+    assert cluster_answers(got) == [[0, 1, 4], [3, 5], [6]]
+
+
+def test_cluster_answers_string_mode() -> None:
+    got = ["\\frac{1}{2}", "0.5", "\\dfrac{1}{2}", "0.5"]
+    assert cluster_answers(got, mode="string") == [[0, 2], [1, 3]]
+
+
+def test_cluster_answers_empty_and_blank() -> None:
+    assert cluster_answers([]) == []
+    assert cluster_answers([None, "", "  "]) == []
+
+
+# ----------------------------------------------------------------------------- real data files
+
+
+@pytest.mark.skipif(not (DATA / "math500" / "test.jsonl").exists(), reason="no MATH-500 file")
+def test_math500_answers_match_their_solutions() -> None:
+    """Acceptance: every MATH-500 ``answer`` equals the last box of its own ``solution``, and
+    math-verify (not just the string fast path) accepts every answer as equal to itself."""
+    rows = [json.loads(line) for line in (DATA / "math500" / "test.jsonl").open()]
+    assert len(rows) == 500
+    mismatched = [r["unique_id"] for r in rows if extract_answer(r["solution"]) != r["answer"]]
+    assert mismatched == []
+    assert all(answers_equivalent(extract_answer(r["solution"]), r["answer"]) for r in rows)
+    assert [r["answer"] for r in rows if not answers._verify(r["answer"], r["answer"], 5.0)] == []
+
+
+@pytest.mark.skipif(not (DATA / "gsm8k" / "test.jsonl").exists(), reason="no GSM8K file")
+def test_gsm8k_solutions_extract_to_plain_numbers() -> None:
+    rows = [json.loads(line) for line in (DATA / "gsm8k" / "test.jsonl").open()]
+    golds = [extract_answer(r["answer"]) for r in rows]
+    assert all(g is not None and "," not in g for g in golds)
+    assert golds[0] == "18"
+    assert sum(g.startswith("-") for g in golds if g) == 2  # "-10" and "-3"
