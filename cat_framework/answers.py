@@ -21,7 +21,7 @@ intervals, sets). math-verify is called gold first, with bare answers wrapped in
 (``parse("3\\sqrt{2}")`` alone yields ``3``) and with its own ``signal.alarm`` timeout disabled
 (it raises outside the main thread). Our bound instead: answers longer than
 :data:`MAX_VERIFY_CHARS` are compared as strings only, and in the main thread each parse/verify is
-interrupted after ``timeout_s`` (an ``ITIMER_REAL`` timer, skipped when another timer is armed).
+interrupted after ``timeout_s`` (an ``ITIMER_REAL`` timer that pauses any outer one).
 Parses and verdicts are cached: majority voting compares the same answers many times.
 """
 
@@ -31,6 +31,7 @@ import logging
 import re
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any, Literal, TypeVar
@@ -198,18 +199,25 @@ def _raise_timeout(signum: int, frame: Any) -> None:
 
 
 def _bounded(fn: Callable[[], _R], default: _R, seconds: float | None) -> _R:
-    """``fn()``, or ``default`` if it runs longer than ``seconds``. The bound needs SIGALRM, so it
-    applies only in the main thread and when no other real-time timer is armed (e.g. by
-    pytest-timeout); otherwise ``fn`` runs unbounded and :data:`MAX_VERIFY_CHARS` is the guard."""
+    """``fn()``, or ``default`` if it runs longer than ``seconds``.
+
+    The bound is a SIGALRM timer, so it applies only in the main thread (elsewhere ``fn`` runs
+    unbounded and :data:`MAX_VERIFY_CHARS` is the guard). A timer armed by someone else (e.g.
+    pytest-timeout) is paused and re-armed with its remaining time; if it would fire first, it is
+    left alone to do so.
+    """
     if (
         not seconds
         or seconds <= 0
         or not hasattr(signal, "setitimer")
         or threading.current_thread() is not threading.main_thread()
-        or signal.getitimer(signal.ITIMER_REAL)[0] > 0
     ):
         return fn()
+    outer_remaining, outer_interval = signal.getitimer(signal.ITIMER_REAL)
+    if outer_remaining and outer_remaining <= seconds:
+        return fn()
     previous = signal.signal(signal.SIGALRM, _raise_timeout)
+    start = time.monotonic()
     try:
         try:
             signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -220,6 +228,9 @@ def _bounded(fn: Callable[[], _R], default: _R, seconds: float | None) -> _R:
         return default
     finally:
         signal.signal(signal.SIGALRM, previous)
+        if outer_remaining:
+            left = max(outer_remaining - (time.monotonic() - start), 1e-3)
+            signal.setitimer(signal.ITIMER_REAL, left, outer_interval)
 
 
 class _DropTimeoutWarning(logging.Filter):

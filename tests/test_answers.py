@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from pathlib import Path
@@ -104,7 +105,9 @@ def test_extract_last_number_fallback(text: str, expected: str) -> None:
     assert extract_answer(text, fallback="phrase") is None
 
 
-@pytest.mark.parametrize("text", ["", None, "no answer here", "\\boxed{}", "the answer is $\\boxed{}$"])
+@pytest.mark.parametrize(
+    "text", ["", None, "no answer here", "\\boxed{}", "the answer is $\\boxed{}$"]
+)
 def test_extract_nothing(text: str | None) -> None:
     assert extract_answer(text) is None
 
@@ -251,6 +254,19 @@ def test_time_bound_interrupts_slow_work() -> None:
     assert answers._bounded(lambda: time.sleep(5) or "done", "timed out", 0.05) == "timed out"
     assert time.perf_counter() - start < 2
     assert answers._bounded(lambda: "done", "timed out", 0.5) == "done"
+
+
+def test_time_bound_restores_outer_timer_and_handler() -> None:
+    """pytest-timeout (or a caller) may have a SIGALRM timer armed: it must survive our bound."""
+    handler = signal.getsignal(signal.SIGALRM)
+    before = signal.getitimer(signal.ITIMER_REAL)[0]
+    assert answers._bounded(lambda: time.sleep(5) or "done", "timed out", 0.05) == "timed out"
+    after = signal.getitimer(signal.ITIMER_REAL)[0]
+    assert signal.getsignal(signal.SIGALRM) is handler
+    if before:
+        assert 0 < after <= before
+    else:
+        assert after == 0
 
 
 # ------------------------------------------------------------------------------------ clusters
