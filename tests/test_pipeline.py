@@ -149,7 +149,9 @@ def test_valid_pipeline_resolves_components(tmp_path, plugins):
 
 
 def test_component_params_are_validated_with_their_schema(tmp_path, plugins):
-    text = VALID.replace("question_aware: true", "question_awar: true").replace('reply: "7"', "reply: [1]")
+    text = VALID.replace("question_aware: true", "question_awar: true").replace(
+        'reply: "7"', "reply: [1]"
+    )
     err = errors_of(tmp_path, text, plugins)
     by_path = {i.path: i for i in err.issues}
     assert "eval.aggregators[1].question_awar" in by_path
@@ -215,7 +217,9 @@ def test_task_mismatch_is_reported(tmp_path, plugins):
     from cat_framework import load_plugins
 
     p = load_plugins(entry_points=False, extra=[("t", TestPlugin()), ("prose", Prose())])
-    text = VALID.replace("dataset: toy, limit: 3", "dataset: chat").replace("single, ", "vote_math, ")
+    text = VALID.replace("dataset: toy, limit: 3", "dataset: chat").replace(
+        "single, ", "vote_math, "
+    )
     (issue,) = errors_of(tmp_path, text, p).issues
     assert issue.path == "eval.aggregators[0].name"
     assert "works on math tasks only, but dataset 'chat' is freeform" in issue.message

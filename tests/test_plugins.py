@@ -38,7 +38,9 @@ def test_builtins_are_registered_first_through_pm_register(make_plugins):
 
 
 def test_entry_point_plugin_loads_with_provenance(fake_dist):
-    fake_dist("cat-good", {"good": "cat_good"}, {"cat_good": AGG_MODULE.format(cls="G", name="good_vote")})
+    fake_dist(
+        "cat-good", {"good": "cat_good"}, {"cat_good": AGG_MODULE.format(cls="G", name="good_vote")}
+    )
     plugins = load_plugins(selection=None)
     rec = record(plugins, "good")
     assert rec.status == "loaded" and rec.distribution == "cat-good" and rec.version == "1.0"
@@ -50,7 +52,9 @@ def test_entry_point_plugin_loads_with_provenance(fake_dist):
 
 def test_plugin_raising_at_import_is_recorded_and_others_work(fake_dist):
     fake_dist("cat-broken", {"broken": "cat_broken"}, {"cat_broken": "import not_a_real_dep_xyz\n"})
-    fake_dist("cat-good", {"good": "cat_good"}, {"cat_good": AGG_MODULE.format(cls="G", name="good_vote")})
+    fake_dist(
+        "cat-good", {"good": "cat_good"}, {"cat_good": AGG_MODULE.format(cls="G", name="good_vote")}
+    )
     plugins = load_plugins()
     broken = record(plugins, "broken")
     assert broken.status == "failed"
@@ -74,8 +78,14 @@ def test_duplicate_entry_point_name_is_reported(fake_dist):
 
 
 def test_two_distributions_registering_same_component_name(fake_dist):
-    fake_dist("cat-first", {"first": "cat_first"}, {"cat_first": AGG_MODULE.format(cls="A", name="vote")})
-    fake_dist("cat-second", {"second": "cat_second"}, {"cat_second": AGG_MODULE.format(cls="B", name="vote")})
+    fake_dist(
+        "cat-first", {"first": "cat_first"}, {"cat_first": AGG_MODULE.format(cls="A", name="vote")}
+    )
+    fake_dist(
+        "cat-second",
+        {"second": "cat_second"},
+        {"cat_second": AGG_MODULE.format(cls="B", name="vote")},
+    )
     plugins = load_plugins()
     problems = "\n".join(plugins.problems)
     assert "aggregator 'vote' is registered twice" in problems
@@ -110,7 +120,9 @@ def test_hook_with_unknown_argument_is_rejected(fake_dist):
 
 
 def test_strict_mode_makes_problems_fatal(fake_dist, monkeypatch):
-    fake_dist("cat-broken", {"broken": "cat_broken"}, {"cat_broken": "raise RuntimeError('boom')\n"})
+    fake_dist(
+        "cat-broken", {"broken": "cat_broken"}, {"cat_broken": "raise RuntimeError('boom')\n"}
+    )
     monkeypatch.setenv("CAT_STRICT_PLUGINS", "1")
     with pytest.raises(PluginLoadError, match="boom"):
         load_plugins()
@@ -123,7 +135,9 @@ def test_strict_mode_makes_problems_fatal(fake_dist, monkeypatch):
     [("", set()), ("alpha", {"alpha"}), ("cat-beta", {"beta"}), ("alpha, beta", {"alpha", "beta"})],
 )
 def test_cat_load_plugins_selects_subset(fake_dist, monkeypatch, env, expected):
-    fake_dist("cat-alpha", {"alpha": "cat_alpha"}, {"cat_alpha": AGG_MODULE.format(cls="A", name="a1")})
+    fake_dist(
+        "cat-alpha", {"alpha": "cat_alpha"}, {"cat_alpha": AGG_MODULE.format(cls="A", name="a1")}
+    )
     fake_dist("cat-beta", {"beta": "cat_beta"}, {"cat_beta": AGG_MODULE.format(cls="B", name="b1")})
     monkeypatch.setenv("CAT_LOAD_PLUGINS", env)
     plugins = load_plugins()
@@ -209,7 +223,9 @@ def test_hook_register_datasets(make_plugins):
         name = "two"
 
         def load(self):
-            return [Prompt(id=str(i), messages=[{"role": "user", "content": "q"}]) for i in range(2)]
+            return [
+                Prompt(id=str(i), messages=[{"role": "user", "content": "q"}]) for i in range(2)
+            ]
 
     class P:
         @hookimpl
@@ -252,7 +268,9 @@ def test_hook_on_step_end(make_plugins):
 
 def test_hook_on_run_end(make_plugins):
     obs, calls = _observer()
-    make_plugins(("obs", obs)).notify("on_run_end", run_dir="/r", summary={"x": 1}, status="completed")
+    make_plugins(("obs", obs)).notify(
+        "on_run_end", run_dir="/r", summary={"x": 1}, status="completed"
+    )
     assert calls == [("end", "completed", {"x": 1})]
 
 

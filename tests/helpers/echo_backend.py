@@ -17,7 +17,13 @@ class EchoBackend(Backend):
     class Params(ComponentParams):
         reply: str = Field("42", description="Text every completion carries.")
 
-    def __init__(self, params=None, *, roles=None, script: Callable[[GenerationRequest, int], str] | None = None):
+    def __init__(
+        self,
+        params=None,
+        *,
+        roles=None,
+        script: Callable[[GenerationRequest, int], str] | None = None,
+    ):
         super().__init__(params, roles=roles)
         self.script = script
         self.calls: list[list[GenerationRequest]] = []
@@ -26,8 +32,15 @@ class EchoBackend(Backend):
         self.calls.append(list(requests))
         out = []
         for req in requests:
-            texts = [self.script(req, i) if self.script else self.params.reply for i in range(req.n)]
-            out.append([Completion(text=t, token_ids=[1] * len(t), logprobs=[-0.1] * len(t)) for t in texts])
+            texts = [
+                self.script(req, i) if self.script else self.params.reply for i in range(req.n)
+            ]
+            out.append(
+                [
+                    Completion(text=t, token_ids=[1] * len(t), logprobs=[-0.1] * len(t))
+                    for t in texts
+                ]
+            )
         return out
 
     def score(self, contexts, continuations):

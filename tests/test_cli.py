@@ -1,0 +1,222 @@
+"""The `cat-framework` command, run as a user runs it (a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("CAT_DEBUG", None)
+    return subprocess.run(
+        [sys.executable, "-m", "cat_framework", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd or REPO,
+        timeout=300,
+    )
+
+
+THREE_MISTAKES = """\
+name: three-mistakes
+mode: train
+models:
+  policy: {backend: transformers, model: default}
+data:
+  train: {dataset: gsm8k, limit: 4}
+rollouts:
+  n: -1
+aggregator:
+  name: synthsis
+reward: {name: programmatic}
+trainer:
+  steps: 2
+  learnig_rate: 1.0e-6
+"""
+
+
+def test_validate_reports_three_errors_without_traceback(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(THREE_MISTAKES)
+    res = cli("validate", str(path))
+    assert res.returncode == 2, res.stderr
+    out = res.stderr
+    assert "Traceback" not in out
+    assert "bad.yaml: 3 errors" in out
+    assert f"{path}:8:3: rollouts.n:" in out
+    assert (
+        f"{path}:10:3: aggregator.name: unknown aggregator 'synthsis'. Did you mean 'synthesis'?"
+        in out
+    )
+    assert (
+        f"{path}:14:3: trainer.learnig_rate: unknown key 'learnig_rate'. Did you mean 'learning_rate'?"
+        in out
+    )
+
+
+def test_validate_malformed_yaml_shows_line_and_column(tmp_path):
+    path = tmp_path / "indent.yaml"
+    path.write_text("name: x\nmode: train\nmodels:\n  policy: default\n   bad: 1\n")
+    res = cli("validate", str(path))
+    assert res.returncode == 2
+    assert f"{path}:5:9: YAML syntax error" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_validate_many_files_exit_code(tmp_path):
+    good = REPO / "pipelines" / "quickstart.yaml"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(THREE_MISTAKES)
+    res = cli("validate", str(good), str(bad))
+    assert res.returncode == 2
+    assert f"{good}: valid" in res.stdout
+
+
+def test_set_override_fixes_an_error(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        THREE_MISTAKES.replace("learnig_rate", "learning_rate").replace("synthsis", "synthesis")
+    )
+    assert cli("validate", str(path)).returncode == 2
+    res = cli("validate", str(path), "--set", "rollouts.n=2")
+    assert res.returncode == 0, res.stderr
+
+
+def test_plugins_json_lists_builtins():
+    res = cli("plugins")
+    assert res.returncode == 0, res.stderr
+    records = json.loads(res.stdout)
+    by_name = {r["name"]: r for r in records}
+    agg = by_name["cat_plugins.aggregators"]
+    assert agg["builtin"] and agg["status"] == "loaded" and agg["distribution"] == "cat-framework"
+    assert {"synthesis", "majority", "single"} <= set(agg["components"]["aggregator"])
+    assert "register_aggregators" in agg["hooks"]
+
+
+def test_plugins_table_and_failed_plugin_keep_cli_working(tmp_path):
+    site = tmp_path / "site"
+    info = site / "cat_broken-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: cat-broken\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[cat_framework]\nbroken = cat_broken\n")
+    (site / "cat_broken.py").write_text("raise ImportError('this plugin is broken on purpose')\n")
+    env = {"PYTHONPATH": str(site)}
+    res = cli("plugins", env=env)
+    assert res.returncode == 0, res.stderr
+    broken = next(r for r in json.loads(res.stdout) if r["name"] == "broken")
+    assert broken["status"] == "failed" and "broken on purpose" in broken["errors"][0]
+    table = cli("plugins", "--table", env=env)
+    assert table.returncode == 0 and "failed" in table.stdout and "cat-broken" in table.stdout
+    assert cli("components", "aggregators", env=env).returncode == 0
+    strict = cli("plugins", env={**env, "CAT_STRICT_PLUGINS": "1"})
+    assert strict.returncode == 1 and "broken on purpose" in strict.stderr
+    assert "Traceback" not in strict.stderr
+
+
+def test_components_lists_params_with_descriptions():
+    res = cli("components", "aggregators")
+    assert res.returncode == 0, res.stderr
+    assert "synthesis" in res.stdout and "question_aware" in res.stdout
+    data = json.loads(cli("components", "datasets", "--json").stdout)
+    gsm8k = next(d for d in data["dataset"] if d["name"] == "gsm8k")
+    assert gsm8k["plugin"] == "cat_plugins.datasets"
+    assert all("description" in p for p in gsm8k["params"]["properties"].values())
+
+
+def test_run_of_unavailable_or_invalid_pipeline_is_a_clear_error(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(THREE_MISTAKES)
+    res = cli("run", str(path))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "error:" in res.stderr and "3 errors" in res.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_debug_shows_traceback(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(THREE_MISTAKES)
+    res = cli("--debug", "run", str(path))
+    assert "Traceback" in res.stderr
+
+
+def test_version_and_help():
+    assert cli("--version").stdout.startswith("cat-framework, version")
+    res = cli("--help")
+    assert res.returncode == 0 and "validate" in res.stdout and "plugins" in res.stdout
+
+
+def test_console_script_installed():
+    exe = Path(sys.executable).parent / "cat-framework"
+    if not exe.exists():
+        pytest.skip("console script not on this interpreter's bin dir")
+    res = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0
+
+
+def test_unknown_command_is_usage_error():
+    res = cli("frobnicate")
+    assert res.returncode == 2 and "No such command" in res.stderr
+
+
+def test_missing_pipeline_file():
+    res = cli("validate", "does-not-exist.yaml")
+    assert res.returncode == 2 and "file not found" in res.stderr
+
+
+@pytest.fixture(scope="session")
+def example_plugin_installed():
+    """Install the example third-party plugin (editable), as a user would."""
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-e",
+            str(REPO / "plugins" / "cat-agg-confidence"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr
+
+
+def test_example_plugin_listed_and_usable(example_plugin_installed, tmp_path):
+    records = json.loads(cli("plugins").stdout)
+    rec = next(r for r in records if r["name"] == "confidence_vote")
+    assert rec["distribution"] == "cat-agg-confidence" and rec["version"] == "0.1.0"
+    assert rec["status"] == "loaded" and rec["components"] == {"aggregator": ["confidence_vote"]}
+    path = tmp_path / "uses_plugin.yaml"
+    path.write_text(
+        textwrap.dedent("""\
+        name: uses-plugin
+        mode: evaluate
+        requires: [cat-agg-confidence]
+        models:
+          policy: default
+        data:
+          eval: {dataset: gsm8k, limit: 2}
+        eval:
+          aggregators: [majority, {name: confidence_vote, sharpness: 2.0}]
+    """)
+    )
+    res = cli("validate", str(path))
+    assert res.returncode == 0, res.stderr
+    none = cli("validate", str(path), env={"CAT_LOAD_PLUGINS": ""})
+    assert none.returncode == 2 and "confidence_vote" in none.stderr
+    only = json.loads(cli("plugins", env={"CAT_LOAD_PLUGINS": "cat-agg-confidence"}).stdout)
+    assert next(r for r in only if r["name"] == "confidence_vote")["status"] == "loaded"
