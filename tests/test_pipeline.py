@@ -245,9 +245,9 @@ def test_parse_override_values_are_yaml():
     assert parse_override("a.0.c=[x, y]") == (("a", 0, "c"), ["x", "y"])
     assert parse_override("x=null") == (("x",), None)
     assert parse_override("x=1.0e-3") == (("x",), 1e-3)
-    with pytest.raises(ConfigError, match="KEY.PATH=VALUE"):
+    with pytest.raises(ConfigError, match=r"KEY\.PATH=VALUE"):
         parse_override("novalue")
-    with pytest.raises(ConfigError, match="KEY.PATH=VALUE"):
+    with pytest.raises(ConfigError, match=r"KEY\.PATH=VALUE"):
         parse_override("a..b=1")
 
 

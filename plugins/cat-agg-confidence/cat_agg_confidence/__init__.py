@@ -55,7 +55,9 @@ class ConfidenceVote(Aggregator):
             method=self.name,
             answer=answers[winner],
             details={
-                "scores": {answers[c[0]]: round(s, 6) for c, s in zip(clusters, scores)},
+                "scores": {
+                    answers[c[0]]: round(s, 6) for c, s in zip(clusters, scores, strict=True)
+                },
                 "weights": [round(w, 6) for w in weights],
                 "answers": answers,
                 "index": winner,
