@@ -170,7 +170,13 @@ class Eval(Strict):
         default_factory=lambda: [NamedSpec(name="single")],
         description="Aggregators compared side by side on the same rollouts.",
     )
+    scorer: NamedSpec | None = Field(
+        None,
+        description="Reward deriver that grades references against gold for freeform tasks "
+        "(e.g. human_rubric); math answers are checked for equivalence with the gold answer.",
+    )
     limit: int | None = Field(None, ge=1, description="Evaluate on the first N prompts only.")
+    batch_size: int = Field(8, ge=1, description="Prompts sampled per policy generate call.")
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for confidence intervals.")
     confidence: float = Field(0.95, gt=0.0, lt=1.0, description="Confidence level of intervals.")
 
@@ -178,6 +184,11 @@ class Eval(Strict):
     @classmethod
     def _names(cls, v: Any) -> Any:
         return [_shorthand("name", x) for x in v] if isinstance(v, list) else v
+
+    @field_validator("scorer", mode="before")
+    @classmethod
+    def _scorer(cls, v: Any) -> Any:
+        return _shorthand("name", v)
 
 
 class Output(Strict):

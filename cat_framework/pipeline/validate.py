@@ -176,6 +176,7 @@ def _component_slots(data: dict[str, Any]) -> list[tuple[KeyPath, str]]:
     for split in ("train", "eval"):
         slots.append((("data", split), "dataset"))
     slots += [(("aggregator",), "aggregator"), (("reward",), "reward_deriver")]
+    slots.append((("eval", "scorer"), "reward_deriver"))
     aggs = _get(data, ("eval", "aggregators"))
     if isinstance(aggs, list):
         slots += [(("eval", "aggregators", i), "aggregator") for i in range(len(aggs))]
@@ -283,6 +284,20 @@ def validate_source(source: Source, plugins: Plugins | None = None) -> Pipeline:
         if resolved is not None:
             comps[path] = resolved
     issues.extend(_task_issues(source, comps))
+    eval_data = comps.get(("data", "eval"))
+    if (
+        eval_data is not None
+        and (getattr(eval_data.params, "task", None) or eval_data.cls.task) == "freeform"
+        and ("eval", "scorer") not in comps
+        and _get(data, ("eval", "scorer")) is None
+    ):
+        issues.append(
+            source.issue(
+                ("eval", "scorer"),
+                f"dataset {eval_data.name!r} is freeform: set eval.scorer to a reward deriver that "
+                "grades against gold, e.g. `scorer: human_rubric`",
+            )
+        )
 
     mode = data.get("mode")
     for path, why in MODE_REQUIREMENTS.get(mode, []) if isinstance(mode, str) else []:
