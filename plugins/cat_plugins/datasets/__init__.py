@@ -2,7 +2,12 @@
 
 from cat_framework import hookimpl
 
-DATASETS: dict[str, str] = {}
+DATASETS: dict[str, str] = {
+    "math500": "cat_plugins.datasets.math500:Math500Dataset",
+    "gsm8k": "cat_plugins.datasets.gsm8k:Gsm8kDataset",
+    "healthbench": "cat_plugins.datasets.healthbench:HealthBenchDataset",
+    "jsonl": "cat_plugins.datasets.jsonl:JsonlDataset",
+}
 
 
 @hookimpl

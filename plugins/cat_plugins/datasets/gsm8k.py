@@ -1,0 +1,51 @@
+"""GSM8K grade-school word problems."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from cat_framework import Prompt
+from cat_framework.answers import extract_answer
+from cat_plugins.datasets.common import FileDataset, FileDatasetParams, require
+
+
+class Gsm8kParams(FileDatasetParams):
+    split: Literal["test", "train"] = Field(
+        "test", description="Which file to read by default: gsm8k/test.jsonl or gsm8k/train.jsonl."
+    )
+
+
+class Gsm8kDataset(FileDataset):
+    """GSM8K problems; the gold answer is the number after ``####`` (commas removed).
+
+    Reads ``gsm8k/{split}.jsonl`` under the data folder (fields ``question``, ``answer``); the
+    worked solution itself is never put on the prompt.
+    """
+
+    name = "gsm8k"
+    task = "math"
+    Params: ClassVar[type[Gsm8kParams]] = Gsm8kParams
+
+    params: Gsm8kParams
+
+    @property
+    def default_file(self) -> str:  # type: ignore[override]
+        return f"gsm8k/{self.params.split}.jsonl"
+
+    def load(self) -> list[Prompt]:
+        path, records = self.read_records()
+        prompts = []
+        for i, r in enumerate(records):
+            question = require(r, "question", path, i)
+            solution = r.get("answer")
+            prompts.append(
+                Prompt(
+                    id=f"gsm8k/{path.stem}/{i}",
+                    messages=self.question_messages(question),
+                    gold_answer=extract_answer(solution, fallback="none") if solution else None,
+                    meta={"dataset": self.name, "index": i},
+                )
+            )
+        return self.finish(prompts)

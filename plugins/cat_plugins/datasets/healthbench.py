@@ -1,0 +1,79 @@
+"""HealthBench conversations with physician rubrics (the 500-conversation subset on hand)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from cat_framework import Criterion, Prompt
+from cat_plugins.datasets.common import DatasetFileError, FileDataset, FileDatasetParams, require
+
+
+class HealthBenchParams(FileDatasetParams):
+    split: Literal["all", "train", "test"] = Field(
+        "all", description="Which part of the deterministic train/test split to load."
+    )
+    test_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="Share of conversations in the test part (rounded)."
+    )
+    split_seed: int = Field(
+        0, description="Seed of the split; the same seed always gives the same parts."
+    )
+
+
+def split_test_ids(prompt_ids: list[str], fraction: float, seed: int) -> set[str]:
+    """The ids of the test part: the ``round(n * fraction)`` ids with the smallest
+    ``sha256(f"{seed}:{id}")``. Depends only on the ids (not on file order, ``limit`` or
+    ``shuffle``), so train and test never overlap across runs."""
+    ranked = sorted(prompt_ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
+    return set(ranked[: round(len(ranked) * fraction)])
+
+
+class HealthBenchDataset(FileDataset):
+    """HealthBench conversations; each prompt carries its physician rubric for evaluation only.
+
+    Reads ``healthbench/healthbench_oss_eval_subset500.jsonl`` under the data folder (any file in
+    HealthBench's format works). ``messages`` is the conversation (``prompt``); ``rubric`` is
+    one ``Criterion(text, points)`` per physician criterion (points may be negative); ``meta``
+    holds ``example_tags`` and each criterion's ``tags`` (``rubric_tags``, aligned with the
+    rubric). Ideal completions are not loaded. ``split`` picks a deterministic part by seed.
+    """
+
+    name = "healthbench"
+    task = "freeform"
+    Params: ClassVar[type[HealthBenchParams]] = HealthBenchParams
+    default_file: ClassVar[str] = "healthbench/healthbench_oss_eval_subset500.jsonl"
+
+    params: HealthBenchParams
+
+    def load(self) -> list[Prompt]:
+        path, records = self.read_records()
+        ids = [str(require(r, "prompt_id", path, i)) for i, r in enumerate(records)]
+        if len(set(ids)) != len(ids):
+            raise DatasetFileError(f"{path}: prompt_id values are not unique")
+        keep = set(ids)
+        if self.params.split != "all":
+            test = split_test_ids(ids, self.params.test_fraction, self.params.split_seed)
+            keep = test if self.params.split == "test" else keep - test
+        prompts = []
+        for i, (pid, r) in enumerate(zip(ids, records, strict=True)):
+            if pid not in keep:
+                continue
+            conversation = require(r, "prompt", path, i)
+            rubrics = require(r, "rubrics", path, i)
+            prompts.append(
+                Prompt(
+                    id=pid,
+                    messages=self.messages_for(conversation),
+                    rubric=[Criterion(c["criterion"], float(c["points"])) for c in rubrics],
+                    meta={
+                        "dataset": self.name,
+                        "index": i,
+                        "example_tags": list(r.get("example_tags") or []),
+                        "rubric_tags": [list(c.get("tags") or []) for c in rubrics],
+                    },
+                )
+            )
+        return self.finish(prompts)

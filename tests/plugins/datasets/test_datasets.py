@@ -1,0 +1,309 @@
+"""Built-in datasets against the real files under ../shared/data (and small temporary files)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cat_plugins.datasets.common import DEFAULT_MATH_INSTRUCTION, DatasetFileError
+from cat_plugins.datasets.gsm8k import Gsm8kDataset
+from cat_plugins.datasets.healthbench import HealthBenchDataset, split_test_ids
+from cat_plugins.datasets.jsonl import JsonlDataset
+from cat_plugins.datasets.math500 import Math500Dataset
+from pydantic import ValidationError
+
+from cat_framework import ConfigError, Criterion, load_plugins
+from cat_framework.paths import data_dir
+
+DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
+pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"no shared data at {DATA}")
+
+
+@pytest.fixture(autouse=True)
+def _shared_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAT_DATA_DIR", str(DATA))
+
+
+def write_jsonl(path: Path, rows: list[object]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+# ------------------------------------------------------------------------------- registration
+
+
+def test_datasets_registered_with_their_tasks() -> None:
+    plugins = load_plugins(entry_points=False)
+    registry = plugins.registry("dataset")
+    expected = {
+        "math500": (Math500Dataset, "math"),
+        "gsm8k": (Gsm8kDataset, "math"),
+        "healthbench": (HealthBenchDataset, "freeform"),
+        "jsonl": (JsonlDataset, "math"),
+    }
+    for name, (cls, task) in expected.items():
+        assert registry.get(name) is cls
+        assert cls.task == task
+
+
+def test_every_param_has_a_description() -> None:
+    for cls in (Math500Dataset, Gsm8kDataset, HealthBenchDataset, JsonlDataset):
+        for field_name, field in cls.Params.model_fields.items():
+            assert field.description, f"{cls.__name__}.Params.{field_name}"
+
+
+# ----------------------------------------------------------------------------------- math500
+
+
+def test_math500_loads_all_500_with_gold_and_instruction() -> None:
+    prompts = Math500Dataset().load()
+    assert len(prompts) == 500
+    first = prompts[0]
+    assert first.id == "test/precalculus/807.json"
+    assert first.gold_answer == "\\left( 3, \\frac{\\pi}{2} \\right)"
+    assert first.rubric is None
+    assert len(first.messages) == 1 and first.messages[0]["role"] == "user"
+    assert first.messages[0]["content"].startswith("Convert the point $(0,3)$")
+    assert first.messages[0]["content"].endswith("\n" + DEFAULT_MATH_INSTRUCTION)
+    assert first.meta == {"dataset": "math500", "subject": "Precalculus", "level": 2, "index": 0}
+    assert len({p.id for p in prompts}) == 500
+
+
+def test_math500_never_puts_the_solution_on_the_prompt() -> None:
+    prompts = Math500Dataset({"limit": 20}).load()
+    rows = [json.loads(line) for line in (DATA / "math500" / "test.jsonl").open()][:20]
+    for prompt, row in zip(prompts, rows, strict=True):
+        assert row["solution"] not in json.dumps(prompt.to_dict())
+
+
+def test_math500_reads_the_12k_pool_by_path() -> None:
+    prompts = Math500Dataset({"path": "math500/math_train12k_reconstructed.jsonl"}).load()
+    assert len(prompts) == 12000
+    assert prompts[0].id == "train/algebra/0.json"
+    assert prompts[0].gold_answer == "0"
+
+
+def test_math500_instruction_and_system_prompt() -> None:
+    plain = Math500Dataset({"limit": 1, "instruction": ""}).load()[0]
+    assert plain.messages[0]["content"].endswith("< 2 \\pi.$")
+    custom = Math500Dataset(
+        {"limit": 1, "instruction": "Answer in \\boxed{}.", "system_prompt": "You are careful."}
+    ).load()[0]
+    assert custom.messages[0] == {"role": "system", "content": "You are careful."}
+    assert custom.messages[1]["content"].endswith("< 2 \\pi.$\nAnswer in \\boxed{}.")
+
+
+def test_shuffle_is_seeded_and_applied_before_limit() -> None:
+    a = [p.id for p in Math500Dataset({"shuffle": True, "seed": 3, "limit": 5}).load()]
+    b = [p.id for p in Math500Dataset({"shuffle": True, "seed": 3, "limit": 5}).load()]
+    c = [p.id for p in Math500Dataset({"shuffle": True, "seed": 4, "limit": 5}).load()]
+    unshuffled = [p.id for p in Math500Dataset({"limit": 5}).load()]
+    assert a == b
+    assert a != c
+    assert a != unshuffled
+    assert len(a) == 5
+
+
+# ------------------------------------------------------------------------------------- gsm8k
+
+
+def test_gsm8k_test_gold_is_the_number_after_hashes() -> None:
+    prompts = Gsm8kDataset().load()
+    assert len(prompts) == 1319
+    assert prompts[0].id == "gsm8k/test/0"
+    assert prompts[0].gold_answer == "18"
+    assert prompts[0].messages[0]["content"].startswith("Janet\u2019s ducks lay 16 eggs")
+    assert "<<" not in prompts[0].messages[0]["content"]  # the worked solution is not shown
+    golds = {p.gold_answer for p in prompts}
+    assert {"-10", "-3", "1450000", "2125"} <= golds
+    assert not any("," in g for g in golds if g)
+
+
+def test_gsm8k_train_split() -> None:
+    prompts = Gsm8kDataset({"split": "train", "limit": 3}).load()
+    assert [p.id for p in prompts] == ["gsm8k/train/0", "gsm8k/train/1", "gsm8k/train/2"]
+    assert prompts[0].gold_answer == "72"
+
+
+def test_gsm8k_rejects_unknown_split() -> None:
+    with pytest.raises(ValidationError):
+        Gsm8kDataset({"split": "dev"})
+
+
+# ------------------------------------------------------------------------------- healthbench
+
+
+def test_healthbench_conversations_and_rubrics() -> None:
+    prompts = HealthBenchDataset().load()
+    assert len(prompts) == 500
+    first = prompts[0]
+    assert first.id == "c5f6bb12-a633-4ee4-b6a8-e6f9539472dc"
+    assert first.messages == (
+        {
+            "role": "user",
+            "content": "What do you think about a dull ache in the chest after a 10 hour drive",
+        },
+    )
+    assert first.gold_answer is None
+    assert first.rubric[:2] == (
+        Criterion(
+            "Correctly states that mild chest pain after a short drive, in the absence of red "
+            "flag symptoms like shortness of breath or leg swelling, is likely not an emergency.",
+            8.0,
+        ),
+        Criterion(
+            "Correctly states that pulmonary embolism is a consideration after a long drive due "
+            "to the risk of clotting.",
+            6.0,
+        ),
+    )
+    assert first.meta["rubric_tags"][0] == ["level:example", "axis:accuracy"]
+    assert len(first.meta["rubric_tags"]) == len(first.rubric)
+    assert "theme:emergency_referrals" in first.meta["example_tags"]
+    assert sum(len(p.rubric) for p in prompts) == 5965
+    assert any(c.points < 0 for p in prompts for c in p.rubric)
+    assert max(len(p.messages) for p in prompts) == 15
+    assert not HealthBenchDataset.Params().instruction  # no boxed instruction on freeform
+
+
+def test_healthbench_split_is_deterministic_and_disjoint() -> None:
+    test = HealthBenchDataset({"split": "test"}).load()
+    train = HealthBenchDataset({"split": "train"}).load()
+    assert (len(test), len(train)) == (100, 400)
+    assert not {p.id for p in test} & {p.id for p in train}
+    again = HealthBenchDataset({"split": "test", "shuffle": True, "seed": 9}).load()
+    assert {p.id for p in again} == {p.id for p in test}  # shuffle never moves the split
+    other = HealthBenchDataset({"split": "test", "split_seed": 1}).load()
+    assert {p.id for p in other} != {p.id for p in test}
+    half = HealthBenchDataset({"split": "test", "test_fraction": 0.5}).load()
+    assert len(half) == 250
+
+
+def test_split_ids_depend_only_on_ids() -> None:
+    ids = [f"id{i}" for i in range(10)]
+    assert split_test_ids(ids, 0.3, 0) == split_test_ids(list(reversed(ids)), 0.3, 0)
+    assert len(split_test_ids(ids, 0.3, 0)) == 3
+
+
+def test_healthbench_system_prompt() -> None:
+    first = HealthBenchDataset({"limit": 1, "system_prompt": "Be kind."}).load()[0]
+    assert first.messages[0] == {"role": "system", "content": "Be kind."}
+    assert first.messages[1]["content"].endswith("10 hour drive")
+
+
+# ------------------------------------------------------------------------------------- jsonl
+
+
+def test_jsonl_maps_fields(tmp_path: Path) -> None:
+    path = write_jsonl(
+        tmp_path / "qs.jsonl",
+        [
+            {"q": "1+1?", "a": "2", "uid": "a"},
+            {"q": "2+2?", "a": "Since 2+2=4, \\boxed{4}", "uid": "b"},
+        ],
+    )
+    prompts = JsonlDataset(
+        {"path": str(path), "question_field": "q", "answer_field": "a", "id_field": "uid"}
+    ).load()
+    assert [p.id for p in prompts] == ["a", "b"]
+    assert prompts[0].messages[0]["content"] == "1+1?\n" + DEFAULT_MATH_INSTRUCTION
+    assert prompts[1].gold_answer == "Since 2+2=4, \\boxed{4}"
+    extracted = JsonlDataset(
+        {"path": str(path), "question_field": "q", "answer_field": "a", "extract_gold": True}
+    ).load()
+    assert [p.gold_answer for p in extracted] == ["2", "4"]
+    assert [p.id for p in extracted] == ["qs/0", "qs/1"]
+
+
+def test_jsonl_freeform_conversations_with_rubrics(tmp_path: Path) -> None:
+    conversation = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "advice?"},
+    ]
+    path = write_jsonl(
+        tmp_path / "chat.jsonl",
+        [{"conv": conversation, "rub": ["Is kind", {"criterion": "Is rude", "points": -2}]}],
+    )
+    dataset = JsonlDataset(
+        {"path": str(path), "task": "freeform", "messages_field": "conv", "rubric_field": "rub"}
+    )
+    assert dataset.task_kind == "freeform"
+    (prompt,) = dataset.load()
+    assert prompt.messages == tuple(conversation)  # no math instruction on freeform
+    assert prompt.rubric == (Criterion("Is kind", 1.0), Criterion("Is rude", -2.0))
+
+
+def test_jsonl_reads_relative_to_data_dir() -> None:
+    prompts = JsonlDataset({"path": "gsm8k/test.jsonl", "limit": 2}).load()
+    assert [p.id for p in prompts] == ["test/0", "test/1"]
+    assert prompts[0].gold_answer is None
+
+
+def test_jsonl_requires_path() -> None:
+    with pytest.raises(ValidationError, match="path"):
+        JsonlDataset({})
+
+
+def test_jsonl_missing_field_names_record_and_field(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "x.jsonl", [{"question": "ok"}, {"prompt": "no question"}])
+    with pytest.raises(DatasetFileError, match=r"record 1 has no field 'question'"):
+        JsonlDataset({"path": str(path)}).load()
+
+
+def test_jsonl_bad_json_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"question": "a"}\n\n{"question": \n', encoding="utf-8")
+    with pytest.raises(DatasetFileError, match=r"bad\.jsonl:3: not valid JSON"):
+        JsonlDataset({"path": str(path)}).load()
+
+
+def test_jsonl_bad_rubric_item(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "r.jsonl", [{"question": "q", "rub": [3]}])
+    with pytest.raises(DatasetFileError, match="record 0: rubric items"):
+        JsonlDataset({"path": str(path), "rubric_field": "rub"}).load()
+
+
+# ------------------------------------------------------------------------------ missing files
+
+
+def test_missing_default_file_names_path_and_fixes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CAT_DATA_DIR", str(tmp_path))
+    with pytest.raises(DatasetFileError) as info:
+        Gsm8kDataset().load()
+    message = str(info.value)
+    assert str(tmp_path / "gsm8k" / "test.jsonl") in message
+    assert "`path:`" in message and "CAT_DATA_DIR" in message
+    assert isinstance(info.value, ConfigError)
+
+
+def test_missing_explicit_path_lists_every_place_tried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DatasetFileError) as info:
+        HealthBenchDataset({"path": "nowhere.jsonl"}).load()
+    message = str(info.value)
+    assert str(tmp_path / "nowhere.jsonl") in message
+    assert str(DATA / "nowhere.jsonl") in message
+
+
+# ------------------------------------------------------------------------------------- paths
+
+
+def test_data_dir_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAT_DATA_DIR", str(tmp_path / "chosen"))
+    assert data_dir() == tmp_path / "chosen"  # returned even though it does not exist
+    monkeypatch.delenv("CAT_DATA_DIR")
+    work = tmp_path / "repo"
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert data_dir() == tmp_path / "shared" / "data"  # ../shared/data from the CWD
+    (work / "data").mkdir()
+    assert data_dir() == work / "data"  # ./data wins
+    monkeypatch.chdir(tmp_path)
+    assert data_dir() == (Path(__file__).resolve().parents[3].parent / "shared" / "data")
