@@ -121,6 +121,11 @@ class FileDataset(Dataset):
     def question_messages(self, question: str) -> list[dict[str, str]]:
         return self.messages_for([{"role": "user", "content": question}])
 
+    def base_meta(self, index: int) -> dict[str, Any]:
+        """``meta`` every prompt carries: ``dataset``, ``task`` (aggregators such as synthesis
+        pick their template by it) and the record's ``index`` in the file."""
+        return {"dataset": self.name, "task": self.task_kind, "index": index}
+
     def finish(self, prompts: list[Prompt]) -> list[Prompt]:
         """Apply ``shuffle`` (seeded) and then ``limit``."""
         if self.params.shuffle:

@@ -45,7 +45,7 @@ class Gsm8kDataset(FileDataset):
                     id=f"gsm8k/{path.stem}/{i}",
                     messages=self.question_messages(question),
                     gold_answer=extract_answer(solution, fallback="none") if solution else None,
-                    meta={"dataset": self.name, "index": i},
+                    meta=self.base_meta(i),
                 )
             )
         return self.finish(prompts)

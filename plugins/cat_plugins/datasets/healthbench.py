@@ -69,8 +69,7 @@ class HealthBenchDataset(FileDataset):
                     messages=self.messages_for(conversation),
                     rubric=[Criterion(c["criterion"], float(c["points"])) for c in rubrics],
                     meta={
-                        "dataset": self.name,
-                        "index": i,
+                        **self.base_meta(i),
                         "example_tags": list(r.get("example_tags") or []),
                         "rubric_tags": [list(c.get("tags") or []) for c in rubrics],
                     },

@@ -86,7 +86,7 @@ class JsonlDataset(FileDataset):
                         messages=messages,
                         gold_answer=gold,
                         rubric=rubric,
-                        meta={"dataset": self.name, "index": i},
+                        meta=self.base_meta(i),
                     )
                 )
             except (ValueError, TypeError, KeyError) as e:

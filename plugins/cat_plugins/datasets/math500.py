@@ -37,10 +37,9 @@ class Math500Dataset(FileDataset):
                     messages=self.question_messages(question),
                     gold_answer=None if gold is None else str(gold),
                     meta={
-                        "dataset": self.name,
+                        **self.base_meta(i),
                         "subject": r.get("subject"),
                         "level": r.get("level"),
-                        "index": i,
                     },
                 )
             )

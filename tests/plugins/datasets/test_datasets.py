@@ -66,7 +66,13 @@ def test_math500_loads_all_500_with_gold_and_instruction() -> None:
     assert len(first.messages) == 1 and first.messages[0]["role"] == "user"
     assert first.messages[0]["content"].startswith("Convert the point $(0,3)$")
     assert first.messages[0]["content"].endswith("\n" + DEFAULT_MATH_INSTRUCTION)
-    assert first.meta == {"dataset": "math500", "subject": "Precalculus", "level": 2, "index": 0}
+    assert first.meta == {
+        "dataset": "math500",
+        "task": "math",
+        "index": 0,
+        "subject": "Precalculus",
+        "level": 2,
+    }
     assert len({p.id for p in prompts}) == 500
 
 
@@ -124,6 +130,7 @@ def test_gsm8k_train_split() -> None:
     prompts = Gsm8kDataset({"split": "train", "limit": 3}).load()
     assert [p.id for p in prompts] == ["gsm8k/train/0", "gsm8k/train/1", "gsm8k/train/2"]
     assert prompts[0].gold_answer == "72"
+    assert prompts[0].meta == {"dataset": "gsm8k", "task": "math", "index": 0}
 
 
 def test_gsm8k_rejects_unknown_split() -> None:
@@ -161,6 +168,11 @@ def test_healthbench_conversations_and_rubrics() -> None:
     assert first.meta["rubric_tags"][0] == ["level:example", "axis:accuracy"]
     assert len(first.meta["rubric_tags"]) == len(first.rubric)
     assert "theme:emergency_referrals" in first.meta["example_tags"]
+    assert (first.meta["dataset"], first.meta["task"], first.meta["index"]) == (
+        "healthbench",
+        "freeform",
+        0,
+    )
     assert sum(len(p.rubric) for p in prompts) == 5965
     assert any(c.points < 0 for p in prompts for c in p.rubric)
     assert max(len(p.messages) for p in prompts) == 15
@@ -233,6 +245,7 @@ def test_jsonl_freeform_conversations_with_rubrics(tmp_path: Path) -> None:
     (prompt,) = dataset.load()
     assert prompt.messages == tuple(conversation)  # no math instruction on freeform
     assert prompt.rubric == (Criterion("Is kind", 1.0), Criterion("Is rude", -2.0))
+    assert prompt.meta == {"dataset": "jsonl", "task": "freeform", "index": 0}
 
 
 def test_jsonl_reads_relative_to_data_dir() -> None:
