@@ -4,6 +4,7 @@ from cat_framework import hookimpl
 
 AGGREGATORS = {
     "single": "cat_plugins.aggregators.single:SingleAggregator",
+    "majority": "cat_plugins.aggregators.majority:MajorityAggregator",
     "synthesis": "cat_plugins.aggregators.synthesis:SynthesisAggregator",
     "minppl": "cat_plugins.aggregators.minppl:MinPPLAggregator",
     "best_of_n": "cat_plugins.aggregators.best_of_n:BestOfNAggregator",

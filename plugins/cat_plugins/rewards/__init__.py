@@ -2,7 +2,9 @@
 
 from cat_framework import hookimpl
 
-REWARD_DERIVERS: dict[str, str] = {}
+REWARD_DERIVERS: dict[str, str] = {
+    "programmatic": "cat_plugins.rewards.programmatic:ProgrammaticReward",
+}
 
 
 @hookimpl
