@@ -19,16 +19,6 @@ from cat_framework.pipeline import (
 from tests.helpers.echo_backend import EchoBackend
 
 
-class Synth(Aggregator):
-    name = "synthesis"
-
-    class Params(ComponentParams):
-        question_aware: bool = False
-
-    def aggregate(self, groups):
-        return [Reference(text="", method=self.name) for _ in groups]
-
-
 class ProseOnly(Aggregator):
     name = "vote_math"
     tasks = frozenset({"math"})
@@ -57,7 +47,6 @@ class ToyReward(RewardDeriver):
 class TestPlugin:
     @hookimpl
     def register_aggregators(self, register):
-        register(Synth)
         register(ProseOnly)
 
     @hookimpl
@@ -82,7 +71,7 @@ VALID = """\
 name: demo
 mode: evaluate
 models:
-  policy: {backend: echo, reply: "7"}
+  policy: {backend: echo, replies: ["7"]}
 data:
   eval: {dataset: toy, limit: 3}
 rollouts: {n: 4, max_new_tokens: 16}
@@ -139,25 +128,26 @@ def test_valid_pipeline_resolves_components(tmp_path, plugins):
     pipe = load_pipeline(write(tmp_path, VALID), plugins=plugins)
     assert pipe.config.rollouts.n == 4
     policy = pipe.component("models", "policy")
-    assert policy.cls is EchoBackend and policy.params.reply == "7"
+    assert policy.cls is EchoBackend and policy.params.replies == ["7"]
     agg = pipe.component("eval", "aggregators", 1)
-    assert agg.cls is Synth and agg.params.question_aware is True
+    assert agg.name == "synthesis" and agg.params.question_aware is True
     resolved = pipe.resolved()
-    assert resolved["eval"]["aggregators"][1] == {"name": "synthesis", "question_aware": True}
-    assert resolved["models"]["policy"] == {"backend": "echo", "reply": "7"}
+    assert resolved["eval"]["aggregators"][1]["question_aware"] is True
+    assert resolved["eval"]["aggregators"][1]["template"] == "auto"  # defaults filled in
+    assert resolved["models"]["policy"] == {"backend": "echo", "replies": ["7"]}
     assert resolved["trainer"]["learning_rate"] == 5e-7  # defaults filled in
 
 
 def test_component_params_are_validated_with_their_schema(tmp_path, plugins):
     text = VALID.replace("question_aware: true", "question_awar: true").replace(
-        'reply: "7"', "reply: [1]"
+        'replies: ["7"]', "replies: 3"
     )
     err = errors_of(tmp_path, text, plugins)
     by_path = {i.path: i for i in err.issues}
     assert "eval.aggregators[1].question_awar" in by_path
     assert "Did you mean 'question_aware'?" in by_path["eval.aggregators[1].question_awar"].message
     assert by_path["eval.aggregators[1].question_awar"].line == 9
-    assert by_path["models.policy.reply"].line == 4
+    assert by_path["models.policy.replies"].line == 4
 
 
 def test_malformed_yaml_gives_line_and_column(tmp_path, plugins):
@@ -217,12 +207,22 @@ def test_task_mismatch_is_reported(tmp_path, plugins):
     from cat_framework import load_plugins
 
     p = load_plugins(entry_points=False, extra=[("t", TestPlugin()), ("prose", Prose())])
-    text = VALID.replace("dataset: toy, limit: 3", "dataset: chat").replace(
-        "single, ", "vote_math, "
+    text = (
+        VALID.replace("dataset: toy, limit: 3", "dataset: chat").replace("single, ", "vote_math, ")
+        + "  scorer: toy_reward\n"
     )
     (issue,) = errors_of(tmp_path, text, p).issues
     assert issue.path == "eval.aggregators[0].name"
     assert "works on math tasks only, but dataset 'chat' is freeform" in issue.message
+
+
+def test_freeform_evaluation_needs_a_scorer(tmp_path, make_plugins):
+    from cat_framework import load_plugins
+
+    p = load_plugins(entry_points=False, extra=[("t", TestPlugin())])
+    text = VALID.replace("dataset: toy, limit: 3", "dataset: healthbench").replace("single, ", "")
+    (issue,) = errors_of(tmp_path, text, p).issues
+    assert issue.path == "eval.scorer" and "human_rubric" in issue.message
 
 
 def test_overrides_apply_and_are_located(tmp_path, plugins):
@@ -232,7 +232,7 @@ def test_overrides_apply_and_are_located(tmp_path, plugins):
         plugins=plugins,
     )
     assert pipe.config.rollouts.n == 2
-    assert pipe.component("eval", "aggregators", 0).cls is Synth
+    assert pipe.component("eval", "aggregators", 0).name == "synthesis"
     assert pipe.config.trainer.lora.r == 4
     err = errors_of(tmp_path, VALID, plugins, ["rollouts.n=0"])
     (issue,) = err.issues

@@ -1,4 +1,4 @@
-"""A deterministic backend for tests of the plumbing (not of models): echoes scripted text."""
+"""A deterministic backend for tests of the plumbing (not of models): scripted replies."""
 
 from __future__ import annotations
 
@@ -10,12 +10,15 @@ from cat_framework import Backend, Completion, ComponentParams, GenerationReques
 
 
 class EchoBackend(Backend):
-    """Answers each request with ``reply`` (or a scripted function of the request)."""
+    """The i-th sample of every request is ``replies[i % len(replies)]`` (or ``script(req, i)``).
+
+    Records every batch it receives in ``calls`` so tests can assert on batching and prompts.
+    """
 
     name = "echo"
 
     class Params(ComponentParams):
-        reply: str = Field("42", description="Text every completion carries.")
+        replies: list[str] = Field(default_factory=lambda: ["42"], description="Cycled replies.")
 
     def __init__(
         self,
@@ -27,21 +30,31 @@ class EchoBackend(Backend):
         super().__init__(params, roles=roles)
         self.script = script
         self.calls: list[list[GenerationRequest]] = []
+        self.score_calls: list[tuple[list, list]] = []
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
         self.calls.append(list(requests))
+        replies = self.params.replies
         out = []
         for req in requests:
             texts = [
-                self.script(req, i) if self.script else self.params.reply for i in range(req.n)
+                self.script(req, i) if self.script else replies[i % len(replies)]
+                for i in range(req.n)
             ]
             out.append(
                 [
-                    Completion(text=t, token_ids=[1] * len(t), logprobs=[-0.1] * len(t))
+                    Completion(
+                        text=t,
+                        token_ids=list(range(len(t.split()) or 1)),
+                        logprobs=[-0.5] * (len(t.split()) or 1),
+                        finish_reason="stop",
+                    )
                     for t in texts
                 ]
             )
         return out
 
     def score(self, contexts, continuations):
-        return [[-0.1] * len(c) for c in continuations]
+        self.score_calls.append((list(contexts), list(continuations)))
+        # longer continuations are "more surprising" per token: a simple, predictable ranking
+        return [[-0.1 * len(c)] * max(1, len(c)) for c in continuations]

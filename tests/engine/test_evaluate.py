@@ -1,0 +1,137 @@
+"""Test-time evaluation end to end with a scripted backend (no model): records, metrics, resume."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from cat_framework import hookimpl, load_plugins
+from cat_framework.engine.evaluate import labels_for, summarize
+from cat_framework.engine.runner import run_pipeline
+from cat_framework.pipeline import load_pipeline
+from tests.helpers.echo_backend import EchoBackend
+
+
+class EchoPlugin:
+    @hookimpl
+    def register_backends(self, register):
+        register(EchoBackend)
+
+
+@pytest.fixture
+def plugins():
+    return load_plugins(entry_points=False, extra=[("echo", EchoPlugin())])
+
+
+def write_data(tmp_path):
+    rows = [
+        {"id": "a", "question": "What is 2+2?", "answer": "4"},
+        {"id": "b", "question": "What is 2+3?", "answer": "5"},
+        {"id": "c", "question": "What is 10/4?", "answer": "\\frac{5}{2}"},
+    ]
+    path = tmp_path / "toy.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def pipeline_text(data, replies):
+    return textwrap.dedent(f"""\
+        name: toy-eval
+        mode: evaluate
+        models:
+          policy: {{backend: echo, replies: {json.dumps(replies)}}}
+        data:
+          eval: {{dataset: jsonl, path: "{data}", answer_field: answer, id_field: id}}
+        rollouts: {{n: 3, max_new_tokens: 8}}
+        eval:
+          aggregators: [single, majority, minppl, synthesis]
+          batch_size: 2
+          bootstrap: 200
+    """)
+
+
+def test_evaluate_writes_records_metrics_and_diagnostics(tmp_path, plugins):
+    data = write_data(tmp_path)
+    # rollouts: "4", "4", "2.5"; synthesis (the anchor = same echo backend) answers "4"
+    path = tmp_path / "p.yaml"
+    path.write_text(pipeline_text(data, ["\\boxed{4}", "\\boxed{4}", "so \\boxed{2.5}"]))
+    pipe = load_pipeline(path, plugins=plugins)
+    run_dir = tmp_path / "run"
+    run_pipeline(pipe, plugins=plugins, run_dir=str(run_dir))
+    records = [json.loads(x) for x in (run_dir / "records.jsonl").read_text().splitlines()]
+    assert [r["prompt_id"] for r in records] == ["a", "b", "c"]
+    assert len(records[0]["rollouts"]) == 3
+    assert records[0]["references"]["majority"]["answer"] == "4"
+    assert records[0]["references"]["majority"]["score"] == 1.0
+    assert records[2]["references"]["majority"]["score"] == 0.0
+    assert records[2]["pass_at_g"] is True  # 2.5 == 5/2
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["aggregators"]["majority"]["score"] == pytest.approx(1 / 3)
+    assert metrics["rollouts"]["pass_at_g"] == pytest.approx(2 / 3)
+    assert metrics["rollouts"]["accuracy"] == pytest.approx((2 / 3 + 0 + 1 / 3) / 3)
+    lo, hi = (
+        metrics["aggregators"]["majority"]["ci_low"],
+        metrics["aggregators"]["majority"]["ci_high"],
+    )
+    assert 0.0 <= lo <= 1 / 3 <= hi <= 1.0
+    assert metrics["diagnostics"]["synthesis_vs_majority"]["disagree"] == 0
+    assert (run_dir / "config.yaml").exists() and (run_dir / "log.jsonl").exists()
+
+
+def test_evaluate_batches_policy_calls(tmp_path, plugins):
+    data = write_data(tmp_path)
+    path = tmp_path / "p.yaml"
+    path.write_text(pipeline_text(data, ["\\boxed{4}"]))
+    pipe = load_pipeline(path, plugins=plugins)
+    from cat_framework.engine import evaluate as ev
+
+    calls = []
+    original = EchoBackend.generate
+
+    def spy(self, requests):
+        calls.append(len(requests))
+        return original(self, requests)
+
+    EchoBackend.generate = spy
+    try:
+        run_pipeline(pipe, plugins=plugins, run_dir=str(tmp_path / "run"))
+    finally:
+        EchoBackend.generate = original
+    # batch_size 2 over 3 prompts: two rollout calls and two synthesis calls, never one per prompt
+    assert calls == [2, 2, 1, 1]
+    assert ev.labels_for(["a", "b", "a"]) == ["a[0]", "b", "a[2]"]
+
+
+def test_resume_skips_finished_prompts(tmp_path, plugins):
+    data = write_data(tmp_path)
+    path = tmp_path / "p.yaml"
+    path.write_text(pipeline_text(data, ["\\boxed{5}"]))
+    pipe = load_pipeline(path, plugins=plugins)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    first = {
+        "prompt_id": "a",
+        "rollouts": [],
+        "pass_at_g": False,
+        "rollout_accuracy": 0.0,
+        "references": {
+            k: {"score": 0.0, "answer": None} for k in ("single", "majority", "minppl", "synthesis")
+        },
+    }
+    (run_dir / "records.jsonl").write_text(json.dumps(first) + '\n{"truncated')
+    run_pipeline(pipe, plugins=plugins, resume=str(run_dir))
+    lines = [x for x in (run_dir / "records.jsonl").read_text().splitlines()]
+    ids = [json.loads(x)["prompt_id"] for x in lines if x.startswith('{"prompt_id')]
+    assert ids == ["a", "b", "c"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["prompts"] == 3
+    assert metrics["aggregators"]["single"]["score"] == pytest.approx(1 / 3)  # only "b" is 5
+
+
+def test_summarize_freeform_clips_mean():
+    recs = [{"references": {"x": {"score": s}}} for s in (1.5, 1.2)]
+    out = summarize(recs, ["x"], "freeform", 0, 0.95)
+    assert out["aggregators"]["x"]["score"] == 1.0
+    assert labels_for(["x"]) == ["x"]
