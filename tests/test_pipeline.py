@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from cat_framework import Aggregator, Dataset, Prompt, Reference, RewardDeriver, Rewards, hookimpl
+from cat_framework import Aggregator, Dataset, Prompt, RewardDeriver, Rewards, hookimpl
 from cat_framework.components import ComponentParams
 from cat_framework.errors import ConfigError
 from cat_framework.pipeline import (
