@@ -1,0 +1,214 @@
+"""The majority-vote aggregator and the single baseline (no models: rollouts are built directly)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cat_plugins.aggregators.majority import MajorityAggregator
+from cat_plugins.aggregators.single import SingleAggregator
+
+from cat_framework import Completion, Prompt, Reference, RolloutGroup, hookimpl, load_plugins
+from cat_framework.pipeline import PipelineValidationError, load_pipeline
+from tests.helpers.echo_backend import EchoBackend
+
+
+class GoldTrap(Prompt):
+    """A prompt whose gold answer and rubric explode when read (once armed)."""
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in ("gold_answer", "rubric") and object.__getattribute__(self, "__dict__").get(
+            "_armed"
+        ):
+            raise AssertionError(f"the teacher path read prompt.{name}")
+        return super().__getattribute__(name)
+
+
+def trap_prompt(gold: str = "999") -> Prompt:
+    prompt = GoldTrap(id="q", messages=[{"role": "user", "content": "?"}], gold_answer=gold)
+    object.__setattr__(prompt, "_armed", True)
+    return prompt
+
+
+def group(*texts: str, prompt: Prompt | None = None) -> RolloutGroup:
+    prompt = prompt or Prompt(id="q", messages=[{"role": "user", "content": "?"}])
+    return RolloutGroup(prompt=prompt, rollouts=[Completion(text=t) for t in texts])
+
+
+def vote(*texts: str, **params: Any) -> Reference:
+    (ref,) = MajorityAggregator(params).aggregate([group(*texts)])
+    return ref
+
+
+def test_equivalent_answers_share_a_cluster() -> None:
+    ref = vote("so \\boxed{1/2}", "\\boxed{0.5}", "\\boxed{3}", "thus \\boxed{\\frac{1}{2}}")
+    assert ref.method == "majority"
+    assert ref.text == "so \\boxed{1/2}"
+    assert ref.answer == "1/2"
+    assert ref.details == {
+        "answers": ["1/2", "0.5", "3", "\\frac{1}{2}"],
+        "votes": [
+            {"answer": "1/2", "count": 3, "members": [0, 1, 3]},
+            {"answer": "3", "count": 1, "members": [2]},
+        ],
+        "no_answer": 0,
+        "tie": False,
+        "index": 0,
+    }
+
+
+def test_equivalence_beats_string_plurality() -> None:
+    """String equality alone would pick "7" (2 votes); equivalence finds 3 votes for one half."""
+    ref = vote("\\boxed{7}", "\\boxed{0.5}", "\\boxed{\\frac12}", "\\boxed{7}", "\\boxed{2/4}")
+    assert ref.answer == "0.5"
+    assert ref.details["index"] == 1
+    assert [v["count"] for v in ref.details["votes"]] == [3, 2]
+    string = vote(
+        "\\boxed{7}",
+        "\\boxed{0.5}",
+        "\\boxed{\\frac12}",
+        "\\boxed{7}",
+        "\\boxed{2/4}",
+        mode="string",
+    )
+    assert string.answer == "7"
+    assert [v["count"] for v in string.details["votes"]] == [2, 1, 1, 1]
+
+
+def test_tie_goes_to_the_cluster_seen_first() -> None:
+    ref = vote("\\boxed{2}", "\\boxed{3}", "\\boxed{3}", "\\boxed{2}")
+    assert (ref.answer, ref.details["index"], ref.details["tie"]) == ("2", 0, True)
+    ref = vote("no idea", "\\boxed{5}", "\\boxed{7}", "\\boxed{7}", "\\boxed{5}", fallback="none")
+    assert (ref.answer, ref.details["index"], ref.details["tie"]) == ("5", 1, True)
+    assert ref.details["no_answer"] == 1
+    assert ref.details["votes"] == [
+        {"answer": "5", "count": 2, "members": [1, 4]},
+        {"answer": "7", "count": 2, "members": [2, 3]},
+    ]
+
+
+def test_all_distinct_answers_pick_the_first() -> None:
+    ref = vote("\\boxed{1}", "\\boxed{2}", "\\boxed{3}")
+    assert (ref.answer, ref.details["index"], ref.details["tie"]) == ("1", 0, True)
+
+
+def test_rollouts_without_answers_do_not_vote() -> None:
+    ref = vote("I give up", "\\boxed{4}", "", "hmm", fallback="none")
+    assert (ref.answer, ref.details["index"]) == ("4", 1)
+    assert ref.details["answers"] == [None, "4", None, None]
+    assert ref.details["no_answer"] == 3
+    assert ref.details["tie"] is False
+
+
+def test_no_answer_at_all_gives_an_empty_reference() -> None:
+    ref = vote("I give up", "no clue", fallback="none")
+    assert ref == Reference(
+        text="",
+        method="majority",
+        answer=None,
+        details={
+            "answers": [None, None],
+            "votes": [],
+            "no_answer": 2,
+            "tie": False,
+            "index": None,
+        },
+    )
+
+
+def test_fallback_extraction_and_gsm8k_numbers() -> None:
+    ref = vote("The answer is 1,000.", "#### 1000", "\\boxed{999}", "so 1000 in total")
+    assert ref.answer == "1000"
+    assert ref.details["answers"] == ["1000", "1000", "999", "1000"]
+    assert ref.details["votes"][0] == {"answer": "1000", "count": 3, "members": [0, 1, 3]}
+    phrase_only = vote(
+        "The answer is 1,000.", "\\boxed{999}", "so 1000 in total", fallback="phrase"
+    )
+    assert phrase_only.details["answers"] == ["1000", "999", None]
+
+
+def test_batches_keep_group_order() -> None:
+    groups = [group("\\boxed{1}", "\\boxed{2}", "\\boxed{2}"), group("\\boxed{x}", "\\boxed{x}")]
+    refs = MajorityAggregator().aggregate(groups)
+    assert [r.answer for r in refs] == ["2", "x"]
+    assert MajorityAggregator().aggregate([]) == []
+
+
+def test_never_reads_gold_answers() -> None:
+    texts = ("\\boxed{4}", "\\boxed{5}", "\\boxed{4}")
+    (trapped,) = MajorityAggregator().aggregate([group(*texts, prompt=trap_prompt())])
+    (wrong_gold,) = MajorityAggregator().aggregate(
+        [
+            group(
+                *texts,
+                prompt=Prompt(id="q", messages=[{"role": "user", "content": "?"}], gold_answer="5"),
+            )
+        ]
+    )
+    assert trapped == wrong_gold
+    assert trapped.answer == "4"
+    with pytest.raises(AssertionError, match="gold_answer"):
+        _ = trap_prompt().gold_answer  # the trap works
+
+
+def test_params_are_described_and_strict() -> None:
+    for name, field in MajorityAggregator.Params.model_fields.items():
+        assert field.description, name
+    with pytest.raises(ValueError, match="tie_break"):
+        MajorityAggregator({"tie_break": "random"})
+
+
+# --------------------------------------------------------------------------------- registration
+
+
+def test_registered_and_math_only() -> None:
+    plugins = load_plugins(entry_points=False)
+    assert plugins.registry("aggregator").get("majority") is MajorityAggregator
+    assert MajorityAggregator.tasks == frozenset({"math"})
+
+
+class _Echo:
+    @hookimpl
+    def register_backends(self, register: Any) -> None:
+        register(EchoBackend)
+
+
+def test_majority_on_freeform_data_is_a_validation_error(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "name: hb\nmode: evaluate\nmodels:\n  policy: {backend: echo}\n"
+        "data:\n  eval: {dataset: healthbench}\nrollouts: {n: 2, max_new_tokens: 8}\n"
+        "eval:\n  aggregators: [single, majority]\n"
+    )
+    plugins = load_plugins(entry_points=False, extra=[("echo", _Echo())])
+    with pytest.raises(PipelineValidationError) as err:
+        load_pipeline(path, plugins=plugins)
+    by_path = {issue.path: issue.message for issue in err.value.issues}
+    assert "eval.aggregators[0].name" not in by_path  # single is fine on freeform
+    assert by_path["eval.aggregators[1].name"] == (
+        "aggregator 'majority' works on math tasks only, but dataset 'healthbench' is freeform"
+    )
+
+
+# ------------------------------------------------------------------------------------- single
+
+
+def test_single_fills_the_extracted_answer() -> None:
+    (ref,) = SingleAggregator().aggregate([group("so \\boxed{12}", "\\boxed{13}")])
+    assert ref == Reference(
+        text="so \\boxed{12}", method="single", answer="12", details={"index": 0}
+    )
+    (none,) = SingleAggregator({"fallback": "none"}).aggregate([group("about 12")])
+    assert none.answer is None
+
+
+def test_single_leaves_freeform_answers_empty() -> None:
+    prompt = Prompt(id="c", messages=[{"role": "user", "content": "hi"}], meta={"task": "freeform"})
+    (ref,) = SingleAggregator().aggregate([group("Drink 2 glasses of water.", prompt=prompt)])
+    assert (ref.text, ref.answer) == ("Drink 2 glasses of water.", None)
+
+
+def test_single_never_reads_gold_answers() -> None:
+    (ref,) = SingleAggregator().aggregate([group("\\boxed{3}", prompt=trap_prompt())])
+    assert ref.answer == "3"
