@@ -1,0 +1,141 @@
+"""The programmatic (math answer) reward deriver; no models, groups are built directly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from cat_plugins.rewards.programmatic import ProgrammaticReward
+
+from cat_framework import Completion, Prompt, Reference, Rewards, RolloutGroup, load_plugins
+
+
+class GoldTrap(Prompt):
+    """A prompt whose gold answer and rubric explode when read (once armed)."""
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in ("gold_answer", "rubric") and object.__getattribute__(self, "__dict__").get(
+            "_armed"
+        ):
+            raise AssertionError(f"the reward read prompt.{name}")
+        return super().__getattribute__(name)
+
+
+def trap_prompt(gold: str) -> Prompt:
+    prompt = GoldTrap(id="q", messages=[{"role": "user", "content": "?"}], gold_answer=gold)
+    object.__setattr__(prompt, "_armed", True)
+    return prompt
+
+
+def group(*texts: str, gold: str | None = None) -> RolloutGroup:
+    prompt = Prompt(id="q", messages=[{"role": "user", "content": "?"}], gold_answer=gold)
+    return RolloutGroup(prompt=prompt, rollouts=[Completion(text=t) for t in texts])
+
+
+def derive(g: RolloutGroup, ref: Reference, **params: Any) -> Rewards:
+    (rewards,) = ProgrammaticReward(params).derive([g], [ref])
+    return rewards
+
+
+def test_equivalent_answers_earn_one() -> None:
+    g = group("so \\boxed{0.5}", "\\boxed{\\frac{1}{2}}", "\\boxed{2}", "no answer", "1/2")
+    ref = Reference(text="... \\boxed{\\dfrac{1}{2}}", method="synthesis")
+    rewards = derive(g, ref, fallback="none")
+    assert rewards.values == (1.0, 1.0, 0.0, 0.0, 0.0)
+    assert [d["answer"] for d in rewards.details] == ["0.5", "\\frac{1}{2}", "2", None, None]
+    assert [d["match"] for d in rewards.details] == [True, True, False, False, False]
+    assert all(d["reference_answer"] == "\\dfrac{1}{2}" for d in rewards.details)
+    assert all(d["reference_has_answer"] is True for d in rewards.details)
+
+
+def test_string_mode_is_the_papers_plain_match() -> None:
+    g = group("\\boxed{0.5}", "\\boxed{\\frac{1}{2}}", "\\boxed{ \\frac{1}{2} }")
+    ref = Reference(text="\\boxed{\\dfrac{1}{2}}", method="synthesis")
+    assert derive(g, ref, mode="string").values == (0.0, 1.0, 1.0)
+    assert derive(g, ref).values == (1.0, 1.0, 1.0)
+
+
+def test_reference_answer_field_wins_over_its_text() -> None:
+    g = group("\\boxed{3}", "\\boxed{4}")
+    ref = Reference(text="\\boxed{4}", method="majority", answer="3")
+    assert derive(g, ref).values == (1.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("rollout", "reference", "expected"),
+    [
+        ("\\boxed{3\\sqrt{2}}", "\\sqrt{18}", 1.0),
+        ("\\boxed{(1, 2]}", "(1,2]", 1.0),
+        ("\\boxed{[1, 2]}", "(1,2]", 0.0),
+        ("#### 1,000", "1000", 1.0),
+        ("The answer is -7.", "-7", 1.0),
+        ("\\boxed{7}", "-7", 0.0),
+        ("\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}", "(3, \\pi/2)", 1.0),
+    ],
+)
+def test_answer_forms(rollout: str, reference: str, expected: float) -> None:
+    ref = Reference(text="", method="synthesis", answer=reference)
+    assert derive(group(rollout), ref).values == (expected,)
+
+
+def test_reference_without_answer_gives_zeros_and_is_flagged() -> None:
+    g = group("\\boxed{1}", "no answer either")
+    ref = Reference(text="I am not sure.", method="synthesis")
+    rewards = derive(g, ref, fallback="none")
+    assert rewards.values == (0.0, 0.0)
+    assert rewards.details == (
+        {"answer": "1", "match": False, "reference_answer": None, "reference_has_answer": False},
+        {"answer": None, "match": False, "reference_answer": None, "reference_has_answer": False},
+    )
+    blank = Reference(text="\\boxed{1}", method="majority", answer="  ")
+    assert derive(g, blank).values == (0.0, 0.0)
+    assert derive(g, blank).details[0]["reference_has_answer"] is False
+
+
+def test_fallback_applies_to_reference_and_rollouts() -> None:
+    g = group("The answer is 12.", "it is 12")
+    ref = Reference(text="Total: 12 apples", method="synthesis")
+    assert derive(g, ref).values == (1.0, 1.0)  # default "number"
+    phrase = derive(g, ref, fallback="phrase")
+    assert phrase.values == (0.0, 0.0)
+    assert phrase.details[0]["reference_has_answer"] is False
+
+
+def test_batches_align_groups_and_references() -> None:
+    groups = [group("\\boxed{1}", "\\boxed{2}"), group("\\boxed{x+1}", "\\boxed{1+x}")]
+    refs = [
+        Reference(text="\\boxed{2}", method="m"),
+        Reference(text="\\boxed{x + 1}", method="m"),
+    ]
+    assert [r.values for r in ProgrammaticReward().derive(groups, refs)] == [
+        (0.0, 1.0),
+        (1.0, 1.0),
+    ]
+    assert ProgrammaticReward().derive([], []) == []
+    with pytest.raises(ValueError, match="2 groups but 1 references"):
+        ProgrammaticReward().derive(groups, refs[:1])
+
+
+def test_never_reads_gold_answers() -> None:
+    """The reward depends on the reference alone: a trapped gold is never touched, and a wrong
+    gold changes nothing."""
+    texts = ("\\boxed{4}", "\\boxed{5}")
+    ref = Reference(text="\\boxed{4}", method="synthesis")
+    trapped = RolloutGroup(prompt=trap_prompt("5"), rollouts=[Completion(text=t) for t in texts])
+    (from_trap,) = ProgrammaticReward().derive([trapped], [ref])
+    (wrong_gold,) = ProgrammaticReward().derive([group(*texts, gold="5")], [ref])
+    (right_gold,) = ProgrammaticReward().derive([group(*texts, gold="4")], [ref])
+    assert from_trap == wrong_gold == right_gold
+    assert from_trap.values == (1.0, 0.0)
+    with pytest.raises(AssertionError, match="gold_answer"):
+        _ = trapped.prompt.gold_answer  # the trap works
+
+
+def test_registered_math_only_and_described() -> None:
+    plugins = load_plugins(entry_points=False)
+    assert plugins.registry("reward_deriver").get("programmatic") is ProgrammaticReward
+    assert ProgrammaticReward.tasks == frozenset({"math"})
+    for name, field in ProgrammaticReward.Params.model_fields.items():
+        assert field.description, name
+    with pytest.raises(ValueError, match="mode"):
+        ProgrammaticReward({"mode": "exact"})
