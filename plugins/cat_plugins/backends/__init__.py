@@ -2,7 +2,9 @@
 
 from cat_framework import hookimpl
 
-BACKENDS: dict[str, str] = {}
+BACKENDS: dict[str, str] = {
+    "transformers": "cat_plugins.backends.transformers_backend:TransformersBackend",
+}
 
 
 @hookimpl
