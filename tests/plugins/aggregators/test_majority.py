@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cat_plugins.aggregators.majority import MajorityAggregator
-from cat_plugins.aggregators.single import SingleAggregator
 
 from cat_framework import Completion, Prompt, Reference, RolloutGroup, hookimpl, load_plugins
 from cat_framework.pipeline import PipelineValidationError, load_pipeline
+from cat_plugins.aggregators.majority import MajorityAggregator
+from cat_plugins.aggregators.single import SingleAggregator
 from tests.helpers.echo_backend import EchoBackend
 
 

@@ -6,15 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
+
+from cat_framework import ConfigError, Criterion, load_plugins
+from cat_framework.paths import data_dir
 from cat_plugins.datasets.common import DEFAULT_MATH_INSTRUCTION, DatasetFileError
 from cat_plugins.datasets.gsm8k import Gsm8kDataset
 from cat_plugins.datasets.healthbench import HealthBenchDataset, split_test_ids
 from cat_plugins.datasets.jsonl import JsonlDataset
 from cat_plugins.datasets.math500 import Math500Dataset
-from pydantic import ValidationError
-
-from cat_framework import ConfigError, Criterion, load_plugins
-from cat_framework.paths import data_dir
 
 DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"no shared data at {DATA}")

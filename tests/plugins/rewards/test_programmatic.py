@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from cat_plugins.rewards.programmatic import ProgrammaticReward
 
 from cat_framework import Completion, Prompt, Reference, Rewards, RolloutGroup, load_plugins
+from cat_plugins.rewards.programmatic import ProgrammaticReward
 
 
 class GoldTrap(Prompt):
