@@ -69,7 +69,7 @@ def test_validate_malformed_yaml_shows_line_and_column(tmp_path):
     path.write_text("name: x\nmode: train\nmodels:\n  policy: default\n   bad: 1\n")
     res = cli("validate", str(path))
     assert res.returncode == 2
-    assert f"{path}:5:9: YAML syntax error" in res.stderr
+    assert f"{path}:5:7: YAML syntax error" in res.stderr
     assert "Traceback" not in res.stderr
 
 
