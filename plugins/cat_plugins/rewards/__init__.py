@@ -4,6 +4,9 @@ from cat_framework import hookimpl
 
 REWARD_DERIVERS: dict[str, str] = {
     "programmatic": "cat_plugins.rewards.programmatic:ProgrammaticReward",
+    "rubric": "cat_plugins.rewards.rubric:RubricReward",
+    "human_rubric": "cat_plugins.rewards.human_rubric:HumanRubricReward",
+    "judge": "cat_plugins.rewards.judge:JudgeReward",
 }
 
 

@@ -14,10 +14,11 @@ Rubric rules (:func:`parse_rubric`), in order:
    echoed format example before the real rubric is ignored;
 3. no ``<criterion>`` at all: lines of a numbered list (``1.``, ``2)``, ``(3)``) are the criteria;
 4. each criterion is whitespace-collapsed, entity-decoded and stripped of simple inline tags
-   (``<b>``); empty ones and case-insensitive duplicates are dropped.
+   (``<b>``); ones without a letter or digit (an echoed ``...`` placeholder) and
+   case-insensitive duplicates are dropped.
 
-Verdict rules (:func:`parse_verdict`): every ``<answer>`` tag is read (yes/no/true/false, any
-case, trailing punctuation); if they all agree that is the verdict, if they disagree (a judge that
+Verdict rules (:func:`parse_verdict`): the first word after every ``<answer>`` tag is read, closed
+or not (yes/no/true/false, any case, markup and punctuation ignored); if they all agree that is the verdict, if they disagree (a judge that
 echoed "answer <answer>yes</answer> or <answer>no</answer>") it is ``None``. Without a tag, a
 reply that *starts* with yes/no (after markup such as ``**``) or a final "answer: yes" phrase
 counts. Anything else is ``None`` (unparsed), never a guess.
@@ -83,7 +84,7 @@ def _dedupe(items: list[str]) -> tuple[str, ...]:
     out = []
     for item in items:
         key = item.casefold()
-        if item and key not in seen:
+        if any(ch.isalnum() for ch in item) and key not in seen:
             seen.add(key)
             out.append(item)
     return tuple(out)

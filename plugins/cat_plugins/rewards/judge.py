@@ -1,0 +1,153 @@
+"""The model-as-judge baseline: a binary "is this rollout equivalent to the reference?" reward.
+
+The paper's holistic alternative to rubrics: "π_J checks whether an output is semantically
+equivalent to the estimated reference response to provide a binary reward". Its prompt is not
+published; ``equivalence_judge`` is ours. Every rollout of the batch goes to the judge in one
+batched call; unparsed answers are re-asked (batched, bounded) and then score 0 with
+``met=None`` in the details. A group whose reference is empty scores 0 without judge calls
+(``no_reference: true``). Works for math and free-form tasks alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import structlog
+from pydantic import Field
+
+from cat_framework import (
+    Criterion,
+    Reference,
+    RewardDeriver,
+    Rewards,
+    Roles,
+    RolloutGroup,
+    Verdict,
+)
+from cat_plugins.prompts import render
+from cat_plugins.rewards.judging import (
+    PROMPT_TAGS,
+    JudgeParams,
+    ask_batched,
+    chat,
+    check_template,
+    conversation_block,
+    neutralize_tags,
+)
+from cat_plugins.rewards.length_penalty import LengthPenalty, count_tokens, penalize, penalized
+from cat_plugins.rewards.xml_parsing import parse_verdict
+
+log = structlog.get_logger("cat_plugins.rewards")
+
+#: the single "criterion" recorded in each rollout's verdicts
+EQUIVALENCE = Criterion("equivalent to the reference")
+
+
+class JudgeRewardParams(JudgeParams):
+    judge_template: str = Field(
+        "equivalence_judge",
+        description="Template name or path, with $reference, $response and $question_block.",
+    )
+    judge_sees_question: bool = Field(
+        False,
+        description="Show the judge the conversation (not published; default: texts only).",
+    )
+    length_penalty: LengthPenalty | None = Field(
+        None, description="Optional penalty for long rollouts (paper, HealthBench: -1 over 750)."
+    )
+
+
+class JudgeReward(RewardDeriver):
+    """Binary reward: the judge says whether a rollout is equivalent to the reference."""
+
+    name = "judge"
+    Params: ClassVar[type[JudgeRewardParams]] = JudgeRewardParams
+    params: JudgeRewardParams
+
+    def __init__(
+        self,
+        params: JudgeRewardParams | Mapping[str, Any] | None = None,
+        *,
+        roles: Roles | None = None,
+    ) -> None:
+        super().__init__(params, roles=roles)
+        p = self.params
+        check_template(
+            p.judge_template,
+            required={"reference", "response"}
+            | ({"question_block"} if p.judge_sees_question else set()),
+            allowed={"reference", "response", "question_block"},
+            param="judge_template",
+        )
+
+    def judge_prompt(self, group: RolloutGroup, reference: Reference, rollout_text: str) -> str:
+        """The judge's prompt for one rollout; the conversation only if enabled."""
+        qb = conversation_block(group.prompt.messages) if self.params.judge_sees_question else ""
+        return render(
+            self.params.judge_template,
+            reference=neutralize_tags(reference.text.strip(), PROMPT_TAGS),
+            response=neutralize_tags(rollout_text.strip(), PROMPT_TAGS),
+            question_block=qb,
+        )
+
+    def derive(
+        self, groups: Sequence[RolloutGroup], references: Sequence[Reference]
+    ) -> list[Rewards]:
+        if len(groups) != len(references):
+            raise ValueError(f"{len(groups)} groups but {len(references)} references")
+        p = self.params
+        keys = [
+            (g, r)
+            for g, (group, ref) in enumerate(zip(groups, references, strict=True))
+            if ref.text.strip()
+            for r in range(len(group.rollouts))
+        ]
+        answers = ask_batched(
+            self.require_roles().judge,
+            [
+                chat(
+                    self.judge_prompt(groups[g], references[g], groups[g].rollouts[r].text),
+                    p.system_message,
+                )
+                for g, r in keys
+            ],
+            parse_verdict,
+            max_new_tokens=p.judge_max_new_tokens,
+            temperature=p.judge_temperature,
+            max_retries=p.max_judge_retries,
+            retry_temperature=p.retry_temperature,
+            seed=p.seed,
+        )
+        judged = dict(zip(keys, answers, strict=True))
+        out = []
+        for g, group in enumerate(groups):
+            values, details = [], []
+            for r, rollout in enumerate(group.rollouts):
+                answer = judged.get((g, r))
+                met = answer.value if answer else None
+                score = 1.0 if met is True else 0.0
+                n_tokens, exact = count_tokens(rollout)
+                values.append(penalize(score, n_tokens, p.length_penalty))
+                verdicts = [Verdict(EQUIVALENCE, met, answer.raw).to_dict()] if answer else []
+                details.append(
+                    {
+                        "score": score,
+                        "n_met": int(met is True),
+                        "n_unparsed": int(answer is not None and met is None),
+                        "n_retried": int(answer is not None and answer.attempts > 1),
+                        "verdicts": verdicts,
+                        "no_reference": answer is None,
+                        "n_tokens": n_tokens,
+                        "tokens_exact": exact,
+                        "length_penalized": penalized(n_tokens, p.length_penalty),
+                    }
+                )
+            out.append(Rewards(values, details))
+        unparsed = sum(1 for a in answers if a.value is None)
+        if unparsed:
+            log.warning("judge reward unparsed verdicts", unparsed=unparsed, total=len(answers))
+        return out
+
+
+__all__ = ["EQUIVALENCE", "JudgeReward", "JudgeRewardParams"]

@@ -1,0 +1,179 @@
+"""Batched model-as-judge calls shared by the ``rubric``, ``human_rubric`` and ``judge`` rewards.
+
+A judge is asked many small questions (G rollouts x n criteria per prompt). They all go to the
+backend in **one** ``generate`` call, because a backend batches what it is given and one request
+at a time wastes the accelerator. Outputs that cannot be parsed are re-asked, again in one
+batched call for all of them, at most ``max_judge_retries`` times; whatever is still unparsed
+comes back as ``None`` (the caller records it as ``met=None``). Retries sample at
+``retry_temperature`` with a seed: re-asking a greedy judge would only repeat its answer.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from pydantic import Field
+
+from cat_framework import Backend, BackendError, ComponentParams, ConfigError, GenerationRequest
+from cat_plugins.prompts import load_template
+
+V = TypeVar("V")
+
+
+class JudgeParams(ComponentParams):
+    """Sampling and retry settings of the judge role."""
+
+    judge_max_new_tokens: int = Field(
+        32, ge=1, description="Token budget of one judge answer (yes/no needs very few)."
+    )
+    judge_temperature: float = Field(
+        0.0, ge=0.0, description="Temperature of the first judge call (0 = greedy)."
+    )
+    max_judge_retries: int = Field(
+        2, ge=0, description="Times an unparsed judge answer is re-asked before it counts as None."
+    )
+    retry_temperature: float = Field(
+        0.7, ge=0.0, description="Temperature of retries (a greedy judge would repeat itself)."
+    )
+    seed: int = Field(0, description="Base seed of retry sampling (attempt k uses seed + k).")
+    system_message: str | None = Field(
+        None, description="Optional system message sent before every judge prompt."
+    )
+
+
+@dataclass(frozen=True)
+class JudgeAnswer(Generic[V]):
+    """One judged item: the parsed value (``None`` = unparsed) and every raw output, in order."""
+
+    value: V | None
+    raws: tuple[str, ...]
+
+    @property
+    def raw(self) -> str:
+        """The output the value was parsed from (the last attempt's)."""
+        return self.raws[-1] if self.raws else ""
+
+    @property
+    def attempts(self) -> int:
+        return len(self.raws)
+
+
+def chat(prompt: str, system_message: str | None = None) -> list[dict[str, str]]:
+    """A one-turn chat (with an optional system message) for a rendered prompt."""
+    head = [{"role": "system", "content": system_message}] if system_message else []
+    return [*head, {"role": "user", "content": prompt}]
+
+
+def ask_batched(
+    backend: Backend,
+    conversations: Sequence[Sequence[Mapping[str, str]]],
+    parse: Callable[[str], V | None],
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    max_retries: int = 0,
+    retry_temperature: float = 0.7,
+    seed: int = 0,
+) -> list[JudgeAnswer[V]]:
+    """Ask every conversation once, batched; re-ask only the unparsed ones, batched again."""
+    raws: list[list[str]] = [[] for _ in conversations]
+    values: list[V | None] = [None] * len(conversations)
+    pending = list(range(len(conversations)))
+    for attempt in range(max_retries + 1):
+        if not pending:
+            break
+        first = attempt == 0
+        requests = [
+            GenerationRequest(
+                messages=conversations[i],
+                n=1,
+                temperature=temperature if first else retry_temperature,
+                max_new_tokens=max_new_tokens,
+                seed=None if first else seed + attempt,
+            )
+            for i in pending
+        ]
+        outputs = backend.generate(requests)
+        if len(outputs) != len(requests):
+            raise BackendError(
+                f"judge backend {backend.name!r} returned {len(outputs)} results "
+                f"for {len(requests)} requests"
+            )
+        still = []
+        for i, out in zip(pending, outputs, strict=True):
+            raws[i].append(out[0].text if out else "")
+            values[i] = parse(raws[i][-1])
+            if values[i] is None:
+                still.append(i)
+        pending = still
+    return [JudgeAnswer(v, tuple(r)) for v, r in zip(values, raws, strict=True)]
+
+
+def format_conversation(messages: Sequence[Mapping[str, str]]) -> str:
+    """``role: content`` turns separated by blank lines (HealthBench's conversation format)."""
+    return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+
+def neutralize_tags(text: str, tags: Sequence[str]) -> str:
+    """Defuse our delimiter tags inside model text (``</response>`` -> ``&lt;/response>``) so a
+    rollout cannot close its slot in a judge prompt and write instructions after it."""
+    if not tags:
+        return text
+    pattern = re.compile(r"<(\s*/?\s*(?:" + "|".join(map(re.escape, tags)) + r")\b)", re.I)
+    return pattern.sub(r"&lt;\1", text)
+
+
+#: the delimiter tags of the judge prompts, defused inside any model or user text put into them
+PROMPT_TAGS = ("response", "reference", "criterion", "conversation", "answer", "rubric")
+
+
+def conversation_block(messages: Sequence[Mapping[str, str]]) -> str:
+    """The ``$question_block`` of a question-aware judge prompt: the conversation, delimited."""
+    text = neutralize_tags(format_conversation(messages), PROMPT_TAGS)
+    return f"\n<conversation>\n{text}\n</conversation>\n"
+
+
+def template_fields(name_or_path: str) -> set[str]:
+    """The ``$placeholders`` a template uses."""
+    template = load_template(name_or_path)
+    fields = set()
+    for m in string.Template.pattern.finditer(template.template):
+        name = m.group("named") or m.group("braced")
+        if name:
+            fields.add(name)
+    return fields
+
+
+def check_template(name_or_path: str, *, required: set[str], allowed: set[str], param: str) -> None:
+    """Fail at construction (not mid-run) when a template lacks a needed placeholder or uses
+    one this reward does not provide (e.g. ``$conversation`` while the judge is question-blind)."""
+    fields = template_fields(name_or_path)
+    missing, extra = required - fields, fields - allowed
+    if missing or extra:
+        problems = []
+        if missing:
+            problems.append(f"lacks {', '.join('$' + f for f in sorted(missing))}")
+        if extra:
+            problems.append(
+                f"uses {', '.join('$' + f for f in sorted(extra))}, which is not provided here "
+                f"(available: {', '.join('$' + f for f in sorted(allowed))})"
+            )
+        raise ConfigError(f"{param} {name_or_path!r} {' and '.join(problems)}")
+
+
+__all__ = [
+    "PROMPT_TAGS",
+    "JudgeAnswer",
+    "JudgeParams",
+    "ask_batched",
+    "chat",
+    "check_template",
+    "conversation_block",
+    "format_conversation",
+    "neutralize_tags",
+    "template_fields",
+]
