@@ -71,9 +71,11 @@ def strip_fences(text: str) -> str:
 
 
 def clean_criterion(text: str) -> str:
-    """Collapse whitespace, decode entities, drop inline tags, edge markup and enclosing quotes."""
+    """Collapse whitespace, decode entities, drop inline tags, markdown bold, edge markup and
+    enclosing quotes."""
     text = _INLINE_TAG.sub("", text)
-    text = _EDGE_MARKUP.sub("", html.unescape(" ".join(text.split()))).strip()
+    text = html.unescape(" ".join(text.split())).replace("**", "")
+    text = _EDGE_MARKUP.sub("", text).strip()
     if len(text) > 1 and text[0] == text[-1] and text[0] in "\"'":
         text = text[1:-1].strip()
     return text
