@@ -125,6 +125,26 @@ def test_gold_answer_and_human_rubric_are_never_sent(sees_question: bool) -> Non
     assert any("QUESTION-SENTINEL" in t for t in texts) is sees_question
 
 
+class GoldTrap(Prompt):
+    """A prompt whose gold answer and rubric raise when read (once armed)."""
+
+    def __getattribute__(self, name: str) -> Any:
+        armed = object.__getattribute__(self, "__dict__").get("_armed")
+        if armed and name in ("gold_answer", "rubric"):
+            raise AssertionError(f"the reward read prompt.{name}")
+        return super().__getattribute__(name)
+
+
+@pytest.mark.parametrize("sees_question", [False, True])
+def test_gold_fields_are_never_even_read(sees_question: bool) -> None:
+    prompt = GoldTrap(id="t", messages=[{"role": "user", "content": "?"}], gold_answer=GOLD)
+    object.__setattr__(prompt, "_armed", True)
+    reward, _, _ = make_reward(judge_sees_question=sees_question)
+    group = RolloutGroup(prompt, [Completion(text="salt", token_ids=[1])])
+    (out,) = reward.derive([group], [REF])
+    assert out.values == (0.2,)
+
+
 def test_question_aware_judge_gets_the_conversation_delimited() -> None:
     reward, _, judge = make_reward(judge_sees_question=True)
     reward.derive([make_group("a", "salt")], [REF])
