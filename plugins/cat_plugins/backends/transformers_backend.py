@@ -238,6 +238,9 @@ class TransformersBackend(Backend):
             tokens, lps = _sample(logits, temp, top_k, top_p, [gens[k] for k in live])
             for b, (k, t, lp) in enumerate(zip(live, tokens.tolist(), lps.tolist(), strict=True)):
                 row = rows[k]
+                if row.finish:  # done, not yet dropped from the batch
+                    tokens[b] = self.pad_id
+                    continue
                 row.tokens.append(t)
                 row.logprobs.append(lp)
                 stopped = t in self.eos_ids or any(

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 CHAT_TEMPLATE = (
+    "{% if greeting is defined %}{{ greeting }}\n{% endif %}"
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
@@ -71,7 +72,9 @@ def tiny_model(tiny_tokenizer: Any) -> Any:
 
 
 @pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model: Any, tiny_tokenizer: Any) -> Path:
+def tiny_dir(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Any, tiny_tokenizer: Any
+) -> Path:
     """The tiny model saved as an ordinary checkpoint folder, for load-by-path tests."""
     path = tmp_path_factory.mktemp("tiny-llama")
     tiny_model.save_pretrained(path)
