@@ -17,19 +17,14 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from cat_framework import (
-    Backend,
-    BackendError,
-    Completion,
-    ComponentParams,
-    GenerationRequest,
-    Roles,
-)
-from cat_framework.types import Message
+from cat_framework import Backend, BackendError, Completion, ComponentParams, Roles
+from cat_framework.types import GenerationRequest, Message
 from cat_plugins.backends.embedded import resolve_model_path
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _SEED_MIX = 0x9E3779B97F4A7C15
+#: score() keeps at most this many logits (rows x positions x vocab) alive: 1 GiB in fp32
+_LOGITS_BUDGET = 2**28
 
 
 class TransformersParams(ComponentParams):
@@ -112,7 +107,10 @@ class TransformersBackend(Backend):
         self.model = model
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
-        self.pad_id = _first_id(tokenizer.pad_token_id, tokenizer.eos_token_id, 0)
+        # padding is masked out, so any id works: the tokenizer is not touched
+        self.pad_id = next(
+            i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None
+        )
         eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         eos = eos if isinstance(eos, (list, tuple)) else [eos]
         self.eos_ids = {i for i in [*eos, tokenizer.eos_token_id] if i is not None}
@@ -156,8 +154,6 @@ class TransformersBackend(Backend):
             raise BackendError(f"could not load model {p.model!r}: {exc}") from exc
         return model.to(device).eval(), tokenizer
 
-    # ------------------------------------------------------------------ encoding
-
     def encode_context(self, context: Sequence[Message] | str) -> list[int]:
         """Token ids of a prompt: chat messages through the chat template (generation prompt
         added), raw text through the tokenizer with its usual special tokens."""
@@ -176,8 +172,6 @@ class TransformersBackend(Backend):
 
     def _decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
-
-    # ------------------------------------------------------------------ generate
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
         prompts = [self.encode_context(r.messages or r.text or "") for r in requests]
@@ -289,8 +283,6 @@ class TransformersBackend(Backend):
             text = text[: min(text.find(s) for s in request.stop if s in text)]
         return Completion(text, tokens, logprobs, finish)  # type: ignore[arg-type]
 
-    # ------------------------------------------------------------------ score
-
     def score(
         self,
         contexts: Sequence[Sequence[Message] | str],
@@ -314,10 +306,16 @@ class TransformersBackend(Backend):
         results: list[list[float]] = [[] for _ in contexts]
         order = sorted(range(len(ctx)), key=lambda i: len(ctx[i]) + len(cont[i]))
         order = [i for i in order if cont[i]]
-        with _eval_mode(self.model), torch.inference_mode():
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        batches = (
+            sub
             for batch in _pack(
                 order, lambda i: len(ctx[i]) + len(cont[i]), self.params.max_batch_tokens
-            ):
+            )
+            for sub in _pack(batch, lambda i: (len(cont[i]) + 1) * vocab, _LOGITS_BUDGET)
+        )
+        with _eval_mode(self.model), torch.inference_mode():
+            for batch in batches:
                 ids, mask = _left_pad([ctx[i] + cont[i] for i in batch], self.pad_id, self.device)
                 keep = max(len(cont[i]) for i in batch) + 1
                 out = self.model(
@@ -339,8 +337,6 @@ class TransformersBackend(Backend):
         if self.tokenizer.bos_token_id is None:
             raise BackendError("cannot score after an empty context: the tokenizer has no BOS")
         return [self.tokenizer.bos_token_id]
-
-    # ------------------------------------------------------------------ weights
 
     def update_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
         """Copy tensors into the model in place, by ``state_dict`` name (no-op for tensors that
@@ -364,10 +360,6 @@ class TransformersBackend(Backend):
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _first_id(*ids: int | None) -> int:
-    return next(i for i in ids if i is not None)
 
 
 def _left_pad(seqs: list[list[int]], pad: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,234 @@
+"""Generation benchmark: the ``transformers`` backend against a bare ``model.generate`` on the
+same batch (framework overhead, goal <= 5%), and the embedded model's first load (GGUF
+conversion, cold cache) against its second (cached folder; goal >= 3x faster).
+
+    python benchmarks/generation.py [--max-new-tokens 64] [--repeats 3] [--out FILE]
+    python benchmarks/generation.py --vllm --vllm-params '{"enforce_eager": true}'
+
+``--vllm`` adds the ``vllm`` backend (imported only then) on the same requests. Runs alternate
+between runners and the best of ``--repeats`` is reported, which keeps a busy CPU from
+favouring whichever runner happened to go first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cat_framework import Backend, GenerationRequest
+from cat_plugins.backends.transformers_backend import TransformersBackend
+
+PROMPTS = [
+    "What is 12 times 7?",
+    "Name three primary colours.",
+    "Explain what a prime number is.",
+    "Write a haiku about the sea.",
+    "What is the capital of France?",
+    "Give one tip for learning to code.",
+    "Why is the sky blue?",
+    "Translate 'good morning' into Spanish.",
+]
+
+#: a runner generates for the batch and returns the number of generated tokens
+Runner = Callable[[], int]
+
+
+def measure_load() -> dict[str, float]:
+    """Build the backend twice in a fresh cache dir: the first call converts the GGUF."""
+    import transformers  # noqa: F401  # imports are not what is being measured
+
+    old = os.environ.get("CAT_CACHE_DIR")
+    with tempfile.TemporaryDirectory(prefix="cat-bench-cache-") as tmp:
+        os.environ["CAT_CACHE_DIR"] = tmp
+        try:
+            times = []
+            for _ in range(2):
+                start = time.perf_counter()
+                backend = TransformersBackend({"model": "default", "device": "cpu"})
+                times.append(time.perf_counter() - start)
+                backend.close()
+        finally:
+            if old is None:
+                os.environ.pop("CAT_CACHE_DIR", None)
+            else:
+                os.environ["CAT_CACHE_DIR"] = old
+    return {"first_s": times[0], "second_s": times[1], "ratio": times[0] / times[1]}
+
+
+def requests_for(max_new_tokens: int, sampled: bool) -> list[GenerationRequest]:
+    if not sampled:  # greedy: every runner must produce the same tokens
+        return [
+            GenerationRequest(
+                messages=[{"role": "user", "content": p}],
+                max_new_tokens=max_new_tokens,
+                temperature=0.0,
+            )
+            for p in PROMPTS
+        ]
+    return [
+        GenerationRequest(
+            messages=[{"role": "user", "content": p}],
+            n=4,
+            max_new_tokens=max_new_tokens,
+            temperature=1.0,
+            seed=i,
+        )
+        for i, p in enumerate(PROMPTS[:2])
+    ]
+
+
+def backend_runner(backend: Backend, requests: list[GenerationRequest], log: list) -> Runner:
+    def run() -> int:
+        out = backend.generate(requests)
+        log.append([c.token_ids for group in out for c in group])
+        return sum(len(c.token_ids) for group in out for c in group)
+
+    return run
+
+
+def bare_runner(
+    backend: TransformersBackend, requests: list[GenerationRequest], log: list
+) -> Runner:
+    """``model.generate`` on the same prompts (left padded, as the backend does); a sampled
+    request becomes ``num_return_sequences``."""
+    model = backend.model
+    prompts = [backend.encode_context(r.messages) for r in requests]
+    width = max(map(len, prompts))
+    ids = torch.tensor([[backend.pad_id] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    req = requests[0]
+    sampled = req.temperature > 0
+    kwargs: dict[str, Any] = {"do_sample": sampled, "max_new_tokens": req.max_new_tokens}
+    if sampled:
+        kwargs.update(temperature=req.temperature, top_k=0, num_return_sequences=req.n)
+    eos = set(backend.eos_ids)
+
+    def run() -> int:
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=ids, attention_mask=mask, pad_token_id=backend.pad_id, **kwargs
+            )
+        rows = []
+        for row in out[:, width:].tolist():  # count up to and including the first EOS
+            end = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+            rows.append(tuple(row[:end]))
+        log.append(rows)
+        return sum(map(len, rows))
+
+    return run
+
+
+def vllm_backend(params: dict[str, Any]) -> Backend:
+    """The vLLM backend on the embedded model; imported only when ``--vllm`` is given."""
+    from cat_plugins.backends.vllm_backend import VLLMBackend
+
+    return VLLMBackend({"model": "default", **params})
+
+
+def time_runners(runners: dict[str, Runner], repeats: int) -> dict[str, dict[str, float]]:
+    for run in runners.values():  # warm-up: first-call allocations, lazy kernels
+        run()
+    best: dict[str, dict[str, float]] = {}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            tokens = run()
+            elapsed = time.perf_counter() - start
+            if name not in best or elapsed < best[name]["seconds"]:
+                best[name] = {"seconds": elapsed, "tokens": tokens, "tok_s": tokens / elapsed}
+    return best
+
+
+def report(load: dict[str, float] | None, sections: dict[str, Any], args: Any) -> str:
+    lines = [
+        "# Generation benchmark (CPU)",
+        "",
+        f"Machine: {os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"transformers {__import__('transformers').__version__}; "
+        f"load average at start {os.getloadavg()[0]:.1f}. Embedded SmolLM2-135M-Instruct, fp32.",
+        f"Command: `python benchmarks/generation.py {' '.join(args.argv)}`".rstrip(),
+        "",
+    ]
+    if load:
+        lines += [
+            "## Embedded model load",
+            "",
+            "| first load (GGUF -> cache) | second load (cached) | ratio (goal >= 3x) |",
+            "|---|---|---|",
+            f"| {load['first_s']:.1f} s | {load['second_s']:.2f} s | {load['ratio']:.0f}x |",
+            "",
+        ]
+    for title, (results, note) in sections.items():
+        base = results.get("bare model.generate")
+        lines += [
+            f"## {title}",
+            "",
+            note,
+            "",
+            "| runner | tokens | seconds | tok/s | time/token vs bare |",
+        ]
+        lines.append("|---|---|---|---|---|")
+        for name, r in results.items():
+            rel = f"{base['tok_s'] / r['tok_s'] - 1:+.1%}" if base else "-"
+            row = f"| {name} | {r['tokens']} | {r['seconds']:.2f} | {r['tok_s']:.1f} | {rel} |"
+            lines.append(row)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-load", action="store_true", help="skip the cold/warm load test")
+    parser.add_argument("--vllm", action="store_true", help="also run the vllm backend")
+    parser.add_argument("--vllm-params", default="{}", help="JSON params for the vllm backend")
+    parser.add_argument("--out", type=Path, default=None, help="write the markdown report here")
+    args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv
+
+    load = None if args.skip_load else measure_load()
+    backend = TransformersBackend({"model": "default", "device": "cpu"})
+    other = vllm_backend(json.loads(args.vllm_params)) if args.vllm else None
+    sections = {}
+    for sampled in (False, True):
+        requests = requests_for(args.max_new_tokens, sampled)
+        logs: dict[str, list] = {"backend": [], "bare": []}
+        runners = {
+            "transformers backend": backend_runner(backend, requests, logs["backend"]),
+            "bare model.generate": bare_runner(backend, requests, logs["bare"]),
+        }
+        if other is not None:
+            runners["vllm backend"] = backend_runner(other, requests, [])
+        results = time_runners(runners, args.repeats)
+        if sampled:
+            title = "Sampled: 2 prompts x n=4, temperature 1.0"
+            note = "Different random draws per runner: compare tok/s, not texts."
+        else:
+            title = f"Greedy: 8 chat prompts, max_new_tokens={args.max_new_tokens}"
+            same = logs["backend"][-1] == logs["bare"][-1]
+            note = (
+                f"Backend and bare generate produced identical tokens: {'yes' if same else 'NO'}."
+            )
+        sections[title] = (results, note)
+    text = report(load, sections, args)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
