@@ -46,6 +46,7 @@ from cat_plugins.rewards.judging import (
     ask_batched,
     chat,
     check_template,
+    format_conversation,
 )
 from cat_plugins.rewards.length_penalty import LengthPenalty, count_tokens, penalize, penalized
 from cat_plugins.rewards.xml_parsing import strip_fences
@@ -179,10 +180,9 @@ class HumanRubricReward(RewardDeriver):
     def grader_prompt(self, prompt: Prompt, text: str, criterion: Criterion) -> str:
         """HealthBench's grader prompt for one (response text, criterion)."""
         turns = [*prompt.messages, {"role": "assistant", "content": text}]
-        conversation = "\n\n".join(f"{m['role']}: {m['content']}" for m in turns)
         return render(
             self.params.grader_template,
-            conversation=conversation,
+            conversation=format_conversation(turns),
             rubric_item=rubric_item(criterion),
         )
 
