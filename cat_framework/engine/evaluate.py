@@ -55,16 +55,21 @@ class GoldScorer:
     def answer(self, text: str) -> str | None:
         return extract_answer(text) if self.task == "math" else None
 
-    def score(self, prompts: Sequence[Prompt], refs: Sequence[Reference]) -> list[float]:
+    def score(
+        self, prompts: Sequence[Prompt], refs: Sequence[Reference]
+    ) -> tuple[list[float], list[dict[str, Any]]]:
+        """One score per reference, plus the grading details (e.g. per-criterion verdicts)."""
         if self.task == "math" or self.scorer is None:
-            return [
+            scores = [
                 float(answers_equivalent(r.answer or extract_answer(r.text), p.gold_answer))
                 for p, r in zip(prompts, refs, strict=True)
             ]
+            return scores, [{} for _ in scores]
         groups = [
             RolloutGroup(p, (Completion(text=r.text),)) for p, r in zip(prompts, refs, strict=True)
         ]
-        return [rw.values[0] for rw in self.scorer.derive(groups, refs)]
+        rewards = self.scorer.derive(groups, refs)
+        return [rw.values[0] for rw in rewards], [dict(rw.details[0]) for rw in rewards]
 
 
 def _rollout_record(c: Completion, scorer: GoldScorer, gold: str | None) -> dict[str, Any]:
@@ -93,10 +98,11 @@ def evaluate_batch(
     timings = {"rollouts": time.perf_counter() - t0}
     refs: dict[str, list[Reference]] = {}
     scores: dict[str, list[float]] = {}
+    grading: dict[str, list[dict[str, Any]]] = {}
     for label, agg in aggregators:
         t = time.perf_counter()
         refs[label] = agg.aggregate(groups)
-        scores[label] = scorer.score(prompts, refs[label])
+        scores[label], grading[label] = scorer.score(prompts, refs[label])
         timings[label] = time.perf_counter() - t
     records = []
     for i, g in enumerate(groups):
@@ -107,7 +113,12 @@ def evaluate_batch(
             "gold_answer": g.prompt.gold_answer,
             "rollouts": rollouts,
             "references": {
-                label: {**refs[label][i].to_dict(), "score": scores[label][i]} for label in refs
+                label: {
+                    **refs[label][i].to_dict(),
+                    "score": scores[label][i],
+                    "grading": grading[label][i],
+                }
+                for label in refs
             },
         }
         if scorer.task == "math":
