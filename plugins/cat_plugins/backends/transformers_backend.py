@@ -407,37 +407,46 @@ def _sample(
     top_p: torch.Tensor,
     gens: list[torch.Generator],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next tokens and their log-probs under ``log_softmax(logits / T)`` (unfiltered)."""
+    """Next tokens and their log-probs under ``log_softmax(logits / T)`` (unfiltered).
+
+    Inverse-CDF sampling: one uniform per row from the row's own generator (so batching does not
+    change a sample), ~30x cheaper on CPU than full-vocab noise or per-row ``multinomial``."""
     greedy = temp <= 0
     scaled = logits.float() / torch.where(greedy, 1.0, temp)[:, None]
     logp_all = scaled - torch.logsumexp(scaled, dim=-1, keepdim=True)
-    filtered = _filter(scaled, top_k, top_p)
-    probs = torch.softmax(filtered, dim=-1)
-    noise = torch.empty_like(probs)
-    for b, g in enumerate(gens):  # per-row generators: batching does not change a sample
-        noise[b].exponential_(generator=g)
-    tokens = (probs / noise.clamp_min(1e-20)).argmax(dim=-1)  # exponential race == sampling
+    cdf = torch.softmax(_filter(scaled, top_k, top_p), dim=-1).cumsum(dim=-1)
+    u = 1.0 - torch.cat([torch.rand(1, generator=g, device=scaled.device) for g in gens])
+    # first index with cdf >= u * total, u in (0, 1]: never a zero-probability (filtered) token
+    tokens = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None])[:, 0].clamp_(max=cdf.size(-1) - 1)
     tokens = torch.where(greedy, scaled.argmax(dim=-1), tokens)
     return tokens, logp_all.gather(-1, tokens[:, None])[:, 0]
 
 
-def _filter(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """Mask tokens outside each row's top-k, then outside its top-p nucleus, with -inf."""
-    use_k, use_p = bool((top_k > 0).any()), bool((top_p < 1).any())
-    if not (use_k or use_p):
+def _filter(
+    scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, width: int = 1024
+) -> torch.Tensor:
+    """-inf outside each row's top-k, then outside its top-p nucleus; rows with neither keep
+    every token. Works on the best ``width`` candidates (a full-vocab sort costs ~7x more) and
+    falls back to the full vocabulary when a nucleus reaches past them."""
+    use_k, use_p = top_k > 0, top_p < 1
+    if not bool((use_k | use_p).any()):
         return scaled
     vocab = scaled.size(-1)
-    values, index = scaled.sort(dim=-1, descending=True)
-    ranks = torch.arange(vocab, device=scaled.device)[None, :]
-    remove = torch.zeros_like(values, dtype=torch.bool)
-    if use_k:
-        k = torch.where(top_k > 0, top_k, vocab).clamp(max=vocab)
-        remove |= ranks >= k[:, None]
-    if use_p:
-        probs = torch.softmax(values.masked_fill(remove, float("-inf")), dim=-1)
-        remove |= (probs.cumsum(dim=-1) - probs) > top_p[:, None]
+    width = min(vocab, max(width, int(top_k.max())))
+    values, index = scaled.topk(width, dim=-1)  # sorted, best first
+    ranks = torch.arange(width, device=scaled.device)[None, :]
+    remove = use_k[:, None] & (ranks >= top_k[:, None])
+    if bool(use_p.any()):
+        kept = values.masked_fill(remove, float("-inf"))
+        norm = torch.where(use_k, kept.logsumexp(-1), scaled.logsumexp(-1))
+        probs = (kept - norm[:, None]).exp()  # relative to the whole top-k-filtered distribution
+        cum = probs.cumsum(dim=-1)
+        if width < vocab and bool((use_p & ~use_k & (cum[:, -1] < top_p)).any()):
+            return _filter(scaled, top_k, top_p, width=vocab)
+        remove |= use_p[:, None] & ((cum - probs) > top_p[:, None])
     values = values.masked_fill(remove, float("-inf"))
-    return torch.empty_like(scaled).scatter_(-1, index, values)
+    filtered = torch.full_like(scaled, float("-inf")).scatter_(-1, index, values)
+    return torch.where((use_k | use_p)[:, None], filtered, scaled)
 
 
 @contextmanager
