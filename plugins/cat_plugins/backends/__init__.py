@@ -4,6 +4,8 @@ from cat_framework import hookimpl
 
 BACKENDS: dict[str, str] = {
     "transformers": "cat_plugins.backends.transformers_backend:TransformersBackend",
+    "vllm": "cat_plugins.backends.vllm_backend:VLLMBackend",
+    "openai": "cat_plugins.backends.openai_backend:OpenAIBackend",
 }
 
 
