@@ -1,0 +1,81 @@
+"""The run report: one self-contained ``report.html`` per run directory.
+
+``write_report(run_dir)`` reads whatever the run left (``config.yaml``, ``log.jsonl``,
+``metrics.json`` of ``mode: evaluate``, ``metrics.jsonl`` and ``records.jsonl`` of training runs,
+``checkpoints/``) and writes a single HTML file with the config, plots of the metrics, the
+evaluation table with confidence intervals and a browsable sample of prompts (rollouts, the
+synthesized reference, the rubric and every verdict, disagreements highlighted). The page fetches
+nothing: CSS is inline, plots are PNG data URIs, and there is no JavaScript.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from cat_framework.report.html import render_page
+from cat_framework.report.load import RunData, load_run
+from cat_framework.report.plots import Plot, evaluate_plots, training_plots
+from cat_framework.report.views import PromptView, prompt_view
+
+REPORT_NAME = "report.html"
+
+
+def build_plots(run: RunData) -> list[Plot]:
+    """Training curves from ``metrics.jsonl`` and evaluation figures from ``metrics.json``."""
+    plots = training_plots(run.metrics) if run.metrics else []
+    if run.eval_summary is not None or run.all_records:
+        plots += evaluate_plots(run.eval_summary, run.all_records)
+    return plots
+
+
+def render_report(run_dir: str | os.PathLike[str], *, max_prompts: int = 24) -> str:
+    """The report of ``run_dir`` as an HTML string (see :func:`write_report`)."""
+    run = load_run(run_dir, max_prompts=max_prompts)
+    try:
+        plots = build_plots(run)
+    except Exception as exc:  # plots are optional: the rest of the report still helps
+        run.problems.append(f"plots: {exc.__class__.__name__}: {exc}")
+        plots = []
+    views: list[PromptView] = []
+    for i, rec in enumerate(run.records):
+        try:
+            views.append(prompt_view(rec))
+        except Exception as exc:
+            run.problems.append(f"records.jsonl: sampled record {i} not shown ({exc!r})")
+    return render_page(run, plots, views)
+
+
+def write_report(
+    run_dir: str | os.PathLike[str],
+    output: str | os.PathLike[str] | None = None,
+    *,
+    max_prompts: int = 24,
+) -> Path:
+    """Write ``report.html`` for a run directory and return its path.
+
+    :param run_dir: the run directory (evaluate, train or sft; complete or not).
+    :param output: where to write; default ``<run_dir>/report.html``.
+    :param max_prompts: how many records the browsable sample shows (spread over steps).
+    :raises FileNotFoundError: when ``run_dir`` is not a directory. Missing or malformed files
+        inside it never raise: the report says what is missing.
+    """
+    page = render_report(run_dir, max_prompts=max_prompts)
+    target = Path(output) if output is not None else Path(run_dir) / REPORT_NAME
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(page)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the report from others
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+__all__ = ["REPORT_NAME", "render_report", "write_report"]

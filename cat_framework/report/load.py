@@ -1,0 +1,277 @@
+"""Read a run directory into plain data for the report, tolerating whatever is missing or odd.
+
+Nothing here raises on a malformed run: unreadable files, cut JSON lines and unexpected shapes
+become entries of :attr:`RunData.problems`, and absent files leave their field empty. Large
+``records.jsonl`` files (training writes one line per prompt per step) are indexed by byte offset
+and only the sampled lines are parsed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: the top-level ``"step": N`` of a JSON line (an escaped quote inside a string cannot match)
+_STEP = re.compile(rb'(?<!\\)"step"\s*:\s*(-?\d+)')
+#: evaluate runs hold one line per prompt: parse them all (for plots) up to this many
+MAX_FULL_RECORDS = 5000
+
+
+@dataclass
+class LogSummary:
+    """What ``log.jsonl`` says about the run: status, times, counts by level, notable events."""
+
+    status: str | None = None
+    started: str | None = None
+    ended: str | None = None
+    levels: dict[str, int] = field(default_factory=dict)
+    notable: list[dict[str, Any]] = field(default_factory=list)  # warnings and errors
+
+
+@dataclass
+class RunData:
+    """Everything the report shows, as read from one run directory."""
+
+    run_dir: Path
+    config: dict[str, Any] | None = None
+    config_text: str | None = None
+    eval_summary: dict[str, Any] | None = None  # metrics.json (mode: evaluate)
+    metrics: list[dict[str, float]] = field(default_factory=list)  # metrics.jsonl, flattened
+    records: list[dict[str, Any]] = field(default_factory=list)  # the sampled records
+    all_records: list[dict[str, Any]] = field(default_factory=list)  # evaluate: every record
+    n_records: int = 0
+    record_steps: list[int] = field(default_factory=list)
+    log: LogSummary | None = None
+    files: list[tuple[str, int]] = field(default_factory=list)  # (relative path, bytes)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def mode(self) -> str:
+        """``evaluate``, ``train``, ``sft`` (from the config), else guessed from the files."""
+        mode = (self.config or {}).get("mode")
+        if isinstance(mode, str):
+            return mode
+        if self.eval_summary is not None:
+            return "evaluate"
+        return "train" if self.metrics or self.record_steps else "unknown"
+
+    @property
+    def name(self) -> str:
+        name = (self.config or {}).get("name")
+        return name if isinstance(name, str) else self.run_dir.name
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a/b": 1}``; lists and scalars are kept as they are."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "/"))
+        else:
+            out[name] = value
+    return out
+
+
+def numeric(value: Any) -> float | None:
+    """A finite float from a metric value (bools and numeric strings too), else None."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, str):
+        try:
+            f = float(value)
+        except ValueError:
+            return None
+        return f if math.isfinite(f) else None
+    return None
+
+
+def _read_text(path: Path, problems: list[str]) -> str | None:
+    if not path.is_file():
+        return None
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        problems.append(f"{path.name}: cannot read ({exc})")
+        return None
+
+
+def iter_jsonl(path: Path, problems: list[str]) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file; bad lines are counted in ``problems``."""
+    bad = 0
+    try:
+        with path.open("rb") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    bad += 1
+                    continue
+                if isinstance(obj, dict):
+                    yield obj
+                else:
+                    bad += 1
+    except OSError as exc:
+        problems.append(f"{path.name}: cannot read ({exc})")
+    if bad:
+        problems.append(f"{path.name}: {bad} line(s) skipped (not a JSON object)")
+
+
+def load_metrics(path: Path, problems: list[str]) -> list[dict[str, float]]:
+    """One flat ``{name: float}`` row per line of ``metrics.jsonl``, each with a ``step``."""
+    rows = []
+    for i, obj in enumerate(iter_jsonl(path, problems)):
+        flat = {k: numeric(v) for k, v in flatten(obj).items()}
+        row = {k: v for k, v in flat.items() if v is not None}
+        row.setdefault("step", float(i + 1))
+        rows.append(row)
+    rows.sort(key=lambda r: r["step"])
+    return rows
+
+
+def load_log(path: Path, problems: list[str], max_notable: int = 50) -> LogSummary:
+    """Status (the last ``run end`` event), first/last timestamps, counts, warnings and errors."""
+    summary = LogSummary()
+    levels: Counter[str] = Counter()
+    for event in iter_jsonl(path, problems):
+        level = str(event.get("level", "info")).lower()
+        levels[level] += 1
+        stamp = event.get("timestamp")
+        if isinstance(stamp, str):
+            summary.started = summary.started or stamp
+            summary.ended = stamp
+        if event.get("event") == "run end" and isinstance(event.get("status"), str):
+            summary.status = event["status"]
+        notable = level in ("warning", "error", "critical", "exception")
+        if notable and len(summary.notable) < max_notable:
+            summary.notable.append(event)
+    summary.levels = dict(levels)
+    return summary
+
+
+def _pick_evenly(items: list[Any], k: int) -> list[Any]:
+    """At most ``k`` items spread evenly, first and last included."""
+    if k <= 0:
+        return []
+    if len(items) <= k:
+        return list(items)
+    if k == 1:
+        return [items[0]]
+    return [items[round(i * (len(items) - 1) / (k - 1))] for i in range(k)]
+
+
+def _index_records(path: Path) -> list[tuple[int, int | None]]:
+    """``(byte offset, step or None)`` of every non-empty line, without parsing JSON."""
+    index = []
+    offset = 0
+    with path.open("rb") as f:
+        for line in f:
+            if line.strip():
+                m = _STEP.search(line)
+                index.append((offset, int(m.group(1)) if m else None))
+            offset += len(line)
+    return index
+
+
+def _parse_at(path: Path, offsets: list[int], problems: list[str]) -> list[dict[str, Any]]:
+    out, bad = [], 0
+    with path.open("rb") as f:
+        for off in offsets:
+            f.seek(off)
+            try:
+                obj = json.loads(f.readline())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                bad += 1
+                continue
+            if isinstance(obj, dict):
+                out.append(obj)
+            else:
+                bad += 1
+    if bad:
+        problems.append(f"{path.name}: {bad} sampled line(s) skipped (not a JSON object)")
+    return out
+
+
+def load_records(
+    run: RunData, path: Path, max_prompts: int, max_steps: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(sample, all records or [])``: steps spread evenly, a few prompts from each."""
+    try:
+        index = _index_records(path)
+    except OSError as exc:
+        run.problems.append(f"{path.name}: cannot read ({exc})")
+        return [], []
+    run.n_records = len(index)
+    steps = sorted({s for _, s in index if s is not None})
+    run.record_steps = steps
+    if steps:
+        chosen = _pick_evenly(steps, max_steps)
+        per_step = max(1, math.ceil(max_prompts / len(chosen)))
+        by_step: dict[int, list[int]] = {s: [] for s in chosen}
+        for off, s in index:
+            if s in by_step and len(by_step[s]) < per_step:
+                by_step[s].append(off)
+        offsets = [off for s in chosen for off in by_step[s]]
+        return _parse_at(path, offsets, run.problems), []
+    if len(index) <= MAX_FULL_RECORDS:
+        every = list(iter_jsonl(path, run.problems))
+        return _pick_evenly(every, max_prompts), every
+    offsets = [off for off, _ in _pick_evenly(index, max_prompts)]
+    return _parse_at(path, offsets, run.problems), []
+
+
+def _list_files(run_dir: Path, limit: int = 200) -> list[tuple[str, int]]:
+    files = []
+    for p in sorted(run_dir.rglob("*")):
+        if p.is_file() and p.name != "report.html" and not p.name.startswith(".report"):
+            try:
+                files.append((p.relative_to(run_dir).as_posix(), p.stat().st_size))
+            except OSError:
+                continue
+            if len(files) >= limit:
+                break
+    return files
+
+
+def load_run(run_dir: str | Path, *, max_prompts: int = 24, max_steps: int = 4) -> RunData:
+    """Read ``run_dir``; a missing directory raises ``FileNotFoundError``, nothing else does."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no such run directory: {root}")
+    run = RunData(run_dir=root)
+    run.config_text = _read_text(root / "config.yaml", run.problems)
+    if run.config_text is not None:
+        try:
+            loaded = yaml.safe_load(run.config_text)
+            run.config = loaded if isinstance(loaded, dict) else None
+        except yaml.YAMLError as exc:
+            run.problems.append(f"config.yaml: not valid YAML ({exc.__class__.__name__})")
+    summary_text = _read_text(root / "metrics.json", run.problems)
+    if summary_text is not None:
+        try:
+            loaded = json.loads(summary_text)
+            run.eval_summary = loaded if isinstance(loaded, dict) else None
+        except json.JSONDecodeError:
+            run.problems.append("metrics.json: not valid JSON")
+    if (root / "metrics.jsonl").is_file():
+        run.metrics = load_metrics(root / "metrics.jsonl", run.problems)
+    if (root / "records.jsonl").is_file():
+        run.records, run.all_records = load_records(
+            run, root / "records.jsonl", max_prompts, max_steps
+        )
+    if (root / "log.jsonl").is_file():
+        run.log = load_log(root / "log.jsonl", run.problems)
+    run.files = _list_files(root)
+    return run

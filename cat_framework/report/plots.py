@@ -1,0 +1,368 @@
+"""Plots as embedded PNGs (``data:image/png;base64,...``), drawn with matplotlib's Agg canvas.
+
+No pyplot and no global backend switch: each figure is a :class:`matplotlib.figure.Figure` drawn
+on its own canvas, so making a report never disturbs a caller's matplotlib state. Metric names are
+matched by pattern (``reward/mean``, ``reward_mean`` and ``train/reward/mean`` all count as the
+mean reward); whatever no pattern claims is drawn in the "other metrics" grid.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cat_framework.report.load import numeric
+
+REWARD_MEAN = re.compile(r"^(train/)?rewards?([/_]mean)?$")
+REWARD_STD = re.compile(r"^(train/)?rewards?[/_]std$")
+REWARD_RANGE = re.compile(r"^(train/)?rewards?[/_](min|max)$")
+KL = re.compile(r"(^|/)kl([/_]mean)?$")
+LENGTH = re.compile(r"length|(^|/)len(/|_|$)|(^|/)(completion_)?tokens/(mean|min|max)$")
+EVAL = re.compile(r"^eval/.*(score|accuracy|acc|pass_at_g|pass@\w+)$")
+ACCURACY = re.compile(r"accuracy")
+TIME = re.compile(r"^time/[^/]+$")
+TIME_TOTAL = re.compile(r"^time/(step|total|wall|step_total)$")
+#: x-axis-like keys never drawn as metrics
+AXES = {"step", "epoch", "global_step", "samples", "timestamp", "time"}
+MAX_OTHER = 12
+
+Rows = Sequence[Mapping[str, float]]
+PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6", "#9d755d"]
+
+
+@dataclass
+class Plot:
+    """One embedded figure."""
+
+    title: str
+    uri: str
+    caption: str = ""
+
+
+def _figure(width: float = 6.4, height: float = 3.4, nrows: int = 1, ncols: int = 1) -> Any:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax in axes.flat:
+        ax.grid(True, color="#e6e6e6", linewidth=0.8)
+        ax.set_axisbelow(True)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+        ax.tick_params(labelsize=8)
+    return fig, axes
+
+
+def to_uri(fig: Any) -> str:
+    """The figure as a base64 PNG data URI."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _keys(rows: Rows) -> list[str]:
+    seen: dict[str, None] = {}
+    for row in rows:
+        for k in row:
+            if k not in AXES:
+                seen.setdefault(k, None)
+    return list(seen)
+
+
+def series(rows: Rows, key: str) -> tuple[list[float], list[float]]:
+    """``(steps, values)`` of the rows that have ``key``."""
+    xs, ys = [], []
+    for i, row in enumerate(rows):
+        if key in row:
+            xs.append(float(row.get("step", i + 1)))
+            ys.append(float(row[key]))
+    return xs, ys
+
+
+def _match(keys: Sequence[str], pattern: re.Pattern[str], used: set[str]) -> list[str]:
+    return [k for k in keys if k not in used and pattern.search(k.lower())]
+
+
+def _lines(ax: Any, rows: Rows, keys: Sequence[str], marker: str = "") -> None:
+    for i, key in enumerate(keys):
+        xs, ys = series(rows, key)
+        many = len(xs) > 40
+        ax.plot(
+            xs,
+            ys,
+            marker=marker or ("" if many else "o"),
+            markersize=3,
+            linewidth=1.5,
+            color=PALETTE[i % len(PALETTE)],
+            label=key,
+        )
+    if keys:
+        ax.legend(fontsize=7, frameon=False)
+    ax.set_xlabel("step", fontsize=8)
+
+
+def _reward(rows: Rows, keys: Sequence[str], used: set[str]) -> Plot | None:
+    mean = _match(keys, REWARD_MEAN, used)[:1]
+    if not mean:
+        return None
+    std = _match(keys, REWARD_STD, used)[:1]
+    rng = _match(keys, REWARD_RANGE, used)
+    used.update(mean + std + rng)
+    fig, axes = _figure()
+    ax = axes[0, 0]
+    xs, ys = series(rows, mean[0])
+    ax.plot(xs, ys, color=PALETTE[0], linewidth=1.8, label=mean[0])
+    if std:
+        sd = dict(zip(*series(rows, std[0]), strict=True))
+        lo = [y - sd.get(x, 0.0) for x, y in zip(xs, ys, strict=True)]
+        hi = [y + sd.get(x, 0.0) for x, y in zip(xs, ys, strict=True)]
+        ax.fill_between(xs, lo, hi, color=PALETTE[0], alpha=0.18, label=f"± {std[0]}")
+    for key in rng:
+        ax.plot(*series(rows, key), color="#999999", linewidth=0.8, linestyle=":", label=key)
+    ax.legend(fontsize=7, frameon=False)
+    ax.set_xlabel("step", fontsize=8)
+    return Plot("Reward", to_uri(fig), "mean reward per step, ± one standard deviation")
+
+
+def _simple(
+    rows: Rows,
+    keys: Sequence[str],
+    used: set[str],
+    pattern: re.Pattern[str],
+    title: str,
+    caption: str,
+    exclude: Callable[[str], bool] = lambda k: False,
+) -> Plot | None:
+    chosen = [k for k in _match(keys, pattern, used) if not exclude(k)][:8]
+    if not chosen:
+        return None
+    used.update(chosen)
+    fig, axes = _figure()
+    _lines(axes[0, 0], rows, chosen)
+    return Plot(title, to_uri(fig), caption)
+
+
+def _time_split(rows: Rows, keys: Sequence[str], used: set[str]) -> Plot | None:
+    times = _match(keys, TIME, used)
+    if not times:
+        return None
+    used.update(times)
+    totals = [k for k in times if TIME_TOTAL.search(k)]
+    parts = [k for k in times if k not in totals]
+    rank = {"teacher": 0, "train": 1, "optim": 1, "backward": 1, "update": 1}
+    parts.sort(key=lambda k: min((v for n, v in rank.items() if n in k), default=2))
+    steps = [float(r.get("step", i + 1)) for i, r in enumerate(rows) if any(k in r for k in times)]
+    picked = [r for r in rows if any(k in r for k in times)]
+    stacks = [[float(r.get(k, 0.0)) for r in picked] for k in parts]
+    labels = [k.removeprefix("time/") for k in parts]
+    if totals:
+        total = [float(r.get(totals[0], 0.0)) for r in picked]
+        other = (
+            [
+                max(0.0, t - sum(col))
+                for t, col in zip(total, zip(*stacks, strict=True), strict=True)
+            ]
+            if stacks
+            else total
+        )
+        if any(o > 1e-9 for o in other):
+            stacks.append(other)
+            labels.append("other" if stacks[:-1] else totals[0].removeprefix("time/"))
+    fig, axes = _figure()
+    ax = axes[0, 0]
+    colors = [PALETTE[i % len(PALETTE)] for i in range(len(stacks))]
+    if len(steps) <= 60:
+        bottom = [0.0] * len(steps)
+        for col, label, color in zip(stacks, labels, colors, strict=True):
+            ax.bar(steps, col, bottom=bottom, label=label, color=color, width=0.8)
+            bottom = [b + c for b, c in zip(bottom, col, strict=True)]
+    else:
+        ax.stackplot(steps, *stacks, labels=labels, colors=colors)
+    ax.set_ylabel("seconds", fontsize=8)
+    ax.set_xlabel("step", fontsize=8)
+    ax.legend(fontsize=7, frameon=False)
+    return Plot("Step time", to_uri(fig), "seconds per step, stacked: teacher vs training")
+
+
+def _eval_over_steps(rows: Rows, keys: Sequence[str], used: set[str]) -> Plot | None:
+    chosen = _match(keys, EVAL, used) + [
+        k for k in _match(keys, ACCURACY, used) if not k.startswith("eval/")
+    ]
+    if not chosen:
+        return None
+    used.update(chosen)
+    fig, axes = _figure()
+    ax = axes[0, 0]
+    for i, key in enumerate(chosen[:8]):
+        xs, ys = series(rows, key)
+        color = PALETTE[i % len(PALETTE)]
+        ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.5, color=color, label=key)
+        base = key.rsplit("/", 1)[0]
+        lo, hi = (
+            dict(zip(*series(rows, base + "/ci_low"), strict=True)),
+            dict(zip(*series(rows, base + "/ci_high"), strict=True)),
+        )
+        if lo and hi:
+            used.update({base + "/ci_low", base + "/ci_high"})
+            pts = [(x, lo[x], hi[x]) for x in xs if x in lo and x in hi]
+            ax.fill_between(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                [p[2] for p in pts],
+                color=color,
+                alpha=0.12,
+            )
+    ax.legend(fontsize=7, frameon=False)
+    ax.set_xlabel("step", fontsize=8)
+    return Plot("Accuracy and evaluation scores", to_uri(fig), "shaded: confidence interval")
+
+
+def _other(rows: Rows, keys: Sequence[str], used: set[str]) -> Plot | None:
+    rest = [k for k in keys if k not in used and len(series(rows, k)[0]) >= 2][:MAX_OTHER]
+    if not rest:
+        return None
+    ncols = 3
+    nrows = (len(rest) + ncols - 1) // ncols
+    fig, axes = _figure(9.6, 2.1 * nrows, nrows, ncols)
+    for ax, key in zip(axes.flat, rest, strict=False):
+        xs, ys = series(rows, key)
+        ax.plot(xs, ys, linewidth=1.2, color=PALETTE[0])
+        ax.set_title(key, fontsize=8)
+    for ax in list(axes.flat)[len(rest) :]:
+        ax.set_visible(False)
+    return Plot("Other metrics", to_uri(fig), f"{len(rest)} more metric(s) over steps")
+
+
+def training_plots(rows: Rows) -> list[Plot]:
+    """Reward, KL, lengths, accuracy/eval scores, step-time split, then the remaining metrics."""
+    keys = _keys(rows)
+    used: set[str] = set()
+    plots = [
+        _reward(rows, keys, used),
+        _simple(rows, keys, used, KL, "KL to the reference", "KL divergence to π₀ per step"),
+        _simple(
+            rows,
+            keys,
+            used,
+            LENGTH,
+            "Completion lengths",
+            "tokens per rollout",
+            exclude=lambda k: k.startswith(("eval/", "time/")),
+        ),
+        _eval_over_steps(rows, keys, used),
+        _time_split(rows, keys, used),
+    ]
+    plots.append(_other(rows, keys, used))
+    return [p for p in plots if p is not None]
+
+
+def evaluate_plots(
+    summary: Mapping[str, Any] | None, records: Sequence[Mapping[str, Any]]
+) -> list[Plot]:
+    """Scores with CIs (from ``metrics.json``), correct rollouts per prompt, rollout lengths."""
+    plots = []
+    aggs = summary.get("aggregators") if isinstance(summary, Mapping) else None
+    if isinstance(aggs, Mapping) and aggs:
+        labels = list(aggs)
+        fig, axes = _figure(6.4, 0.5 + 0.45 * len(labels) + 0.6)
+        ax = axes[0, 0]
+        scores = [numeric((aggs[k] or {}).get("score")) or 0.0 for k in labels]
+        lo = [numeric((aggs[k] or {}).get("ci_low")) for k in labels]
+        hi = [numeric((aggs[k] or {}).get("ci_high")) for k in labels]
+        err = [
+            [
+                max(0.0, s - (lo_ if lo_ is not None else s))
+                for s, lo_ in zip(scores, lo, strict=True)
+            ],
+            [
+                max(0.0, (hi_ if hi_ is not None else s) - s)
+                for s, hi_ in zip(scores, hi, strict=True)
+            ],
+        ]
+        ys = list(range(len(labels)))[::-1]
+        ax.barh(
+            ys,
+            scores,
+            color=PALETTE[0],
+            height=0.6,
+            xerr=err,
+            capsize=3,
+            error_kw={"elinewidth": 1, "ecolor": "#333333"},
+        )
+        ax.set_yticks(ys, labels, fontsize=8)
+        roll = summary.get("rollouts") if isinstance(summary.get("rollouts"), Mapping) else {}
+        for (key, name), color in zip(
+            (("accuracy", "rollout accuracy"), ("pass_at_g", "pass@G")),
+            (PALETTE[1], PALETTE[2]),
+            strict=True,
+        ):
+            v = numeric(roll.get(key))
+            if v is not None:
+                ax.axvline(v, color=color, linestyle="--", linewidth=1.2, label=f"{name} {v:.3f}")
+        if roll:
+            ax.legend(fontsize=7, frameon=False, loc="lower right")
+        ax.set_xlabel("score", fontsize=8)
+        plots.append(
+            Plot(
+                "Score by aggregator",
+                to_uri(fig),
+                "bars: mean score; whiskers: confidence interval",
+            )
+        )
+    plots.extend(p for p in (_correct_per_prompt(records), _lengths(records)) if p is not None)
+    return plots
+
+
+def _correct_per_prompt(records: Sequence[Mapping[str, Any]]) -> Plot | None:
+    counts: dict[int, list[int]] = {}
+    for rec in records:
+        rollouts = rec.get("rollouts") or []
+        flags = [ro.get("correct") for ro in rollouts if isinstance(ro, Mapping)]
+        if not flags or not all(isinstance(f, bool) for f in flags):
+            continue
+        refs = rec.get("references") if isinstance(rec.get("references"), Mapping) else {}
+        ref = refs.get("synthesis") or next(iter(refs.values()), None) if refs else None
+        score = numeric(ref.get("score")) if isinstance(ref, Mapping) else None
+        slot = counts.setdefault(sum(flags), [0, 0])
+        slot[0 if (score or 0.0) >= 0.5 else 1] += 1
+    if not counts:
+        return None
+    fig, axes = _figure()
+    ax = axes[0, 0]
+    ks = sorted(counts)
+    right, wrong = [counts[k][0] for k in ks], [counts[k][1] for k in ks]
+    ax.bar(ks, right, color=PALETTE[2], label="reference correct")
+    ax.bar(ks, wrong, bottom=right, color=PALETTE[3], label="reference wrong")
+    ax.set_xlabel("correct rollouts in the group", fontsize=8)
+    ax.set_ylabel("prompts", fontsize=8)
+    ax.legend(fontsize=7, frameon=False)
+    return Plot(
+        "Correct rollouts per prompt",
+        to_uri(fig),
+        "prompts by how many of their G rollouts were right; colour: the synthesis reference",
+    )
+
+
+def _lengths(records: Sequence[Mapping[str, Any]]) -> Plot | None:
+    lengths = [
+        numeric(ro.get("tokens"))
+        for rec in records
+        for ro in rec.get("rollouts") or []
+        if isinstance(ro, Mapping)
+    ]
+    values = [v for v in lengths if v is not None]
+    if not values:
+        return None
+    fig, axes = _figure()
+    ax = axes[0, 0]
+    ax.hist(values, bins=min(30, max(5, len(set(values)))), color=PALETTE[0])
+    ax.set_xlabel("tokens per rollout", fontsize=8)
+    ax.set_ylabel("rollouts", fontsize=8)
+    return Plot("Rollout lengths", to_uri(fig), f"{len(values)} rollouts")
