@@ -68,9 +68,7 @@ def write_report(
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(page)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the report from others
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is for reading
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

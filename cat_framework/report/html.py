@@ -50,7 +50,7 @@ pre.config{max-height:32em;overflow:auto;background:var(--soft);padding:10px 12p
 .tag{display:inline-block;padding:0 8px;border-radius:10px;font-size:11.5px;line-height:19px;
 background:#eef1f4;color:#393f46;margin:1px 2px;white-space:nowrap}
 .tag.good{background:#dafbe1;color:var(--good)} .tag.bad{background:#ffebe9;color:var(--bad)}
-.tag.warn{background:#fff1c2;color:#7d4e00} .tag.ref{background:#ddf4ff;color:#0550ae}
+.tag.warn{background:#fff1c2;color:#7d4e00} .tag.info{background:#ddf4ff;color:#0550ae}
 details.prompt{border:1px solid var(--line);border-radius:8px;margin:10px 0;background:#fff}
 details.prompt>summary{cursor:pointer;padding:7px 12px;background:var(--soft);border-radius:8px}
 details.prompt[open]>summary{border-bottom:1px solid var(--line);border-radius:8px 8px 0 0}
@@ -132,7 +132,8 @@ def score_table(
     """Aggregator | score | CI | n, with a small CSS bar for the interval; the best row bold."""
     values = [v for _, s, lo, hi, _ in rows for v in (s, lo, hi) if v is not None]
     span = (min(0.0, *values), max(1.0, *values)) if values else (0.0, 1.0)
-    best = max((s for _, s, *_ in rows if s is not None), default=None)
+    scores = {s for _, s, *_ in rows if s is not None}
+    best = max(scores) if len(scores) > 1 else None  # no winner to mark when all tie
     body = "".join(
         f'<tr class="{"best" if s is not None and s == best else ""}"><td>{esc(label)}</td>'
         f'<td class="num">{fmt(s)}</td><td class="num">[{fmt(lo)}, {fmt(hi)}]</td>'
@@ -311,7 +312,7 @@ def _guard(build: Callable[[], str]) -> str:
 def _headline(run: RunData) -> str:
     policy = ((run.config or {}).get("models") or {}).get("policy")
     model = policy.get("model") or policy.get("backend") if isinstance(policy, Mapping) else None
-    bits = [tag(f"mode {run.mode}", "ref")]
+    bits = [tag(f"mode {run.mode}", "info")]
     status = run.log.status if run.log else None
     if status:
         bits.append(tag(status, "good" if status == "completed" else "bad"))

@@ -28,6 +28,8 @@ TIME = re.compile(r"^time/[^/]+$")
 TIME_TOTAL = re.compile(r"^time/(step|total|wall|step_total)$")
 #: x-axis-like keys never drawn as metrics
 AXES = {"step", "epoch", "global_step", "samples", "timestamp", "time"}
+#: companions of a plotted metric, never drawn on their own
+COMPANION = re.compile(r"^eval/.+/(n|ci_low|ci_high)$")
 MAX_OTHER = 12
 
 Rows = Sequence[Mapping[str, float]]
@@ -225,7 +227,9 @@ def _eval_over_steps(rows: Rows, keys: Sequence[str], used: set[str]) -> Plot | 
 
 
 def _other(rows: Rows, keys: Sequence[str], used: set[str]) -> Plot | None:
-    rest = [k for k in keys if k not in used and len(series(rows, k)[0]) >= 2][:MAX_OTHER]
+    rest = [
+        k for k in keys if k not in used and not COMPANION.match(k) and len(series(rows, k)[0]) >= 2
+    ][:MAX_OTHER]
     if not rest:
         return None
     ncols = 3
@@ -307,7 +311,7 @@ def evaluate_plots(
             if v is not None:
                 ax.axvline(v, color=color, linestyle="--", linewidth=1.2, label=f"{name} {v:.3f}")
         if roll:
-            ax.legend(fontsize=7, frameon=False, loc="lower right")
+            ax.legend(fontsize=7, frameon=False, loc="lower right", bbox_to_anchor=(1, 1), ncols=2)
         ax.set_xlabel("score", fontsize=8)
         plots.append(
             Plot(
@@ -340,6 +344,8 @@ def _correct_per_prompt(records: Sequence[Mapping[str, Any]]) -> Plot | None:
     right, wrong = [counts[k][0] for k in ks], [counts[k][1] for k in ks]
     ax.bar(ks, right, color=PALETTE[2], label="reference correct")
     ax.bar(ks, wrong, bottom=right, color=PALETTE[3], label="reference wrong")
+    ax.set_xticks(range(0, max(ks) + 1))
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("correct rollouts in the group", fontsize=8)
     ax.set_ylabel("prompts", fontsize=8)
     ax.legend(fontsize=7, frameon=False)
@@ -363,6 +369,7 @@ def _lengths(records: Sequence[Mapping[str, Any]]) -> Plot | None:
     fig, axes = _figure()
     ax = axes[0, 0]
     ax.hist(values, bins=min(30, max(5, len(set(values)))), color=PALETTE[0])
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("tokens per rollout", fontsize=8)
     ax.set_ylabel("rollouts", fontsize=8)
     return Plot("Rollout lengths", to_uri(fig), f"{len(values)} rollouts")

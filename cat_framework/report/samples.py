@@ -85,7 +85,7 @@ def rubric_matrix(pv: PromptView) -> str:
 
 
 def _reference(ref: ReferenceView, primary: bool) -> str:
-    meta = [tag(ref.label, "ref" if primary else "")]
+    meta = [tag(ref.label, "info" if primary else "")]
     if ref.method and ref.method != ref.label:
         meta.append(tag(f"method {ref.method}"))
     if ref.answer is not None:
@@ -143,7 +143,8 @@ def _rollout(i: int, r: RolloutView) -> str:
     if r.tokens is not None:
         meta.append(f'<span class="muted">{r.tokens} tokens</span>')
     if r.finish_reason and r.finish_reason != "stop":
-        meta.append(tag(r.finish_reason, "warn", "the rollout hit the token limit"))
+        label = "truncated" if r.finish_reason == "length" else r.finish_reason
+        meta.append(tag(label, "warn", f"finish_reason: {r.finish_reason}"))
     meta.extend(tag(reason, "warn") for reason in r.reasons)
     classes = ["rollout"]
     if r.disagrees:
@@ -166,6 +167,9 @@ def prompt_block(pv: PromptView, open_: bool = False) -> str:
     badges.append(tag(f"{len(pv.rollouts)} rollouts"))
     if n_dis:
         badges.append(tag(f"{n_dis} disagree", "warn"))
+    flags = [r.correct for r in pv.rollouts if r.correct is not None]
+    if flags:
+        badges.append(tag(f"{sum(flags)}/{len(flags)} correct", "", "rollouts right against gold"))
     rewards = [r.reward for r in pv.rollouts if r.reward is not None]
     if rewards:
         badges.append(tag(f"mean reward {fmt(sum(rewards) / len(rewards))}"))
