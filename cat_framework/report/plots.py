@@ -258,7 +258,10 @@ def training_plots(rows: Rows) -> list[Plot]:
             LENGTH,
             "Completion lengths",
             "tokens per rollout",
-            exclude=lambda k: k.startswith(("eval/", "time/")),
+            exclude=lambda k: (
+                k.startswith(("eval/", "time/"))
+                or any(w in k for w in ("penal", "frac", "ratio", "clipped", "trunc"))
+            ),
         ),
         _eval_over_steps(rows, keys, used),
         _time_split(rows, keys, used),
