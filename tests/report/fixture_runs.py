@@ -1,0 +1,211 @@
+"""Run directories for the report tests, made without waiting for any model.
+
+``make_eval_run`` runs a real ``mode: evaluate`` pipeline with the scripted echo backend (the
+model text includes an injected ``<script>``); ``make_train_run`` writes a synthetic training run
+in the layout of issue 5 (config, log, metrics over steps with eval steps, records with rubric
+verdicts, rewards and advantages, a checkpoint, plus a line cut by a crash and unknown keys).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+from pathlib import Path
+
+import yaml
+
+from cat_framework import hookimpl, load_plugins
+from cat_framework.engine.runner import run_pipeline
+from cat_framework.pipeline import load_pipeline
+from tests.helpers.echo_backend import EchoBackend
+
+INJECTED = "<script>alert('pwned')</script>"
+
+
+class EchoPlugin:
+    @hookimpl
+    def register_backends(self, register):
+        register(EchoBackend)
+
+
+def make_eval_run(tmp: Path) -> Path:
+    """A real ``mode: evaluate`` run: rollouts "4" (with an injected script), "4", "2.5"."""
+    rows = [
+        {"id": "a", "question": "What is 2+2? <b>bold?</b>", "answer": "4"},
+        {"id": "b", "question": "What is 2+3?", "answer": "5"},
+        {"id": "c", "question": "What is 10/4?", "answer": "\\frac{5}{2}"},
+    ]
+    data = tmp / "toy.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    replies = [f"{INJECTED} so \\boxed{{4}}", "\\boxed{4}", "so \\boxed{2.5}"]
+    (tmp / "p.yaml").write_text(
+        textwrap.dedent(f"""\
+        name: toy-eval
+        mode: evaluate
+        models:
+          policy: {{backend: echo, replies: {json.dumps(replies)}}}
+        data:
+          eval: {{dataset: jsonl, path: "{data}", answer_field: answer, id_field: id}}
+        rollouts: {{n: 3, max_new_tokens: 8}}
+        eval:
+          aggregators: [single, majority, minppl, synthesis]
+          bootstrap: 200
+        """)
+    )
+    plugins = load_plugins(entry_points=False, extra=[("echo", EchoPlugin())])
+    pipe = load_pipeline(tmp / "p.yaml", plugins=plugins)
+    run_dir = tmp / "run"
+    run_pipeline(pipe, plugins=plugins, run_dir=str(run_dir))
+    return run_dir
+
+
+RUBRIC = [
+    "Recommends seeing a doctor if symptoms persist",
+    "Mentions hydration",
+    "Does not prescribe antibiotics",
+    "Explains when to seek urgent care",
+    "Uses plain language",
+]
+
+
+def _verdicts(pattern: list[bool | None]) -> list[dict]:
+    return [
+        {
+            "criterion": {"text": c, "points": 1.0},
+            "met": m,
+            "raw": {True: "yes", False: "no"}.get(m, "??"),
+        }
+        for c, m in zip(RUBRIC, pattern, strict=True)
+    ]
+
+
+def make_train_run(
+    root: Path, steps: int = 12, eval_every: int = 4, prompts: int = 2, g: int = 4
+) -> Path:
+    """A training run directory as issue 5 describes it: config, log, metrics, records, ckpts."""
+    root.mkdir(parents=True, exist_ok=True)
+    config = {
+        "name": "toy-cat-rl",
+        "mode": "train",
+        "models": {
+            "policy": {"backend": "transformers", "model": "tiny-llama"},
+            "anchor": "initial-policy",
+        },
+        "rollouts": {"n": g, "max_new_tokens": 64},
+        "reward": {"name": "rubric"},
+        "trainer": {"steps": steps, "learning_rate": 5e-7, "beta": 0.001},
+        "eval": {"confidence": 0.95},
+    }
+    (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    log = [
+        {
+            "event": "run start",
+            "level": "info",
+            "timestamp": "2025-01-01T10:00:00",
+            "mode": "train",
+        },
+        {
+            "event": "rubric fallback",
+            "level": "warning",
+            "timestamp": "2025-01-01T10:01:00",
+            "groups": 1,
+        },
+        {
+            "event": "run end",
+            "level": "info",
+            "timestamp": "2025-01-01T10:09:00",
+            "status": "completed",
+        },
+    ]
+    (root / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log))
+    with (root / "metrics.jsonl").open("w") as f:
+        for s in range(1, steps + 1):
+            row = {
+                "step": s,
+                "reward/mean": 0.3 + 0.04 * s,
+                "reward/std": 0.2 - 0.01 * s,
+                "frac_reward_zero_std": 0.1,
+                "kl": 1e-4 * s,
+                "clip_fraction": 0.02,
+                "entropy": 1.5 - 0.05 * s,
+                "completions/mean_length": 40 + s,
+                "completions/max_length": 64,
+                "tokens_per_s": 120.0,
+                "time/step": 3.0 + 0.1 * s,
+                "time/teacher": 1.2,
+                "time/training": 1.5,
+                "mystery": {"nested": [1, 2], "flag": True},
+            }
+            if s % eval_every == 0:
+                score = 0.4 + 0.02 * s
+                row.update(
+                    {
+                        "eval/synthesis/score": score,
+                        "eval/synthesis/ci_low": score - 0.1,
+                        "eval/synthesis/ci_high": score + 0.1,
+                        "eval/synthesis/n": 50,
+                        "eval/rollouts/accuracy": score - 0.05,
+                    }
+                )
+            f.write(json.dumps(row) + "\n")
+        f.write('{"step": 99, "cut by a cra')  # a crash mid-line
+    patterns = [
+        [True] * 5,
+        [True, False, True, None, True],
+        [False] * 5,
+        [True, True, True, True, False],
+    ]
+    with (root / "records.jsonl").open("w") as f:
+        for s in range(1, steps + 1):
+            for p in range(prompts):
+                rewards = [
+                    sum(v is True for v in pat) / sum(v is not None for v in pat)
+                    for pat in patterns[:g]
+                ]
+                mu = sum(rewards) / len(rewards)
+                sd = math.sqrt(sum((r - mu) ** 2 for r in rewards) / len(rewards)) or 1.0
+                rec = {
+                    "step": s,
+                    "prompt": {
+                        "id": f"hb-{p}",
+                        "messages": [
+                            {
+                                "role": "user",
+                                "content": f"I have a cold (step {s}). What should I do?",
+                            }
+                        ],
+                    },
+                    "rollouts": [
+                        {
+                            "text": (INJECTED if i == 1 else "")
+                            + f"Rest and drink fluids. Variant {i}.",
+                            "finish_reason": "length" if i == 2 else "stop",
+                            "tokens": 30 + i,
+                        }
+                        for i in range(g)
+                    ],
+                    "reference": {
+                        "text": "Rest, hydrate, see a doctor if it lasts > 10 days.",
+                        "method": "synthesis",
+                        "answer": None,
+                        "details": {"order": [0, 1, 2, 3]},
+                    },
+                    "rewards": rewards,
+                    "reward_details": [
+                        {
+                            "score": r,
+                            "verdicts": _verdicts(pat),
+                            "rubric": RUBRIC,
+                            "rubric_status": "ok",
+                        }
+                        for r, pat in zip(rewards, patterns[:g], strict=True)
+                    ],
+                    "advantages": [(r - mu) / sd for r in rewards],
+                    "unknown_future_key": {"anything": [1, "two"]},
+                }
+                f.write(json.dumps(rec) + "\n")
+    ckpt = root / "checkpoints" / "step-000008"
+    ckpt.mkdir(parents=True)
+    (ckpt / "adapter_model.safetensors").write_bytes(b"\0" * 64)
+    return root
