@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from cat_framework.report.html import render_page
-from cat_framework.report.load import RunData, load_run
+from cat_framework.report.load import LogSummary, RunData, load_run
 from cat_framework.report.plots import Plot, evaluate_plots, training_plots
 from cat_framework.report.views import PromptView, prompt_view
 
@@ -30,9 +30,14 @@ def build_plots(run: RunData) -> list[Plot]:
     return plots
 
 
-def render_report(run_dir: str | os.PathLike[str], *, max_prompts: int = 24) -> str:
+def render_report(
+    run_dir: str | os.PathLike[str], *, max_prompts: int = 24, status: str | None = None
+) -> str:
     """The report of ``run_dir`` as an HTML string (see :func:`write_report`)."""
     run = load_run(run_dir, max_prompts=max_prompts)
+    if status is not None:
+        run.log = run.log or LogSummary()
+        run.log.status = status
     try:
         plots = build_plots(run)
     except Exception as exc:  # plots are optional: the rest of the report still helps
@@ -52,16 +57,19 @@ def write_report(
     output: str | os.PathLike[str] | None = None,
     *,
     max_prompts: int = 24,
+    status: str | None = None,
 ) -> Path:
     """Write ``report.html`` for a run directory and return its path.
 
     :param run_dir: the run directory (evaluate, train or sft; complete or not).
     :param output: where to write; default ``<run_dir>/report.html``.
     :param max_prompts: how many records the browsable sample shows (spread over steps).
+    :param status: the run's outcome (``completed``, ``failed``, ``interrupted``) when the caller
+        knows it before ``log.jsonl`` has its ``run end`` event; default: read from the log.
     :raises FileNotFoundError: when ``run_dir`` is not a directory. Missing or malformed files
         inside it never raise: the report says what is missing.
     """
-    page = render_report(run_dir, max_prompts=max_prompts)
+    page = render_report(run_dir, max_prompts=max_prompts, status=status)
     target = Path(output) if output is not None else Path(run_dir) / REPORT_NAME
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".tmp", dir=target.parent)

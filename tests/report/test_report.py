@@ -163,8 +163,10 @@ def test_missing_files_are_reported_not_fatal(tmp_path):
 
 
 def test_write_report_to_another_path(eval_run, tmp_path):
-    out = write_report(eval_run, tmp_path / "sub" / "r.html", max_prompts=1)
-    assert out.read_text().count('<details class="prompt"') == 1
+    out = write_report(eval_run, tmp_path / "sub" / "r.html", max_prompts=1, status="failed")
+    page = out.read_text()
+    assert page.count('<details class="prompt"') == 1
+    assert '<span class="tag bad">failed</span>' in page  # the caller's status wins
     assert not list(out.parent.glob(".report-*"))  # the temp file was renamed away
 
 
