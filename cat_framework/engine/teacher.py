@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cat_framework.components import Aggregator, Backend, RewardDeriver
+from cat_framework.engine.schedule import derive_seed
 from cat_framework.pipeline.schema import Rollouts
 from cat_framework.types import GenerationRequest, Prompt, Reference, Rewards, RolloutGroup
 
@@ -15,7 +16,8 @@ from cat_framework.types import GenerationRequest, Prompt, Reference, Rewards, R
 def rollout_requests(
     prompts: Sequence[Prompt], rollouts: Rollouts, seed: int | None
 ) -> list[GenerationRequest]:
-    """One request per prompt asking for G samples (the backend batches them)."""
+    """One request per prompt asking for G samples (the backend batches them). Each request gets
+    its own seed derived from ``seed`` and its position, so prompts never share a random stream."""
     return [
         GenerationRequest(
             messages=p.messages,
@@ -25,9 +27,9 @@ def rollout_requests(
             top_k=rollouts.top_k,
             max_new_tokens=rollouts.max_new_tokens,
             stop=tuple(rollouts.stop),
-            seed=seed,
+            seed=None if seed is None else derive_seed(seed, i),
         )
-        for p in prompts
+        for i, p in enumerate(prompts)
     ]
 
 

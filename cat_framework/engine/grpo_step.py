@@ -1,0 +1,282 @@
+"""One CaT-RL step: policy rollouts -> teacher (reference, rewards) -> advantages -> GRPO updates.
+
+Each process handles whole groups (its share of the step's prompts); advantages are computed
+within groups, and the loss is normalised by *global* sequence/token counts, so the summed
+gradient over micro-batches and processes equals the full-batch gradient whatever the split.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from cat_framework.answers import answers_equivalent
+from cat_framework.engine import grpo
+from cat_framework.engine.policy import PolicyModels
+from cat_framework.engine.sequences import TokenBatch, build_batch, completion_logps
+from cat_framework.engine.teacher import Teacher, TeacherOutput, explore
+from cat_framework.pipeline.schema import Rollouts, Trainer
+from cat_framework.types import Prompt, RolloutGroup
+
+
+@dataclass
+class StepOutput:
+    metrics: dict[str, float]
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Rows:
+    """The step's rollouts as training rows (groups contiguous)."""
+
+    batch: TokenBatch
+    rewards: torch.Tensor  # [N]
+    truncated: torch.Tensor  # [N] bool
+    engine_logp: torch.Tensor | None  # [N, C] sampler log-probs (for IS correction)
+
+
+def to_rows(policy: PolicyModels, groups: Sequence[RolloutGroup], teach: TeacherOutput) -> Rows:
+    prompt_ids, completion_ids, rewards, truncated, engine = [], [], [], [], []
+    eos = policy.tokenizer.eos_token_id
+    for group, rw in zip(groups, teach.rewards, strict=True):
+        ids = policy.encode(group.prompt.messages)
+        for c, r in zip(group.rollouts, rw.values, strict=True):
+            tokens = list(c.token_ids) or ([eos] if eos is not None else [0])
+            prompt_ids.append(ids)
+            completion_ids.append(tokens)
+            rewards.append(float(r))
+            truncated.append(c.finish_reason == "length")
+            engine.append(list(c.logprobs or []))
+    pad = policy.tokenizer.pad_token_id
+    batch = build_batch(prompt_ids, completion_ids, pad if pad is not None else (eos or 0))
+    engine_logp = None
+    if all(len(e) == len(c) for e, c in zip(engine, completion_ids, strict=True)):
+        engine_logp = torch.zeros(batch.completion_mask.shape)
+        for b, e in enumerate(engine):
+            engine_logp[b, : len(e)] = torch.tensor(e)
+    return Rows(batch, torch.tensor(rewards), torch.tensor(truncated), engine_logp)
+
+
+class GRPOStep:
+    """Holds what every step needs; ``__call__`` runs one step and returns metrics and records."""
+
+    def __init__(
+        self,
+        policy: PolicyModels,
+        train_model: torch.nn.Module,
+        teacher: Teacher,
+        optimizer: Any,
+        scheduler: Any,
+        accelerator: Any,
+        rollouts: Rollouts,
+        config: Trainer,
+    ) -> None:
+        self.policy, self.train_model, self.teacher = policy, train_model, teacher
+        self.optimizer, self.scheduler, self.acc = optimizer, scheduler, accelerator
+        self.rollouts, self.cfg = rollouts, config
+        self.temperature = rollouts.temperature if rollouts.temperature > 0 else 1.0
+        self.params = [p for p in train_model.parameters() if p.requires_grad]
+
+    # ------------------------------------------------------------------ helpers
+    def _micro(self, n: int) -> list[slice]:
+        size = self.cfg.micro_batch_size
+        return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+    @torch.no_grad()
+    def _logps(self, model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
+        parts = [
+            completion_logps(model, batch.rows(s), self.temperature)[0]
+            for s in self._micro(len(batch.input_ids))
+        ]
+        return torch.cat(parts)
+
+    def _global_sum(self, value: float) -> float:
+        t = torch.tensor([float(value)], device=self.acc.device)
+        return float(self.acc.reduce(t, reduction="sum").item())
+
+    def _gather(self, t: torch.Tensor) -> torch.Tensor:
+        return self.acc.gather(t.to(self.acc.device)).cpu()
+
+    # ------------------------------------------------------------------ the step
+    def __call__(self, prompts: Sequence[Prompt], seed: int, step: int) -> StepOutput:
+        cfg, acc, dev = self.cfg, self.acc, self.acc.device
+        t0 = time.perf_counter()
+        groups = explore(self.policy.sampler, prompts, self.rollouts, seed)
+        t1 = time.perf_counter()
+        teach = self.teacher.teach(groups)
+        t2 = time.perf_counter()
+        rows = to_rows(self.policy, groups, teach)
+        batch = rows.batch.to(dev)
+        g = self.rollouts.n
+        mask = batch.completion_mask.float()
+        if cfg.mask_truncated_completions:
+            mask = grpo.truncation_mask(mask, rows.truncated.to(dev))
+        ref_logp = None
+        if cfg.beta > 0:
+            with self.policy.reference() as ref:
+                ref_logp = self._logps(ref, batch)
+        rewards = rows.rewards.to(dev)
+        if cfg.beta > 0 and cfg.kl_in == "reward":
+            assert ref_logp is not None
+            cur = self._logps(self.policy.model, batch)
+            rewards = grpo.kl_penalized_rewards(rewards, cur, ref_logp, mask, cfg.beta)
+        all_rewards = self._gather(rewards)
+        if cfg.scale_rewards == "batch" and acc.num_processes > 1:
+            adv = grpo.group_advantages(rewards, g, "none") / (all_rewards.std().item() + 1e-4)
+        else:
+            adv = grpo.group_advantages(rewards, g, cfg.scale_rewards)
+        need_old = cfg.num_iterations > 1 or (
+            cfg.vllm_importance_sampling and self.policy.pushes_weights
+        )
+        old_logp = self._logps(self.policy.model, batch) if need_old else None
+        is_w = None
+        if (
+            cfg.vllm_importance_sampling
+            and self.policy.pushes_weights
+            and rows.engine_logp is not None
+        ):
+            assert old_logp is not None
+            is_w = grpo.importance_weights(old_logp, rows.engine_logp.to(dev))
+        num_seq = self._global_sum(len(batch.input_ids))
+        num_tok = self._global_sum(mask.sum().item())
+        loss_kl_beta = cfg.beta if cfg.kl_in == "loss" else 0.0
+        stats: dict[str, float] = {}
+        ent_sum = 0.0
+        grad_norm = float("nan")
+        micro = self._micro(len(batch.input_ids))
+        for it in range(cfg.num_iterations):
+            self.optimizer.zero_grad(set_to_none=True)
+            for k, s in enumerate(micro):
+                ctx = acc.no_sync(self.train_model) if k < len(micro) - 1 else _null()
+                with ctx:
+                    mb = batch.rows(s)
+                    logp, ent = completion_logps(
+                        self.train_model, mb, self.temperature, entropy=it == 0
+                    )
+                    out = grpo.grpo_loss(
+                        logp,
+                        old_logp[s] if old_logp is not None else logp.detach(),
+                        adv[s],
+                        mask[s],
+                        epsilon=cfg.epsilon,
+                        epsilon_high=cfg.epsilon_high,
+                        beta=loss_kl_beta,
+                        ref_logp=ref_logp[s]
+                        if (ref_logp is not None and loss_kl_beta > 0)
+                        else None,
+                        loss_type=cfg.loss_type,
+                        max_completion_length=self.rollouts.max_new_tokens,
+                        num_sequences=int(num_seq),
+                        num_tokens=num_tok,
+                        is_weights=is_w[s] if is_w is not None else None,
+                    )
+                    acc.backward(out.loss * acc.num_processes)
+                tokens = float(mask[s].sum().item())
+                if it == 0:
+                    stats["loss"] = stats.get("loss", 0.0) + float(out.loss.item())
+                    for key, value in out.stats.items():
+                        stats[key] = stats.get(key, 0.0) + value * tokens
+                    if ent is not None:
+                        ent_sum += float((ent * mask[s]).sum().item())
+            if cfg.max_grad_norm is not None:
+                grad_norm = float(acc.clip_grad_norm_(self.params, cfg.max_grad_norm))
+            self.optimizer.step()
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.policy.pushes_weights:
+            self.policy.sampler.update_weights(self.policy.trained_tensors())
+        t3 = time.perf_counter()
+        local_tok = float(mask.sum().item()) or 1.0
+        metrics = self._metrics(rows, all_rewards, stats, ent_sum, local_tok, grad_norm, g)
+        gen_tokens = self._global_sum(float(batch.completion_mask.sum().item()))
+        metrics.update(
+            {
+                "time/rollouts": t1 - t0,
+                "time/teacher": t2 - t1,
+                "time/training": t3 - t2,
+                "time/step": t3 - t0,
+                "tokens_per_s": gen_tokens / max(t1 - t0, 1e-9),
+                "lr": float(self.scheduler.get_last_lr()[0]),
+                **{k: float(v) for k, v in teach.timings.items()},
+            }
+        )
+        return StepOutput(metrics, self._records(step, groups, teach, rewards, adv))
+
+    def _metrics(
+        self,
+        rows: Rows,
+        all_rewards: torch.Tensor,
+        stats: dict[str, float],
+        ent_sum: float,
+        local_tok: float,
+        grad_norm: float,
+        g: int,
+    ) -> dict[str, float]:
+        lengths = self._gather(rows.batch.completion_mask.sum(-1).float().to(self.acc.device))
+        trunc = self._gather(rows.truncated.float().to(self.acc.device))
+        mean_stats = {
+            k: self._global_sum(v) / max(self._global_sum(local_tok), 1.0)
+            for k, v in stats.items()
+            if k != "loss"
+        }
+        metrics = {
+            "reward/mean": float(all_rewards.mean()),
+            "reward/std": float(all_rewards.std()) if all_rewards.numel() > 1 else 0.0,
+            "frac_reward_zero_std": grpo.zero_std_fraction(all_rewards, g),
+            "loss": self._global_sum(stats.get("loss", 0.0)),
+            "entropy": self._global_sum(ent_sum) / max(self._global_sum(local_tok), 1.0),
+            "grad_norm": grad_norm,
+            "completions/mean_length": float(lengths.mean()),
+            "completions/max_length": float(lengths.max()),
+            "completions/truncated_fraction": float(trunc.mean()),
+            **mean_stats,
+        }
+        return {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
+
+    def _records(
+        self,
+        step: int,
+        groups: Sequence[RolloutGroup],
+        teach: TeacherOutput,
+        rewards: torch.Tensor,
+        adv: torch.Tensor,
+    ) -> list[dict[str, Any]]:
+        out = []
+        g = self.rollouts.n
+        for i, (group, ref, rw) in enumerate(
+            zip(groups, teach.references, teach.rewards, strict=True)
+        ):
+            p = group.prompt
+            rec: dict[str, Any] = {
+                "step": step,
+                "prompt": {"id": p.id, "messages": list(p.messages)},
+                "rollouts": [
+                    {"text": c.text, "finish_reason": c.finish_reason, "tokens": len(c.token_ids)}
+                    for c in group.rollouts
+                ],
+                "reference": ref.to_dict(),
+                "rewards": [float(x) for x in rewards[i * g : (i + 1) * g].tolist()],
+                "reward_details": [dict(d) for d in rw.details],
+                "advantages": [float(x) for x in adv[i * g : (i + 1) * g].tolist()],
+            }
+            if p.gold_answer is not None:  # audit only: the teacher above never saw it
+                rec["gold_answer"] = p.gold_answer
+                rec["reference_correct"] = answers_equivalent(ref.answer, p.gold_answer)
+            out.append(rec)
+        return out
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+__all__ = ["GRPOStep", "StepOutput", "to_rows"]

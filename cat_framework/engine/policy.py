@@ -1,0 +1,217 @@
+"""The trained policy and its frozen twins: the anchor (pi_0, synthesis and rubrics) and the KL
+reference.
+
+Memory is the point (DESIGN.md section 2): under LoRA the anchor and the reference are the
+policy's own base weights with adapters disabled, so no second copy exists; without LoRA one
+frozen copy serves both. By default rollouts are sampled by a backend wrapping the trained model
+itself (same tensors); a policy backend that cannot wrap a model (vLLM) keeps its own engine and
+receives the trainer's weights after every optimizer step.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+import torch
+
+from cat_framework.components import Backend, Roles
+from cat_framework.errors import CatError
+from cat_framework.pipeline import Pipeline
+from cat_framework.pipeline.build import BackendPool
+from cat_framework.pipeline.schema import Lora
+from cat_framework.plugins import Plugins
+from cat_framework.types import Completion, GenerationRequest, Message
+
+log = structlog.get_logger("cat_framework.policy")
+
+#: the built-in backend that loads and wraps transformers models (found through the registry)
+TRAINABLE_BACKEND = "transformers"
+
+
+class AdapterDisabledBackend(Backend):
+    """The anchor under LoRA: the policy's own backend with its adapters switched off per call."""
+
+    name = "initial-policy"
+
+    def __init__(self, inner: Backend, peft_model: Any) -> None:
+        super().__init__(None)
+        self.inner = inner
+        self.peft_model = peft_model
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        with self.peft_model.disable_adapter():
+            return self.inner.generate(requests)
+
+    def score(
+        self,
+        contexts: Sequence[Sequence[Message] | str],
+        continuations: Sequence[str | Sequence[int]],
+    ) -> list[list[float]]:
+        with self.peft_model.disable_adapter():
+            return self.inner.score(contexts, continuations)
+
+    def encode_context(self, context: Sequence[Message] | str) -> list[int]:
+        return self.inner.encode_context(context)  # type: ignore[attr-defined]
+
+
+@dataclass
+class PolicyModels:
+    """What a training run holds: the module it optimises and the backends around it."""
+
+    model: torch.nn.Module  # the trained module (PEFT-wrapped under LoRA)
+    tokenizer: Any
+    trainable: Backend  # wraps ``model`` (tokenisation, scoring)
+    sampler: Backend  # samples rollouts: ``trainable`` itself, or an engine fed new weights
+    anchor: Backend  # frozen pi_0
+    frozen: torch.nn.Module | None  # the pi_0 copy (None under LoRA: adapters off instead)
+    lora: bool
+
+    @property
+    def pushes_weights(self) -> bool:
+        return self.sampler is not self.trainable
+
+    def encode(self, messages: Sequence[Message]) -> list[int]:
+        return self.trainable.encode_context(messages)  # type: ignore[attr-defined]
+
+    @contextmanager
+    def reference(self, model: torch.nn.Module | None = None) -> Iterator[torch.nn.Module]:
+        """The module giving pi_0 log-probs: the frozen copy, or ``model`` with adapters off."""
+        if self.frozen is not None:
+            yield self.frozen
+            return
+        if not self.lora:
+            raise RuntimeError("no reference: the run was built without a frozen copy")
+        with self.model.disable_adapter():  # type: ignore[operator]
+            yield model if model is not None else self.model
+
+    def trained_tensors(self) -> Iterable[tuple[str, torch.Tensor]]:
+        """The weights a separate sampling engine needs (LoRA merged in, names as in the base
+        checkpoint; the engine backend normalises PEFT names)."""
+        if not self.lora:
+            yield from self.model.state_dict().items()
+            return
+        self.model.merge_adapter()  # type: ignore[operator]
+        try:
+            yield from ((k, v) for k, v in self.model.state_dict().items() if "lora_" not in k)
+        finally:
+            self.model.unmerge_adapter()  # type: ignore[operator]
+
+    def close(self) -> None:
+        for backend in {id(b): b for b in (self.sampler, self.trainable)}.values():
+            backend.close()
+
+
+def _trainable_class(comp_cls: type[Backend], plugins: Plugins) -> type[Backend]:
+    if hasattr(comp_cls, "from_model"):
+        return comp_cls
+    cls = plugins.get("backend", TRAINABLE_BACKEND)
+    if not hasattr(cls, "from_model"):
+        raise CatError(
+            f"the {TRAINABLE_BACKEND!r} backend cannot wrap a model; training needs a backend "
+            "with from_model(model, tokenizer)"
+        )
+    return cls  # type: ignore[return-value]
+
+
+def build_policy(
+    pipeline: Pipeline,
+    plugins: Plugins,
+    pool: BackendPool,
+    device: torch.device,
+    *,
+    need_frozen: bool,
+) -> PolicyModels:
+    """Load the policy once on ``device``, add LoRA adapters if configured, and build pi_0."""
+    cfg = pipeline.config
+    comp = pipeline.component("models", "policy")
+    if comp is None:
+        raise CatError("the pipeline has no models.policy")
+    cls = _trainable_class(comp.cls, plugins)
+    params = comp.params.model_dump()
+    if cls is not comp.cls:  # e.g. vllm samples; a transformers twin of the same model trains
+        params = {"model": params["model"]}
+    if params.get("device", "auto") == "auto":
+        params["device"] = str(device)
+    trainable = cls(params)
+    model, tokenizer = trainable.model, trainable.tokenizer  # type: ignore[attr-defined]
+    sampler = trainable if cls is comp.cls else pool.get(comp)
+    if not sampler.supports_update_weights and sampler is not trainable:
+        raise CatError(f"policy backend {comp.name!r} cannot receive the trainer's weights")
+    if cfg.trainer.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lora = cfg.trainer.lora
+    frozen = None
+    if lora is not None:
+        model = add_lora(model, lora)
+        anchor: Backend = AdapterDisabledBackend(trainable, model)
+    else:
+        if need_frozen:
+            frozen = copy.deepcopy(model).eval().requires_grad_(False)
+        anchor = cls.from_model(frozen, tokenizer, params) if frozen is not None else trainable  # type: ignore[attr-defined]
+    model.train()
+    return PolicyModels(model, tokenizer, trainable, sampler, anchor, frozen, lora is not None)
+
+
+def add_lora(model: torch.nn.Module, lora: Lora) -> torch.nn.Module:
+    """Wrap ``model`` with fresh LoRA adapters (peft); the base weights are frozen in place."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(model, config)
+    n_train = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for p in peft_model.parameters())
+    log.info("lora", trainable=n_train, total=n_all, share=round(n_train / max(n_all, 1), 4))
+    return peft_model
+
+
+def build_training_roles(pipeline: Pipeline, pool: BackendPool, policy: PolicyModels) -> Roles:
+    """Policy = the sampler of the current weights; anchor = pi_0 unless the pipeline names its
+    own backend; judge = the anchor unless told otherwise."""
+    models = pipeline.config.models
+
+    def role(spec: Any, path: str) -> Backend:
+        if spec == "policy":
+            return policy.sampler
+        if spec in ("initial-policy", "anchor"):
+            return anchor if path == "judge" else policy.anchor
+        comp = pipeline.component("models", path)
+        assert comp is not None
+        return pool.get(comp)
+
+    anchor = role(models.anchor, "anchor")
+    judge = role(models.judge, "judge")
+    return Roles(policy=policy.sampler, anchor=anchor, judge=judge)
+
+
+def needs_frozen_copy(pipeline: Pipeline) -> bool:
+    """Whether pi_0 must exist as weights: a KL term, or an anchor/judge that is pi_0."""
+    cfg = pipeline.config
+    models = cfg.models
+    pi0_roles = models.anchor == "initial-policy" or models.judge == "initial-policy"
+    return cfg.trainer.beta > 0 or pi0_roles
+
+
+def no_sync_if(accelerator: Any, model: torch.nn.Module, skip: bool) -> Any:
+    """``accelerator.no_sync`` for micro-batches before the last (no gradient all-reduce)."""
+    return accelerator.no_sync(model) if skip else nullcontext()
+
+
+__all__ = [
+    "AdapterDisabledBackend",
+    "PolicyModels",
+    "add_lora",
+    "build_policy",
+    "build_training_roles",
+    "needs_frozen_copy",
+]

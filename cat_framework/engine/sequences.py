@@ -1,0 +1,98 @@
+"""Token batches for training: left-padded prompts + right-padded completions, and the policy's
+log-probs of the completion tokens.
+
+Prompts are left-padded and completions right-padded (TRL's layout), so every row's completion
+starts at the same column: log-probs need one slice and ``logits_to_keep`` skips the LM head on
+prompt positions, which is most of the vocabulary-sized work for short answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from cat_framework.engine.grpo import entropy_from_logits, selective_log_softmax
+
+
+@dataclass
+class TokenBatch:
+    """``input_ids``/``attention_mask`` [B, P + C]; ``completion_mask`` [B, C] marks real
+    completion tokens; ``prompt_width`` is P."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    completion_mask: torch.Tensor
+    prompt_width: int
+
+    @property
+    def completion_ids(self) -> torch.Tensor:
+        return self.input_ids[:, self.prompt_width :]
+
+    def rows(self, index: Sequence[int] | slice) -> TokenBatch:
+        """A micro-batch (same column layout, so log-probs line up with the full batch)."""
+        idx = index if isinstance(index, slice) else torch.as_tensor(list(index))
+        return TokenBatch(
+            self.input_ids[idx],
+            self.attention_mask[idx],
+            self.completion_mask[idx],
+            self.prompt_width,
+        )
+
+    def to(self, device: Any) -> TokenBatch:
+        return TokenBatch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.completion_mask.to(device),
+            self.prompt_width,
+        )
+
+
+def build_batch(
+    prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int
+) -> TokenBatch:
+    """One row per (prompt, completion) pair of token ids."""
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    width_p = max((len(p) for p in prompts), default=0)
+    width_c = max(1, max((len(c) for c in completions), default=1))
+    rows = len(prompts)
+    ids = torch.full((rows, width_p + width_c), pad_id, dtype=torch.long)
+    mask = torch.zeros((rows, width_p + width_c), dtype=torch.long)
+    for b, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+        if p:
+            ids[b, width_p - len(p) : width_p] = torch.tensor(list(p))
+            mask[b, width_p - len(p) : width_p] = 1
+        if c:
+            ids[b, width_p : width_p + len(c)] = torch.tensor(list(c))
+            mask[b, width_p : width_p + len(c)] = 1
+    return TokenBatch(ids, mask, mask[:, width_p:].clone(), width_p)
+
+
+def completion_logps(
+    model: Any, batch: TokenBatch, temperature: float = 1.0, entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs [B, C] of the completion tokens under ``log_softmax(logits / temperature)`` (the
+    same temperature the backend sampled with, so old and new log-probs are comparable), and
+    optionally the per-token entropy (no gradient)."""
+    width_c = batch.completion_mask.shape[1]
+    positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=positions,
+        logits_to_keep=width_c + 1,
+        use_cache=False,
+    )
+    logits = out.logits[:, :-1]
+    logp = selective_log_softmax(logits, batch.completion_ids, temperature)
+    ent = None
+    if entropy:
+        with torch.no_grad():
+            ent = entropy_from_logits(logits.detach(), temperature)
+    return logp, ent
+
+
+__all__ = ["TokenBatch", "build_batch", "completion_logps"]

@@ -1,0 +1,240 @@
+"""CaT-RL (``mode: train``): the GRPO loop on accelerate, with checkpoints, resume and periodic
+evaluation.
+
+Per step: this process's share of the step's prompts (whole groups) -> G rollouts each ->
+teacher (frozen anchor builds the reference, the reward deriver scores rollouts) -> GRPO updates
+(:mod:`cat_framework.engine.grpo_step`). The same script runs unchanged under
+``accelerate launch`` (DDP on CPU or GPU); only the main process writes files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import structlog
+import torch
+
+from cat_framework.components import Dataset
+from cat_framework.engine.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    truncate_jsonl,
+)
+from cat_framework.engine.evaluate import (
+    GoldScorer,
+    evaluate_batch,
+    labels_for,
+    load_prompts,
+    summarize,
+)
+from cat_framework.engine.grpo_step import GRPOStep
+from cat_framework.engine.policy import build_policy, build_training_roles, needs_frozen_copy
+from cat_framework.engine.progress import StepProgress
+from cat_framework.engine.schedule import derive_seed, shard, step_prompts
+from cat_framework.engine.teacher import Teacher
+from cat_framework.errors import CatError
+from cat_framework.pipeline import Pipeline
+from cat_framework.pipeline.build import BackendPool, build_component
+from cat_framework.plugins import Plugins
+
+log = structlog.get_logger("cat_framework.trainer")
+
+
+def make_accelerator(mixed_precision: str) -> Any:
+    from accelerate import Accelerator
+
+    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+
+
+def make_optimizer(model: torch.nn.Module, pipeline: Pipeline, total_steps: int) -> tuple[Any, Any]:
+    """AdamW over the trainable parameters and the configured schedule (per optimizer step)."""
+    from transformers import get_scheduler
+
+    tc = pipeline.config.trainer
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise CatError("the policy has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay)
+    scheduler = get_scheduler(
+        tc.lr_scheduler,
+        optimizer,
+        num_warmup_steps=tc.warmup_steps,
+        num_training_steps=max(total_steps, 1),
+    )
+    return optimizer, scheduler
+
+
+def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def resume_point(run_dir: Path, resume: str | None, accelerator: Any) -> Any:
+    """The checkpoint to continue from (None for a fresh run); drops logged steps after it."""
+    if not resume:
+        for name in ("metrics.jsonl", "records.jsonl"):
+            if accelerator.is_main_process:
+                (run_dir / name).unlink(missing_ok=True)
+        return None
+    ckpt = latest_checkpoint(run_dir)
+    if accelerator.is_main_process:
+        for name in ("metrics.jsonl", "records.jsonl"):
+            truncate_jsonl(run_dir / name, ckpt.step if ckpt else 0)
+    if ckpt is None:
+        log.warning("no checkpoint to resume from: starting at step 1", run_dir=str(run_dir))
+    return ckpt
+
+
+class PeriodicEval:
+    """``trainer.eval_every``: the evaluate machinery on ``data.eval`` with the current policy."""
+
+    def __init__(self, pipeline: Pipeline, roles: Any) -> None:
+        cfg = pipeline.config
+        dataset = build_component(pipeline, "data", "eval")
+        assert isinstance(dataset, Dataset)
+        self.pipeline, self.roles = pipeline, roles
+        self.prompts = load_prompts(dataset, cfg.eval.limit)
+        specs = [
+            pipeline.component("eval", "aggregators", i) for i in range(len(cfg.eval.aggregators))
+        ]
+        self.labels = labels_for([s.name for s in specs if s is not None])
+        self.aggregators = [
+            (lab, s.build(roles=roles)) for lab, s in zip(self.labels, specs, strict=True) if s
+        ]
+        scorer = pipeline.component("eval", "scorer")
+        self.scorer = GoldScorer(dataset.task_kind, scorer.build(roles=roles) if scorer else None)
+        self.task = dataset.task_kind
+
+    def __call__(self, step: int) -> dict[str, float]:
+        cfg = self.pipeline.config
+        records: list[dict[str, Any]] = []
+        bs = cfg.eval.batch_size
+        for start in range(0, len(self.prompts), bs):
+            batch = self.prompts[start : start + bs]
+            seed = derive_seed(cfg.seed, "eval", start)
+            records += evaluate_batch(
+                batch, self.roles.policy, self.aggregators, self.scorer, self.pipeline, seed
+            )
+        summary = summarize(
+            records, self.labels, self.task, cfg.eval.bootstrap, cfg.eval.confidence
+        )
+        flat: dict[str, float] = {}
+        for label, s in summary["aggregators"].items():
+            for key in ("score", "ci_low", "ci_high", "n"):
+                flat[f"eval/{label}/{key}"] = float(s[key])
+        for key, value in summary.get("rollouts", {}).items():
+            flat[f"eval/rollouts/{key}"] = float(value)
+        return flat
+
+
+def run_train(
+    pipeline: Pipeline, run_dir: Path, plugins: Plugins, resume: str | None = None
+) -> dict[str, Any]:
+    cfg = pipeline.config
+    tc = cfg.trainer
+    acc = make_accelerator(tc.mixed_precision)
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.seed)
+    dataset = build_component(pipeline, "data", "train")
+    assert isinstance(dataset, Dataset)
+    prompts = load_prompts(dataset, None)
+    if not prompts:
+        raise CatError("data.train has no prompts")
+    pool = BackendPool()
+    policy = build_policy(
+        pipeline, plugins, pool, acc.device, need_frozen=needs_frozen_copy(pipeline)
+    )
+    try:
+        roles = build_training_roles(pipeline, pool, policy)
+        teacher = Teacher(
+            build_component(pipeline, "aggregator", roles=roles),  # type: ignore[arg-type]
+            build_component(pipeline, "reward", roles=roles),  # type: ignore[arg-type]
+        )
+        optimizer, scheduler = make_optimizer(policy.model, pipeline, tc.steps * tc.num_iterations)
+        train_model, optimizer = acc.prepare(policy.model, optimizer)
+        ckpt = resume_point(run_dir, resume, acc)
+        start = 0
+        if ckpt is not None:
+            load_checkpoint(ckpt, policy.model, optimizer, scheduler, acc.process_index)
+            start = ckpt.step
+            if policy.pushes_weights:
+                policy.sampler.update_weights(policy.trained_tensors())
+            log.info("resumed", step=start, checkpoint=str(ckpt.path))
+        step_fn = GRPOStep(
+            policy, train_model, teacher, optimizer, scheduler, acc, cfg.rollouts, tc
+        )
+        evaluator = PeriodicEval(pipeline, roles) if tc.eval_every and cfg.data.eval else None
+        last: dict[str, float] = {}
+        with StepProgress(tc.steps, start, enabled=acc.is_main_process) as bar:
+            for step in range(start + 1, tc.steps + 1):
+                ids = shard(
+                    step_prompts(len(prompts), tc.prompts_per_step, step, cfg.seed),
+                    acc.process_index,
+                    acc.num_processes,
+                )
+                seed = derive_seed(cfg.seed, "rollouts", step, acc.process_index)
+                out = step_fn([prompts[i] for i in ids], seed, step)
+                records = _gather_records(acc, out.records)
+                metrics = {"step": step, **out.metrics, **_reference_accuracy(records)}
+                if evaluator is not None and step % tc.eval_every == 0:
+                    if acc.is_main_process:
+                        metrics.update(evaluator(step))
+                    acc.wait_for_everyone()
+                if acc.is_main_process:
+                    append_jsonl(run_dir / "records.jsonl", records)
+                    append_jsonl(run_dir / "metrics.jsonl", [metrics])
+                if (tc.save_every and step % tc.save_every == 0) or step == tc.steps:
+                    save_checkpoint(
+                        run_dir,
+                        step,
+                        policy.model,
+                        optimizer,
+                        scheduler,
+                        acc,
+                        {"prompts_seen": step * tc.prompts_per_step},
+                        tc.keep_checkpoints,
+                    )
+                if acc.is_main_process:
+                    plugins.notify(
+                        "on_step_end", run_dir=str(run_dir.resolve()), step=step, metrics=metrics
+                    )
+                bar.update(step, metrics)
+                last = metrics
+        final = save_final(run_dir, policy, acc)
+    finally:
+        policy.close()
+        pool.close()
+    return {"steps": tc.steps, "final_model": str(final) if final else None, "last_metrics": last}
+
+
+def save_final(run_dir: Path, policy: Any, acc: Any) -> Path | None:
+    """The trained policy as a loadable folder (full model, or the LoRA adapter) + tokenizer."""
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        return None
+    path = run_dir / "final"
+    policy.model.save_pretrained(path)
+    policy.tokenizer.save_pretrained(path)
+    return path
+
+
+def _gather_records(acc: Any, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if acc.num_processes == 1:
+        return records
+    from accelerate.utils import gather_object
+
+    return list(gather_object(records))
+
+
+def _reference_accuracy(records: list[dict[str, Any]]) -> dict[str, float]:
+    """How often the teacher's reference matched gold (audit only, like TTRL's label accuracy)."""
+    judged = [r["reference_correct"] for r in records if "reference_correct" in r]
+    return {"reference/accuracy": sum(judged) / len(judged)} if judged else {}
+
+
+__all__ = ["run_train"]
