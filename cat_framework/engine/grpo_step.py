@@ -103,10 +103,10 @@ class GRPOStep:
         return self.acc.gather(t.to(self.acc.device)).cpu()
 
     # ------------------------------------------------------------------ the step
-    def __call__(self, prompts: Sequence[Prompt], seed: int, step: int) -> StepOutput:
+    def __call__(self, prompts: Sequence[Prompt], seeds: Sequence[int], step: int) -> StepOutput:
         cfg, acc, dev = self.cfg, self.acc, self.acc.device
         t0 = time.perf_counter()
-        groups = explore(self.policy.sampler, prompts, self.rollouts, seed)
+        groups = explore(self.policy.sampler, prompts, self.rollouts, seeds=seeds)
         t1 = time.perf_counter()
         teach = self.teacher.teach(groups)
         t2 = time.perf_counter()
@@ -260,7 +260,7 @@ class GRPOStep:
                     for c in group.rollouts
                 ],
                 "reference": ref.to_dict(),
-                "rewards": [float(x) for x in rewards[i * g : (i + 1) * g].tolist()],
+                "rewards": [float(x) for x in rw.values],
                 "reward_details": [dict(d) for d in rw.details],
                 "advantages": [float(x) for x in adv[i * g : (i + 1) * g].tolist()],
             }

@@ -14,10 +14,17 @@ from cat_framework.types import GenerationRequest, Prompt, Reference, Rewards, R
 
 
 def rollout_requests(
-    prompts: Sequence[Prompt], rollouts: Rollouts, seed: int | None
+    prompts: Sequence[Prompt],
+    rollouts: Rollouts,
+    seed: int | None,
+    seeds: Sequence[int] | None = None,
 ) -> list[GenerationRequest]:
     """One request per prompt asking for G samples (the backend batches them). Each request gets
-    its own seed derived from ``seed`` and its position, so prompts never share a random stream."""
+    its own seed derived from ``seed`` and its position, so prompts never share a random stream;
+    ``seeds`` gives them explicitly (the trainer ties them to a prompt's place in the global batch,
+    so a run samples the same rollouts whatever the number of processes)."""
+    if seeds is None:
+        seeds = [derive_seed(seed, i) for i in range(len(prompts))] if seed is not None else None
     return [
         GenerationRequest(
             messages=p.messages,
@@ -27,17 +34,21 @@ def rollout_requests(
             top_k=rollouts.top_k,
             max_new_tokens=rollouts.max_new_tokens,
             stop=tuple(rollouts.stop),
-            seed=None if seed is None else derive_seed(seed, i),
+            seed=None if seeds is None else seeds[i],
         )
         for i, p in enumerate(prompts)
     ]
 
 
 def explore(
-    policy: Backend, prompts: Sequence[Prompt], rollouts: Rollouts, seed: int | None = None
+    policy: Backend,
+    prompts: Sequence[Prompt],
+    rollouts: Rollouts,
+    seed: int | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> list[RolloutGroup]:
     """Sample G rollouts for every prompt in one batched backend call."""
-    outputs = policy.generate(rollout_requests(prompts, rollouts, seed))
+    outputs = policy.generate(rollout_requests(prompts, rollouts, seed, seeds))
     if len(outputs) != len(prompts):
         raise RuntimeError(f"backend returned {len(outputs)} results for {len(prompts)} prompts")
     return [RolloutGroup(p, tuple(o)) for p, o in zip(prompts, outputs, strict=True)]

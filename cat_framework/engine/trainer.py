@@ -172,13 +172,10 @@ def run_train(
         last: dict[str, float] = {}
         with StepProgress(tc.steps, start, enabled=acc.is_main_process) as bar:
             for step in range(start + 1, tc.steps + 1):
-                ids = shard(
-                    step_prompts(len(prompts), tc.prompts_per_step, step, cfg.seed),
-                    acc.process_index,
-                    acc.num_processes,
-                )
-                seed = derive_seed(cfg.seed, "rollouts", step, acc.process_index)
-                out = step_fn([prompts[i] for i in ids], seed, step)
+                order = step_prompts(len(prompts), tc.prompts_per_step, step, cfg.seed)
+                mine = shard(list(range(len(order))), acc.process_index, acc.num_processes)
+                seeds = [derive_seed(cfg.seed, "rollouts", step, k) for k in mine]
+                out = step_fn([prompts[order[k]] for k in mine], seeds, step)
                 records = _gather_records(acc, out.records)
                 metrics = {"step": step, **out.metrics, **_reference_accuracy(records)}
                 if evaluator is not None and step % tc.eval_every == 0:
@@ -205,6 +202,7 @@ def run_train(
                     )
                 bar.update(step, metrics)
                 last = metrics
+        check_replicas_agree(policy.model, acc)
         final = save_final(run_dir, policy, acc)
     finally:
         policy.close()
@@ -221,6 +219,22 @@ def save_final(run_dir: Path, policy: Any, acc: Any) -> Path | None:
     policy.model.save_pretrained(path)
     policy.tokenizer.save_pretrained(path)
     return path
+
+
+def check_replicas_agree(model: torch.nn.Module, acc: Any) -> None:
+    """Data-parallel processes must end with identical weights; a silent divergence (a step
+    that skipped the gradient all-reduce) would otherwise surface only as bad results."""
+    if acc.num_processes == 1:
+        return
+    with torch.no_grad():
+        local = torch.stack(
+            [p.detach().double().sum() for p in model.parameters() if p.requires_grad]
+        ).to(acc.device)
+    everyone = acc.gather(local[None]).cpu()
+    spread = float((everyone - everyone[0]).abs().max())
+    if spread > 1e-6:
+        raise CatError(f"data-parallel replicas diverged (max parameter-sum difference {spread})")
+    log.info("replicas agree", processes=acc.num_processes, max_difference=spread)
 
 
 def _gather_records(acc: Any, records: list[dict[str, Any]]) -> list[dict[str, Any]]:

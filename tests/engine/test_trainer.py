@@ -22,38 +22,6 @@ from cat_framework.engine import trainer as trainer_mod
 from cat_framework.engine.checkpoint import latest_checkpoint
 from cat_framework.engine.runner import run_pipeline
 from cat_framework.pipeline import load_pipeline
-from tests.plugins.backends.conftest import build_tiny_model, build_tiny_tokenizer
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Llama whose samples are varied enough to disagree (default init, no sharpening)."""
-    path = tmp_path_factory.mktemp("tiny-policy")
-    tok = build_tiny_tokenizer()
-    model = build_tiny_model(len(tok), seed=1)
-    with torch.no_grad():
-        model.lm_head.weight.div_(40 / 3)  # undo most of the fixture's sharpening
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def toy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "toy.jsonl"
-    rows = [
-        {"id": f"q{i}", "question": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(6)
-    ]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def write_pipeline(tmp: Path, model: Path, data: Path, trainer: str, extra: str = "") -> Path:
