@@ -14,15 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-import torch
 
 from cat_framework.components import Dataset
-from cat_framework.engine.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-    truncate_jsonl,
-)
+from cat_framework.engine.checkpoint import load_checkpoint, save_checkpoint
 from cat_framework.engine.evaluate import (
     GoldScorer,
     evaluate_batch,
@@ -35,6 +29,15 @@ from cat_framework.engine.policy import build_policy, build_training_roles, need
 from cat_framework.engine.progress import StepProgress
 from cat_framework.engine.schedule import derive_seed, shard, step_prompts
 from cat_framework.engine.teacher import Teacher
+from cat_framework.engine.training import (
+    append_jsonl,
+    check_replicas_agree,
+    gather_records,
+    make_accelerator,
+    make_optimizer,
+    resume_point,
+    save_final,
+)
 from cat_framework.errors import CatError
 from cat_framework.pipeline import Pipeline
 from cat_framework.pipeline.build import BackendPool, build_component
@@ -43,57 +46,12 @@ from cat_framework.plugins import Plugins
 log = structlog.get_logger("cat_framework.trainer")
 
 
-def make_accelerator(mixed_precision: str) -> Any:
-    from accelerate import Accelerator
-
-    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
-
-
-def make_optimizer(model: torch.nn.Module, pipeline: Pipeline, total_steps: int) -> tuple[Any, Any]:
-    """AdamW over the trainable parameters and the configured schedule (per optimizer step)."""
-    from transformers import get_scheduler
-
-    tc = pipeline.config.trainer
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise CatError("the policy has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay)
-    scheduler = get_scheduler(
-        tc.lr_scheduler,
-        optimizer,
-        num_warmup_steps=tc.warmup_steps,
-        num_training_steps=max(total_steps, 1),
-    )
-    return optimizer, scheduler
-
-
-def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-def resume_point(run_dir: Path, resume: str | None, accelerator: Any) -> Any:
-    """The checkpoint to continue from (None for a fresh run); drops logged steps after it."""
-    if not resume:
-        for name in ("metrics.jsonl", "records.jsonl"):
-            if accelerator.is_main_process:
-                (run_dir / name).unlink(missing_ok=True)
-        return None
-    ckpt = latest_checkpoint(run_dir)
-    if accelerator.is_main_process:
-        for name in ("metrics.jsonl", "records.jsonl"):
-            truncate_jsonl(run_dir / name, ckpt.step if ckpt else 0)
-    if ckpt is None:
-        log.warning("no checkpoint to resume from: starting at step 1", run_dir=str(run_dir))
-    return ckpt
-
-
 class PeriodicEval:
     """``trainer.eval_every``: the evaluate machinery on ``data.eval`` with the current policy."""
 
-    def __init__(self, pipeline: Pipeline, roles: Any) -> None:
+    def __init__(self, pipeline: Pipeline, roles: Any, run_dir: Path) -> None:
         cfg = pipeline.config
+        self.out = run_dir / "eval"
         dataset = build_component(pipeline, "data", "eval")
         assert isinstance(dataset, Dataset)
         self.pipeline, self.roles = pipeline, roles
@@ -122,6 +80,14 @@ class PeriodicEval:
         summary = summarize(
             records, self.labels, self.task, cfg.eval.bootstrap, cfg.eval.confidence
         )
+        self.out.mkdir(exist_ok=True)
+        name = f"step-{step:06d}"
+        (self.out / f"{name}.jsonl").write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8"
+        )
+        (self.out / f"{name}.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        scores = {k: round(v["score"], 4) for k, v in summary["aggregators"].items()}
+        log.info("evaluated", step=step, **scores)
         flat: dict[str, float] = {}
         for label, s in summary["aggregators"].items():
             for key in ("score", "ci_low", "ci_high", "n"):
@@ -168,17 +134,24 @@ def run_train(
         step_fn = GRPOStep(
             policy, train_model, teacher, optimizer, scheduler, acc, cfg.rollouts, tc
         )
-        evaluator = PeriodicEval(pipeline, roles) if tc.eval_every and cfg.data.eval else None
+        wants_eval = (tc.eval_every or tc.eval_before) and cfg.data.eval
+        evaluator = PeriodicEval(pipeline, roles, run_dir) if wants_eval else None
         last: dict[str, float] = {}
+        if evaluator is not None and tc.eval_before and start == 0:
+            if acc.is_main_process:
+                row = {"step": 0, **evaluator(0)}
+                append_jsonl(run_dir / "metrics.jsonl", [row])
+                plugins.notify("on_step_end", run_dir=str(run_dir.resolve()), step=0, metrics=row)
+            acc.wait_for_everyone()
         with StepProgress(tc.steps, start, enabled=acc.is_main_process) as bar:
             for step in range(start + 1, tc.steps + 1):
                 order = step_prompts(len(prompts), tc.prompts_per_step, step, cfg.seed)
                 mine = shard(list(range(len(order))), acc.process_index, acc.num_processes)
                 seeds = [derive_seed(cfg.seed, "rollouts", step, k) for k in mine]
                 out = step_fn([prompts[order[k]] for k in mine], seeds, step)
-                records = _gather_records(acc, out.records)
+                records = gather_records(acc, out.records)
                 metrics = {"step": step, **out.metrics, **_reference_accuracy(records)}
-                if evaluator is not None and step % tc.eval_every == 0:
+                if evaluator is not None and tc.eval_every and step % tc.eval_every == 0:
                     if acc.is_main_process:
                         metrics.update(evaluator(step))
                     acc.wait_for_everyone()
@@ -208,41 +181,6 @@ def run_train(
         policy.close()
         pool.close()
     return {"steps": tc.steps, "final_model": str(final) if final else None, "last_metrics": last}
-
-
-def save_final(run_dir: Path, policy: Any, acc: Any) -> Path | None:
-    """The trained policy as a loadable folder (full model, or the LoRA adapter) + tokenizer."""
-    acc.wait_for_everyone()
-    if not acc.is_main_process:
-        return None
-    path = run_dir / "final"
-    policy.model.save_pretrained(path)
-    policy.tokenizer.save_pretrained(path)
-    return path
-
-
-def check_replicas_agree(model: torch.nn.Module, acc: Any) -> None:
-    """Data-parallel processes must end with identical weights; a silent divergence (a step
-    that skipped the gradient all-reduce) would otherwise surface only as bad results."""
-    if acc.num_processes == 1:
-        return
-    with torch.no_grad():
-        local = torch.stack(
-            [p.detach().double().sum() for p in model.parameters() if p.requires_grad]
-        ).to(acc.device)
-    everyone = acc.gather(local[None]).cpu()
-    spread = float((everyone - everyone[0]).abs().max())
-    if spread > 1e-6:
-        raise CatError(f"data-parallel replicas diverged (max parameter-sum difference {spread})")
-    log.info("replicas agree", processes=acc.num_processes, max_difference=spread)
-
-
-def _gather_records(acc: Any, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    if acc.num_processes == 1:
-        return records
-    from accelerate.utils import gather_object
-
-    return list(gather_object(records))
 
 
 def _reference_accuracy(records: list[dict[str, Any]]) -> dict[str, float]:

@@ -160,6 +160,9 @@ class Trainer(Strict):
     save_every: int = Field(50, ge=0, description="Checkpoint every N steps (0 = only at the end).")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk.")
     eval_every: int = Field(0, ge=0, description="Evaluate every N steps (0 = never).")
+    eval_before: bool = Field(
+        False, description="Evaluate before the first step too (step 0: the test-time baseline)."
+    )
     sft_epochs: int = Field(1, ge=1, description="Epochs over synthesized references (mode: sft).")
 
 

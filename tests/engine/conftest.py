@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+from cat_framework.engine import policy as policy_mod
+from cat_framework.engine import sft as sft_mod
+from cat_framework.engine import trainer as trainer_mod
 from tests.plugins.backends.conftest import build_tiny_model, build_tiny_tokenizer
 
 
@@ -40,3 +44,18 @@ def toy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+@pytest.fixture
+def captured(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The PolicyModels each run builds (to inspect the trained module afterwards)."""
+    built: list[Any] = []
+    original = policy_mod.build_policy
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        built.append(original(*args, **kwargs))
+        return built[-1]
+
+    for module in (trainer_mod, sft_mod):
+        monkeypatch.setattr(module, "build_policy", spy)
+    return built

@@ -18,7 +18,6 @@ import torch
 from safetensors.torch import load_file
 
 from cat_framework import hookimpl, load_plugins
-from cat_framework.engine import trainer as trainer_mod
 from cat_framework.engine.checkpoint import latest_checkpoint
 from cat_framework.engine.runner import run_pipeline
 from cat_framework.pipeline import load_pipeline
@@ -59,20 +58,6 @@ def run(pipeline: Path, run_dir: Path, *extra: Any, resume: bool = False) -> dic
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-@pytest.fixture
-def captured(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """The PolicyModels each run builds (to inspect the trained module afterwards)."""
-    built: list[Any] = []
-    original = trainer_mod.build_policy
-
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        built.append(original(*args, **kwargs))
-        return built[-1]
-
-    monkeypatch.setattr(trainer_mod, "build_policy", spy)
-    return built
 
 
 def initial_weights(path: Path) -> dict[str, torch.Tensor]:

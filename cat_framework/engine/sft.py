@@ -1,0 +1,229 @@
+"""CaT-SFT (``mode: sft``): supervised fine-tuning on the anchor's synthesized references.
+
+The paper's baseline: for every training prompt the initial policy samples G rollouts, the frozen
+anchor synthesizes a reference (the pipeline's ``aggregator``), and the policy is then trained
+with cross-entropy on (question -> reference), usually with LoRA (paper: r=32). References are
+written to ``records.jsonl`` (step 0) as they are made, so ``--resume`` never recomputes them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+import torch
+
+from cat_framework.components import Aggregator, Dataset
+from cat_framework.engine.checkpoint import load_checkpoint, save_checkpoint
+from cat_framework.engine.evaluate import load_prompts, read_records
+from cat_framework.engine.policy import PolicyModels, build_policy, build_training_roles
+from cat_framework.engine.progress import StepProgress
+from cat_framework.engine.schedule import derive_seed, shard, step_prompts
+from cat_framework.engine.sequences import build_batch, completion_logps
+from cat_framework.engine.teacher import explore
+from cat_framework.engine.training import (
+    append_jsonl,
+    check_replicas_agree,
+    make_accelerator,
+    make_optimizer,
+    resume_point,
+    save_final,
+)
+from cat_framework.errors import CatError
+from cat_framework.pipeline import Pipeline
+from cat_framework.pipeline.build import BackendPool, build_component
+from cat_framework.plugins import Plugins
+from cat_framework.types import Prompt
+
+log = structlog.get_logger("cat_framework.sft")
+
+
+def synthesize_references(
+    pipeline: Pipeline,
+    prompts: list[Prompt],
+    policy: PolicyModels,
+    aggregator: Aggregator,
+    path: Path,
+    main: bool,
+) -> dict[str, dict[str, Any]]:
+    """Rollouts from pi_0 and one reference per prompt, appended to ``path`` batch by batch."""
+    cfg = pipeline.config
+    done = {r["prompt_id"]: r for r in read_records(path)}
+    todo = [(i, p) for i, p in enumerate(prompts) if p.id not in done]
+    bs = cfg.trainer.prompts_per_step
+    for start in range(0, len(todo), bs):
+        chunk = todo[start : start + bs]
+        seeds = [derive_seed(cfg.seed, "sft", i) for i, _ in chunk]
+        groups = explore(policy.sampler, [p for _, p in chunk], cfg.rollouts, seeds=seeds)
+        refs = aggregator.aggregate(groups)
+        rows = [
+            {
+                "prompt_id": g.prompt.id,
+                "step": 0,
+                "prompt": {"id": g.prompt.id, "messages": list(g.prompt.messages)},
+                "rollouts": [
+                    {"text": c.text, "finish_reason": c.finish_reason, "tokens": len(c.token_ids)}
+                    for c in g.rollouts
+                ],
+                "reference": r.to_dict(),
+            }
+            for g, r in zip(groups, refs, strict=True)
+        ]
+        if main:
+            append_jsonl(path, rows)
+        done.update({r["prompt_id"]: r for r in rows})
+        log.info("references", done=len(done), total=len(prompts))
+    return done
+
+
+def run_sft(
+    pipeline: Pipeline, run_dir: Path, plugins: Plugins, resume: str | None = None
+) -> dict[str, Any]:
+    cfg = pipeline.config
+    tc = cfg.trainer
+    acc = make_accelerator(tc.mixed_precision)
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.seed)
+    dataset = build_component(pipeline, "data", "train")
+    assert isinstance(dataset, Dataset)
+    prompts = load_prompts(dataset, None)
+    if not prompts:
+        raise CatError("data.train has no prompts")
+    if not resume and acc.is_main_process:
+        (run_dir / "records.jsonl").unlink(missing_ok=True)
+    acc.wait_for_everyone()
+    pool = BackendPool()
+    # references come from pi_0 before any update: the policy itself is pi_0 then
+    policy = build_policy(pipeline, plugins, pool, acc.device, need_frozen=False)
+    try:
+        roles = build_training_roles(pipeline, pool, policy)
+        aggregator = build_component(pipeline, "aggregator", roles=roles)
+        assert isinstance(aggregator, Aggregator)
+        refs = synthesize_references(
+            pipeline, prompts, policy, aggregator, run_dir / "records.jsonl",
+            acc.is_main_process,
+        )  # fmt: skip
+        pairs = sft_pairs(policy, prompts, refs)
+        per_epoch = math.ceil(len(pairs) / tc.prompts_per_step)
+        total = min(tc.steps, tc.sft_epochs * per_epoch)
+        optimizer, scheduler = make_optimizer(policy.model, pipeline, total)
+        train_model, optimizer = acc.prepare(policy.model, optimizer)
+        ckpt = resume_point(run_dir, resume, acc, files=("metrics.jsonl",))
+        start = 0
+        if ckpt is not None:
+            load_checkpoint(ckpt, policy.model, optimizer, scheduler, acc.process_index)
+            start = ckpt.step
+        with StepProgress(total, start, enabled=acc.is_main_process) as bar:
+            for step in range(start + 1, total + 1):
+                t0 = time.perf_counter()
+                order = step_prompts(len(pairs), tc.prompts_per_step, step, cfg.seed)
+                mine = [
+                    pairs[order[k]]
+                    for k in shard(list(range(len(order))), acc.process_index, acc.num_processes)
+                ]
+                loss, tokens = sft_update(train_model, mine, policy, optimizer, scheduler, acc, tc)
+                metrics = {
+                    "step": step,
+                    "loss": loss,
+                    "tokens": tokens,
+                    "lr": float(scheduler.get_last_lr()[0]),
+                    "epoch": (step - 1) / per_epoch,
+                    "time/step": time.perf_counter() - t0,
+                }
+                if acc.is_main_process:
+                    append_jsonl(run_dir / "metrics.jsonl", [metrics])
+                if (tc.save_every and step % tc.save_every == 0) or step == total:
+                    save_checkpoint(
+                        run_dir,
+                        step,
+                        policy.model,
+                        optimizer,
+                        scheduler,
+                        acc,
+                        {},
+                        tc.keep_checkpoints,
+                    )
+                if acc.is_main_process:
+                    plugins.notify(
+                        "on_step_end", run_dir=str(run_dir.resolve()), step=step, metrics=metrics
+                    )
+                bar.update(step, metrics)
+        check_replicas_agree(policy.model, acc)
+        final = save_final(run_dir, policy, acc)
+    finally:
+        policy.close()
+        pool.close()
+    return {"steps": total, "references": len(refs), "final_model": str(final) if final else None}
+
+
+def sft_pairs(
+    policy: PolicyModels, prompts: list[Prompt], refs: dict[str, dict[str, Any]]
+) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, reference ids + EOS) for every prompt whose reference has text."""
+    eos = policy.tokenizer.eos_token_id
+    pairs = []
+    for p in prompts:
+        text = (refs.get(p.id) or {}).get("reference", {}).get("text") or ""
+        if not text.strip():
+            continue
+        target = list(policy.tokenizer(text, add_special_tokens=False)["input_ids"])
+        pairs.append((policy.encode(p.messages), target + ([eos] if eos is not None else [])))
+    if not pairs:
+        raise CatError("the aggregator produced no non-empty reference to train on")
+    skipped = len(prompts) - len(pairs)
+    if skipped:
+        log.warning("empty references skipped", count=skipped)
+    return pairs
+
+
+def sft_update(
+    model: torch.nn.Module,
+    pairs: list[tuple[list[int], list[int]]],
+    policy: PolicyModels,
+    optimizer: Any,
+    scheduler: Any,
+    acc: Any,
+    tc: Any,
+) -> tuple[float, float]:
+    """One optimizer step of token-mean cross-entropy over the global batch's target tokens."""
+    pad = policy.tokenizer.pad_token_id
+    pad = pad if pad is not None else (policy.tokenizer.eos_token_id or 0)
+    batch = build_batch([p for p, _ in pairs], [t for _, t in pairs], pad).to(acc.device)
+    local = batch.completion_mask.sum().float()
+    total = float(acc.reduce(local.clone(), reduction="sum").item())
+    size = tc.micro_batch_size
+    slices = [slice(i, min(i + size, len(pairs))) for i in range(0, len(pairs), size)]
+    optimizer.zero_grad(set_to_none=True)
+    loss_sum = 0.0
+    for k, s in enumerate(slices):
+        mb = batch.rows(s)
+        ctx = acc.no_sync(model) if k < len(slices) - 1 else _Null()
+        with ctx:
+            logp, _ = completion_logps(model, mb, 1.0)
+            loss = -(logp * mb.completion_mask).sum() / max(total, 1.0)
+            acc.backward(loss * acc.num_processes)
+        loss_sum += float(loss.item())
+    if tc.max_grad_norm is not None:
+        acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], tc.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    loss_all = float(
+        acc.reduce(torch.tensor([loss_sum], device=acc.device), reduction="sum").item()
+    )
+    return loss_all, total
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+__all__ = ["run_sft", "sft_pairs", "synthesize_references"]

@@ -1,0 +1,104 @@
+"""Plumbing shared by the training modes (``train``, ``sft``): accelerator, optimizer and
+schedule, run files, resume point, the final model, and a replica-agreement check."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import structlog
+import torch
+
+from cat_framework.engine.checkpoint import latest_checkpoint, truncate_jsonl
+from cat_framework.errors import CatError
+from cat_framework.pipeline import Pipeline
+
+log = structlog.get_logger("cat_framework.training")
+
+
+def make_accelerator(mixed_precision: str) -> Any:
+    from accelerate import Accelerator
+
+    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+
+
+def make_optimizer(model: torch.nn.Module, pipeline: Pipeline, total_steps: int) -> tuple[Any, Any]:
+    """AdamW over the trainable parameters and the configured schedule (per optimizer step)."""
+    from transformers import get_scheduler
+
+    tc = pipeline.config.trainer
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise CatError("the policy has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay)
+    scheduler = get_scheduler(
+        tc.lr_scheduler,
+        optimizer,
+        num_warmup_steps=tc.warmup_steps,
+        num_training_steps=max(total_steps, 1),
+    )
+    return optimizer, scheduler
+
+
+def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def resume_point(
+    run_dir: Path,
+    resume: str | None,
+    accelerator: Any,
+    files: tuple[str, ...] = ("metrics.jsonl", "records.jsonl"),
+) -> Any:
+    """The checkpoint to continue from (None for a fresh run); drops the lines of ``files``
+    logged after it (those steps are redone), or the whole files for a fresh run."""
+    if not resume:
+        for name in files:
+            if accelerator.is_main_process:
+                (run_dir / name).unlink(missing_ok=True)
+        return None
+    ckpt = latest_checkpoint(run_dir)
+    if accelerator.is_main_process:
+        for name in files:
+            truncate_jsonl(run_dir / name, ckpt.step if ckpt else 0)
+    if ckpt is None:
+        log.warning("no checkpoint to resume from: starting at step 1", run_dir=str(run_dir))
+    return ckpt
+
+
+def save_final(run_dir: Path, policy: Any, acc: Any) -> Path | None:
+    """The trained policy as a loadable folder (full model, or the LoRA adapter) + tokenizer."""
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        return None
+    path = run_dir / "final"
+    policy.model.save_pretrained(path)
+    policy.tokenizer.save_pretrained(path)
+    return path
+
+
+def check_replicas_agree(model: torch.nn.Module, acc: Any) -> None:
+    """Data-parallel processes must end with identical weights; a silent divergence (a step
+    that skipped the gradient all-reduce) would otherwise surface only as bad results."""
+    if acc.num_processes == 1:
+        return
+    with torch.no_grad():
+        local = torch.stack(
+            [p.detach().double().sum() for p in model.parameters() if p.requires_grad]
+        ).to(acc.device)
+    everyone = acc.gather(local[None]).cpu()
+    spread = float((everyone - everyone[0]).abs().max())
+    if spread > 1e-6:
+        raise CatError(f"data-parallel replicas diverged (max parameter-sum difference {spread})")
+    log.info("replicas agree", processes=acc.num_processes, max_difference=spread)
+
+
+def gather_records(acc: Any, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if acc.num_processes == 1:
+        return records
+    from accelerate.utils import gather_object
+
+    return list(gather_object(records))
