@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -188,7 +189,27 @@ def run_cmd(
 
     loaded = load_pipeline(pipeline, overrides, plugins=_plugins())
     result = run_pipeline(loaded, plugins=_plugins(), run_dir=run_dir, resume=resume)
-    click.echo(f"run finished: {result}")
+    if os.environ.get("RANK", "0") != "0":
+        return
+    click.echo(f"run finished: {result['run_dir']}")
+    for key in ("report", "metrics", "final_model"):
+        if result.get(key):
+            click.echo(f"  {key}: {result[key]}")
+
+
+@cli.command("report")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("-o", "--output", default=None, help="Where to write (default RUN_DIR/report.html).")
+@click.option(
+    "--max-prompts", default=24, show_default=True, help="Prompts in the browsable sample."
+)
+def report_cmd(run_dir: str, output: str | None, max_prompts: int) -> None:
+    """Write the self-contained HTML report of RUN_DIR (any mode, finished or not)."""
+    from cat_framework.report import write_report
+
+    if not Path(run_dir).is_dir():
+        raise CatError(f"{run_dir}: no such run directory")
+    click.echo(str(write_report(run_dir, output, max_prompts=max_prompts)))
 
 
 def main(argv: list[str] | None = None) -> None:

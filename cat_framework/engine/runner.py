@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import importlib
 import importlib.util
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -92,6 +93,26 @@ def run_pipeline(
         status = "interrupted"
         raise
     finally:
+        if _is_main_process():
+            report = _write_report(path, status)
+            if report is not None:
+                summary["report"] = str(report)
         log.info("run end", status=status, run_dir=str(path))
         plugins.notify("on_run_end", run_dir=str(path.resolve()), summary=summary, status=status)
         detach_run_log()
+
+
+def _is_main_process() -> bool:
+    """Rank 0 (or no launcher): under ``accelerate launch`` only one process writes the report."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _write_report(run_dir: Path, status: str) -> Path | None:
+    """The run's report.html, written whatever the outcome; a report problem never fails a run."""
+    try:
+        from cat_framework.report import write_report
+
+        return write_report(run_dir, status=status)
+    except Exception as exc:
+        log.warning("report not written", error=repr(exc), hint="cat-framework report RUN_DIR")
+        return None
