@@ -135,6 +135,7 @@ class GRPOStep:
         )
         old_logp = self._logps(self.policy.model, batch) if need_old else None
         is_w = None
+        stats: dict[str, float] = {}
         if (
             cfg.vllm_importance_sampling
             and self.policy.pushes_weights
@@ -142,10 +143,10 @@ class GRPOStep:
         ):
             assert old_logp is not None
             is_w = grpo.importance_weights(old_logp, rows.engine_logp.to(dev))
+            stats["is_weight/mean"] = float((is_w * mask).sum().item())
         num_seq = self._global_sum(len(batch.input_ids))
         num_tok = self._global_sum(mask.sum().item())
         loss_kl_beta = cfg.beta if cfg.kl_in == "loss" else 0.0
-        stats: dict[str, float] = {}
         ent_sum = 0.0
         grad_norm = float("nan")
         micro = self._micro(len(batch.input_ids))

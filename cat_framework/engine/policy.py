@@ -90,20 +90,27 @@ class PolicyModels:
             yield model if model is not None else self.model
 
     def trained_tensors(self) -> Iterable[tuple[str, torch.Tensor]]:
-        """The weights a separate sampling engine needs (LoRA merged in, names as in the base
-        checkpoint; the engine backend normalises PEFT names)."""
+        """The weights a separate sampling engine needs, named as in the base checkpoint (LoRA
+        merged in for the duration of the push)."""
         if not self.lora:
             yield from self.model.state_dict().items()
             return
         self.model.merge_adapter()  # type: ignore[operator]
         try:
-            yield from ((k, v) for k, v in self.model.state_dict().items() if "lora_" not in k)
+            for name, tensor in self.model.state_dict().items():
+                if "lora_" not in name:
+                    yield base_name(name), tensor
         finally:
             self.model.unmerge_adapter()  # type: ignore[operator]
 
     def close(self) -> None:
         for backend in {id(b): b for b in (self.sampler, self.trainable)}.values():
             backend.close()
+
+
+def base_name(peft_name: str) -> str:
+    """``base_model.model.x.base_layer.weight`` -> ``x.weight`` (the base checkpoint's name)."""
+    return peft_name.removeprefix("base_model.model.").replace(".base_layer.", ".")
 
 
 def _trainable_class(comp_cls: type[Backend], plugins: Plugins) -> type[Backend]:
