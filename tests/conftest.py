@@ -15,6 +15,8 @@ from cat_framework.plugins import Plugins, load_plugins
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+pytest_plugins = ["tests.helpers.training_fixtures"]
+
 
 @pytest.fixture
 def make_plugins() -> Callable[..., Plugins]:

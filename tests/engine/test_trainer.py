@@ -104,13 +104,17 @@ def test_lora_changes_only_adapters_and_keeps_one_base_copy(
         "{steps: 2, prompts_per_step: 3, learning_rate: 0.05, beta: 0.01, "
         "lora: {r: 4, alpha: 8, target_modules: [q_proj, v_proj]}}"
     )
+    gc.collect()
+    existing = {id(o) for o in gc.get_objects() if isinstance(o, LlamaForCausalLM)}
     run(write_pipeline(tmp_path, tiny_policy, toy_data, trainer), tmp_path / "run")
     policy = captured[0]
     assert policy.frozen is None  # anchor and reference = base with adapters disabled
     assert policy.anchor.peft_model is policy.model
     gc.collect()
-    live = [o for o in gc.get_objects() if isinstance(o, LlamaForCausalLM)]
-    assert len(live) == 1
+    made = [
+        o for o in gc.get_objects() if isinstance(o, LlamaForCausalLM) and id(o) not in existing
+    ]
+    assert len(made) == 1  # the run loaded the base model once and copied nothing
     before = initial_weights(tiny_policy)
     state = policy.model.state_dict()
     changed_lora = unchanged_lora = 0
