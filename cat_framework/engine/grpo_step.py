@@ -117,6 +117,7 @@ class GRPOStep:
         if cfg.mask_truncated_completions:
             mask = grpo.truncation_mask(mask, rows.truncated.to(dev))
         ref_logp = None
+        extra: dict[str, float] = {}
         if cfg.beta > 0:
             with self.policy.reference() as ref:
                 ref_logp = self._logps(ref, batch)
@@ -125,9 +126,11 @@ class GRPOStep:
             assert ref_logp is not None
             cur = self._logps(self.policy.model, batch)
             rewards = grpo.kl_penalized_rewards(rewards, cur, ref_logp, mask, cfg.beta)
-        all_rewards = self._gather(rewards)
+            extra["reward/kl_penalized_mean"] = float(self._gather(rewards).mean())
+        teacher_rewards = self._gather(rows.rewards.to(dev))  # metrics: before any KL penalty
         if cfg.scale_rewards == "batch" and acc.num_processes > 1:
-            adv = grpo.group_advantages(rewards, g, "none") / (all_rewards.std().item() + 1e-4)
+            spread = self._gather(rewards).std().item()
+            adv = grpo.group_advantages(rewards, g, "none") / (spread + 1e-4)
         else:
             adv = grpo.group_advantages(rewards, g, cfg.scale_rewards)
         need_old = cfg.num_iterations > 1 or (
@@ -167,9 +170,7 @@ class GRPOStep:
                         epsilon=cfg.epsilon,
                         epsilon_high=cfg.epsilon_high,
                         beta=loss_kl_beta,
-                        ref_logp=ref_logp[s]
-                        if (ref_logp is not None and loss_kl_beta > 0)
-                        else None,
+                        ref_logp=ref_logp[s] if ref_logp is not None else None,
                         loss_type=cfg.loss_type,
                         max_completion_length=self.rollouts.max_new_tokens,
                         num_sequences=int(num_seq),
@@ -193,7 +194,7 @@ class GRPOStep:
             self.policy.sampler.update_weights(self.policy.trained_tensors())
         t3 = time.perf_counter()
         local_tok = float(mask.sum().item()) or 1.0
-        metrics = self._metrics(rows, all_rewards, stats, ent_sum, local_tok, grad_norm, g)
+        metrics = self._metrics(rows, teacher_rewards, stats, ent_sum, local_tok, grad_norm, g)
         gen_tokens = self._global_sum(float(batch.completion_mask.sum().item()))
         metrics.update(
             {
@@ -204,6 +205,7 @@ class GRPOStep:
                 "tokens_per_s": gen_tokens / max(t1 - t0, 1e-9),
                 "lr": float(self.scheduler.get_last_lr()[0]),
                 **{k: float(v) for k, v in teach.timings.items()},
+                **extra,
             }
         )
         return StepOutput(metrics, self._records(step, groups, teach, rewards, adv))

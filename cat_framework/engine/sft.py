@@ -26,7 +26,9 @@ from cat_framework.engine.sequences import build_batch, completion_logps
 from cat_framework.engine.teacher import explore
 from cat_framework.engine.training import (
     append_jsonl,
+    check_processes,
     check_replicas_agree,
+    gather_records,
     make_accelerator,
     make_optimizer,
     resume_point,
@@ -47,18 +49,19 @@ def synthesize_references(
     policy: PolicyModels,
     aggregator: Aggregator,
     path: Path,
-    main: bool,
+    acc: Any,
 ) -> dict[str, dict[str, Any]]:
-    """Rollouts from pi_0 and one reference per prompt, appended to ``path`` batch by batch."""
+    """Rollouts from pi_0 and one reference per prompt, appended to ``path`` batch by batch;
+    each process synthesizes its share of a batch and the main process writes them all."""
     cfg = pipeline.config
     done = {r["prompt_id"]: r for r in read_records(path)}
     todo = [(i, p) for i, p in enumerate(prompts) if p.id not in done]
     bs = cfg.trainer.prompts_per_step
     for start in range(0, len(todo), bs):
-        chunk = todo[start : start + bs]
+        chunk = todo[start : start + bs][acc.process_index :: acc.num_processes]
         seeds = [derive_seed(cfg.seed, "sft", i) for i, _ in chunk]
         groups = explore(policy.sampler, [p for _, p in chunk], cfg.rollouts, seeds=seeds)
-        refs = aggregator.aggregate(groups)
+        refs = aggregator.aggregate(groups) if groups else []
         rows = [
             {
                 "prompt_id": g.prompt.id,
@@ -72,7 +75,8 @@ def synthesize_references(
             }
             for g, r in zip(groups, refs, strict=True)
         ]
-        if main:
+        rows = gather_records(acc, rows)
+        if acc.is_main_process:
             append_jsonl(path, rows)
         done.update({r["prompt_id"]: r for r in rows})
         log.info("references", done=len(done), total=len(prompts))
@@ -85,6 +89,7 @@ def run_sft(
     cfg = pipeline.config
     tc = cfg.trainer
     acc = make_accelerator(tc.mixed_precision)
+    check_processes(tc.prompts_per_step, acc)
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)
@@ -104,9 +109,8 @@ def run_sft(
         aggregator = build_component(pipeline, "aggregator", roles=roles)
         assert isinstance(aggregator, Aggregator)
         refs = synthesize_references(
-            pipeline, prompts, policy, aggregator, run_dir / "records.jsonl",
-            acc.is_main_process,
-        )  # fmt: skip
+            pipeline, prompts, policy, aggregator, run_dir / "records.jsonl", acc
+        )
         pairs = sft_pairs(policy, prompts, refs)
         per_epoch = math.ceil(len(pairs) / tc.prompts_per_step)
         total = min(tc.steps, tc.sft_epochs * per_epoch)
@@ -152,12 +156,26 @@ def run_sft(
                         "on_step_end", run_dir=str(run_dir.resolve()), step=step, metrics=metrics
                     )
                 bar.update(step, metrics)
+        if cfg.data.eval is not None and acc.is_main_process:
+            evaluate_final(pipeline, roles, run_dir, total, plugins)
+        acc.wait_for_everyone()
         check_replicas_agree(policy.model, acc)
         final = save_final(run_dir, policy, acc)
     finally:
         policy.close()
         pool.close()
     return {"steps": total, "references": len(refs), "final_model": str(final) if final else None}
+
+
+def evaluate_final(
+    pipeline: Pipeline, roles: Any, run_dir: Path, step: int, plugins: Plugins
+) -> None:
+    """The fine-tuned policy on ``data.eval`` (the paper compares CaT-SFT with CaT-RL there)."""
+    from cat_framework.engine.trainer import PeriodicEval
+
+    row = {"step": step, **PeriodicEval(pipeline, roles, run_dir)(step)}
+    append_jsonl(run_dir / "metrics.jsonl", [row])
+    plugins.notify("on_step_end", run_dir=str(run_dir.resolve()), step=step, metrics=row)
 
 
 def sft_pairs(

@@ -31,6 +31,7 @@ from cat_framework.engine.schedule import derive_seed, shard, step_prompts
 from cat_framework.engine.teacher import Teacher
 from cat_framework.engine.training import (
     append_jsonl,
+    check_processes,
     check_replicas_agree,
     gather_records,
     make_accelerator,
@@ -103,6 +104,7 @@ def run_train(
     cfg = pipeline.config
     tc = cfg.trainer
     acc = make_accelerator(tc.mixed_precision)
+    check_processes(tc.prompts_per_step, acc)
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)

@@ -23,6 +23,18 @@ def make_accelerator(mixed_precision: str) -> Any:
     return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
 
 
+def check_processes(prompts_per_step: int, accelerator: Any) -> None:
+    """Every process must get the same number of whole prompts (groups are never split, and
+    per-step tensors are gathered across processes)."""
+    world = accelerator.num_processes
+    if prompts_per_step % world:
+        raise CatError(
+            f"trainer.prompts_per_step ({prompts_per_step}) must be a multiple of the number of "
+            f"processes ({world}): set it to {world * max(1, round(prompts_per_step / world))} "
+            "with --set trainer.prompts_per_step=N"
+        )
+
+
 def make_optimizer(model: torch.nn.Module, pipeline: Pipeline, total_steps: int) -> tuple[Any, Any]:
     """AdamW over the trainable parameters and the configured schedule (per optimizer step)."""
     from transformers import get_scheduler
@@ -63,7 +75,7 @@ def resume_point(
     ckpt = latest_checkpoint(run_dir)
     if accelerator.is_main_process:
         for name in files:
-            truncate_jsonl(run_dir / name, ckpt.step if ckpt else 0)
+            truncate_jsonl(run_dir / name, ckpt.step if ckpt else -1)
     if ckpt is None:
         log.warning("no checkpoint to resume from: starting at step 1", run_dir=str(run_dir))
     return ckpt

@@ -21,7 +21,9 @@ def sft_pipeline(tmp, model, data):
         .replace("mode: train", "mode: sft")
         .replace("aggregator: majority", "aggregator: {name: synthesis, max_new_tokens: 12}")
     )
-    path.write_text(text.replace("reward: programmatic\n", ""))
+    eval_data = f'  eval: {{dataset: jsonl, path: "{data}", answer_field: answer, id_field: id}}'
+    text = text.replace("data:\n", f"data:\n{eval_data}\n").replace("reward: programmatic\n", "")
+    path.write_text(text + "eval: {aggregators: [single], limit: 2, bootstrap: 10}\n")
     return path
 
 
@@ -30,6 +32,9 @@ def test_sft_trains_on_synthesized_references(tmp_path, tiny_policy, toy_data, c
     records = read_jsonl(tmp_path / "run" / "records.jsonl")
     assert len(records) == 6 and all(r["reference"]["method"] == "synthesis" for r in records)
     metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    evals = [m for m in metrics if "eval/single/score" in m]
+    assert [m["step"] for m in evals] == [12]  # the fine-tuned policy, evaluated at the end
+    metrics = [m for m in metrics if "loss" in m]
     assert [m["step"] for m in metrics] == list(range(1, 13))  # 6 epochs x 2 steps of 3 prompts
     first = (metrics[0]["loss"] + metrics[1]["loss"]) / 2  # epoch 1
     last = (metrics[10]["loss"] + metrics[11]["loss"]) / 2  # epoch 6, same prompts
@@ -64,4 +69,5 @@ def test_sft_resume_reuses_references(tmp_path, tiny_policy, toy_data):
     log = read_jsonl(tmp_path / "run" / "log.jsonl")
     starts = [i for i, e in enumerate(log) if e["event"] == "run start"]
     assert not [e for e in log[starts[-1] :] if e["event"] == "references"]
-    assert [m["step"] for m in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == list(range(1, 13))
+    steps = [m["step"] for m in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "loss" in m]
+    assert steps == list(range(1, 13))

@@ -1,0 +1,50 @@
+"""Run plumbing without models: process-count checks, schedules, resume truncation."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from cat_framework.engine.checkpoint import truncate_jsonl
+from cat_framework.engine.schedule import derive_seed, shard, step_prompts
+from cat_framework.engine.training import check_processes
+from cat_framework.errors import CatError
+
+
+def test_prompts_per_step_must_split_evenly_over_processes():
+    check_processes(4, SimpleNamespace(num_processes=2))
+    with pytest.raises(CatError, match=r"prompts_per_step \(3\) must be a multiple .* \(2\)"):
+        check_processes(3, SimpleNamespace(num_processes=2))
+
+
+def test_step_prompts_cover_each_epoch_once_and_are_reproducible():
+    steps = [step_prompts(5, 2, s, seed=7) for s in range(1, 6)]  # 10 draws = 2 epochs
+    flat = [i for s in steps for i in s]
+    assert sorted(flat[:5]) == list(range(5)) and sorted(flat[5:]) == list(range(5))
+    assert flat[:5] != flat[5:]  # a fresh order per epoch
+    assert steps == [step_prompts(5, 2, s, seed=7) for s in range(1, 6)]
+    assert step_prompts(5, 2, 1, seed=8) != steps[0] or step_prompts(5, 2, 2, 8) != steps[1]
+
+
+def test_shards_are_whole_and_disjoint():
+    items = list(range(6))
+    parts = [shard(items, r, 3) for r in range(3)]
+    assert sorted(i for p in parts for i in p) == items and all(len(p) == 2 for p in parts)
+
+
+def test_derive_seed_is_stable_and_distinct():
+    assert derive_seed(1, "rollouts", 2, 3) == derive_seed(1, "rollouts", 2, 3)
+    assert len({derive_seed(0, s) for s in range(1000)}) == 1000
+    assert 0 <= derive_seed("x") < 2**62
+
+
+def test_truncate_keeps_checkpointed_steps_and_drops_cut_lines(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"step": s, "v": s} for s in range(0, 5)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 5, "v"')
+    truncate_jsonl(path, 2)
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [0, 1, 2]
+    truncate_jsonl(path, -1)  # no checkpoint: even the step-0 evaluation is redone
+    assert path.read_text() == ""
