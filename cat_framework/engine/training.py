@@ -17,10 +17,24 @@ from cat_framework.pipeline import Pipeline
 log = structlog.get_logger("cat_framework.training")
 
 
+#: accelerate launch modes the trainer supports: every process keeps whole weights, so each
+#: can sample its own rollouts (sharded weights would need lock-step generation on all ranks)
+SUPPORTED_DISTRIBUTED = ("NO", "MULTI_CPU", "MULTI_GPU", "MULTI_XPU", "MULTI_NPU", "MULTI_MLU")
+
+
 def make_accelerator(mixed_precision: str) -> Any:
     from accelerate import Accelerator
 
-    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+    acc = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+    kind = str(getattr(acc.distributed_type, "value", acc.distributed_type))
+    if kind not in SUPPORTED_DISTRIBUTED:
+        raise CatError(
+            f"accelerate distributed type {kind} is not supported by the trainer yet: rollouts "
+            "are sampled independently on each process, which needs whole weights per process. "
+            "Use data parallelism (pipelines/accelerate/ddp.yaml) and LoRA or "
+            "gradient_checkpointing to fit memory."
+        )
+    return acc
 
 
 def check_processes(prompts_per_step: int, accelerator: Any) -> None:

@@ -48,3 +48,18 @@ def test_truncate_keeps_checkpointed_steps_and_drops_cut_lines(tmp_path):
     assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [0, 1, 2]
     truncate_jsonl(path, -1)  # no checkpoint: even the step-0 evaluation is redone
     assert path.read_text() == ""
+
+
+def test_sharded_weight_launch_modes_are_refused_clearly(monkeypatch):
+    import accelerate
+    from accelerate.utils import DistributedType
+
+    from cat_framework.engine.training import make_accelerator
+
+    class FsdpAccelerator:
+        def __init__(self, **kwargs):
+            self.distributed_type = DistributedType.FSDP
+
+    monkeypatch.setattr(accelerate, "Accelerator", FsdpAccelerator)
+    with pytest.raises(CatError, match=r"FSDP is not supported (?s:.*)ddp\.yaml"):
+        make_accelerator("no")
