@@ -2,7 +2,7 @@
 
 View them with ``tensorboard --logdir <run_dir>/tensorboard`` (or ``--logdir runs/`` to compare
 runs). Needs the optional dependency: ``pip install 'cat-framework[tensorboard]'``; without it a
-single warning is logged and runs go on unlogged.
+single info line is logged (TensorBoard is optional, not a problem) and runs go on unlogged.
 
 - ``on_run_start`` opens a :class:`torch.utils.tensorboard.SummaryWriter` for the run and writes
   the resolved config as text (``run/config``);
@@ -97,7 +97,7 @@ class TensorBoardObserver:
         except ImportError as exc:
             if not self._warned_missing:
                 self._warned_missing = True
-                log.warning(MISSING_WARNING, error=str(exc))
+                log.info(MISSING_WARNING, error=str(exc))
             return None
         return SummaryWriter
 
