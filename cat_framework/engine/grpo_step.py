@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,7 +157,7 @@ class GRPOStep:
         for it in range(cfg.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
             for k, s in enumerate(micro):
-                ctx = acc.no_sync(self.train_model) if k < len(micro) - 1 else _null()
+                ctx = acc.no_sync(self.train_model) if k < len(micro) - 1 else nullcontext()
                 with ctx:
                     mb = batch.rows(s)
                     logp, ent = completion_logps(
@@ -272,14 +273,6 @@ class GRPOStep:
                 rec["reference_correct"] = answers_equivalent(ref.answer, p.gold_answer)
             out.append(rec)
         return out
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 __all__ = ["GRPOStep", "StepOutput", "to_rows"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,17 +187,18 @@ def build_training_roles(pipeline: Pipeline, pool: BackendPool, policy: PolicyMo
     own backend; judge = the anchor unless told otherwise."""
     models = pipeline.config.models
 
-    def role(spec: Any, path: str) -> Backend:
-        if spec == "policy":
-            return policy.sampler
-        if spec in ("initial-policy", "anchor"):
-            return anchor if path == "judge" else policy.anchor
+    def spec_backend(path: str) -> Backend:
         comp = pipeline.component("models", path)
-        assert comp is not None
+        assert comp is not None, f"models.{path} has no backend spec"
         return pool.get(comp)
 
-    anchor = role(models.anchor, "anchor")
-    judge = role(models.judge, "judge")
+    named = {"policy": policy.sampler, "initial-policy": policy.anchor}
+    anchor = named.get(models.anchor) if isinstance(models.anchor, str) else None
+    anchor = anchor or spec_backend("anchor")
+    if isinstance(models.judge, str):
+        judge = anchor if models.judge == "anchor" else named[models.judge]
+    else:
+        judge = spec_backend("judge")
     return Roles(policy=policy.sampler, anchor=anchor, judge=judge)
 
 
@@ -207,11 +208,6 @@ def needs_frozen_copy(pipeline: Pipeline) -> bool:
     models = cfg.models
     pi0_roles = models.anchor == "initial-policy" or models.judge == "initial-policy"
     return cfg.trainer.beta > 0 or pi0_roles
-
-
-def no_sync_if(accelerator: Any, model: torch.nn.Module, skip: bool) -> Any:
-    """``accelerator.no_sync`` for micro-batches before the last (no gradient all-reduce)."""
-    return accelerator.no_sync(model) if skip else nullcontext()
 
 
 __all__ = [

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -219,7 +220,7 @@ def sft_update(
     loss_sum = 0.0
     for k, s in enumerate(slices):
         mb = batch.rows(s)
-        ctx = acc.no_sync(model) if k < len(slices) - 1 else _Null()
+        ctx = acc.no_sync(model) if k < len(slices) - 1 else nullcontext()
         with ctx:
             logp, _ = completion_logps(model, mb, 1.0)
             loss = -(logp * mb.completion_mask).sum() / max(total, 1.0)
@@ -234,14 +235,6 @@ def sft_update(
         acc.reduce(torch.tensor([loss_sum], device=acc.device), reduction="sum").item()
     )
     return loss_all, total
-
-
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 __all__ = ["run_sft", "sft_pairs", "synthesize_references"]

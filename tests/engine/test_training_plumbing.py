@@ -63,3 +63,30 @@ def test_sharded_weight_launch_modes_are_refused_clearly(monkeypatch):
     monkeypatch.setattr(accelerate, "Accelerator", FsdpAccelerator)
     with pytest.raises(CatError, match=r"FSDP is not supported (?s:.*)ddp\.yaml"):
         make_accelerator("no")
+
+
+@pytest.mark.parametrize(
+    ("anchor", "judge", "want_anchor", "want_judge"),
+    [
+        ("initial-policy", "anchor", "pi0", "pi0"),
+        ("policy", "anchor", "sampler", "sampler"),
+        ("policy", "initial-policy", "sampler", "pi0"),
+        ("initial-policy", "policy", "pi0", "sampler"),
+    ],
+)
+def test_training_roles(anchor, judge, want_anchor, want_judge, make_plugins, tmp_path):
+    from cat_framework.engine.policy import build_training_roles
+    from cat_framework.pipeline import load_pipeline
+    from cat_framework.pipeline.build import BackendPool
+
+    text = (
+        f"name: r\nmode: train\nmodels: {{policy: {{model: x}}, anchor: {anchor}, judge: {judge}}}\n"
+        "data: {train: {dataset: gsm8k}}\naggregator: single\nreward: programmatic\n"
+    )
+    (tmp_path / "r.yaml").write_text(text)
+    pipe = load_pipeline(tmp_path / "r.yaml", plugins=make_plugins())
+    policy = SimpleNamespace(sampler=object(), anchor=object())
+    roles = build_training_roles(pipe, BackendPool(), policy)  # type: ignore[arg-type]
+    names = {id(policy.sampler): "sampler", id(policy.anchor): "pi0"}
+    assert names[id(roles.anchor)] == want_anchor and names[id(roles.judge)] == want_judge
+    assert roles.policy is policy.sampler
