@@ -17,9 +17,9 @@ from typing import Any
 import structlog
 import torch
 
-from cat_framework.components import Aggregator, Dataset
+from cat_framework.components import Aggregator
 from cat_framework.engine.checkpoint import load_checkpoint, save_checkpoint
-from cat_framework.engine.evaluate import load_prompts, read_records
+from cat_framework.engine.evaluate import read_records
 from cat_framework.engine.policy import PolicyModels, build_policy, build_training_roles
 from cat_framework.engine.progress import StepProgress
 from cat_framework.engine.schedule import derive_seed, shard, step_prompts
@@ -27,13 +27,12 @@ from cat_framework.engine.sequences import build_batch, completion_logps
 from cat_framework.engine.teacher import explore
 from cat_framework.engine.training import (
     append_jsonl,
-    check_processes,
     check_replicas_agree,
     gather_records,
-    make_accelerator,
     make_optimizer,
     resume_point,
     save_final,
+    start_training,
 )
 from cat_framework.errors import CatError
 from cat_framework.pipeline import Pipeline
@@ -89,16 +88,7 @@ def run_sft(
 ) -> dict[str, Any]:
     cfg = pipeline.config
     tc = cfg.trainer
-    acc = make_accelerator(tc.mixed_precision)
-    check_processes(tc.prompts_per_step, acc)
-    from accelerate.utils import set_seed
-
-    set_seed(cfg.seed)
-    dataset = build_component(pipeline, "data", "train")
-    assert isinstance(dataset, Dataset)
-    prompts = load_prompts(dataset, None)
-    if not prompts:
-        raise CatError("data.train has no prompts")
+    acc, prompts = start_training(pipeline)
     if not resume and acc.is_main_process:
         (run_dir / "records.jsonl").unlink(missing_ok=True)
     acc.wait_for_everyone()

@@ -31,15 +31,13 @@ from cat_framework.engine.schedule import derive_seed, shard, step_prompts
 from cat_framework.engine.teacher import Teacher
 from cat_framework.engine.training import (
     append_jsonl,
-    check_processes,
     check_replicas_agree,
     gather_records,
-    make_accelerator,
     make_optimizer,
     resume_point,
     save_final,
+    start_training,
 )
-from cat_framework.errors import CatError
 from cat_framework.pipeline import Pipeline
 from cat_framework.pipeline.build import BackendPool, build_component
 from cat_framework.plugins import Plugins
@@ -103,16 +101,7 @@ def run_train(
 ) -> dict[str, Any]:
     cfg = pipeline.config
     tc = cfg.trainer
-    acc = make_accelerator(tc.mixed_precision)
-    check_processes(tc.prompts_per_step, acc)
-    from accelerate.utils import set_seed
-
-    set_seed(cfg.seed)
-    dataset = build_component(pipeline, "data", "train")
-    assert isinstance(dataset, Dataset)
-    prompts = load_prompts(dataset, None)
-    if not prompts:
-        raise CatError("data.train has no prompts")
+    acc, prompts = start_training(pipeline)
     pool = BackendPool()
     policy = build_policy(
         pipeline, plugins, pool, acc.device, need_frozen=needs_frozen_copy(pipeline)

@@ -10,9 +10,13 @@ from typing import Any
 import structlog
 import torch
 
+from cat_framework.components import Dataset
 from cat_framework.engine.checkpoint import latest_checkpoint, truncate_jsonl
+from cat_framework.engine.evaluate import load_prompts
 from cat_framework.errors import CatError
 from cat_framework.pipeline import Pipeline
+from cat_framework.pipeline.build import build_component
+from cat_framework.types import Prompt
 
 log = structlog.get_logger("cat_framework.training")
 
@@ -35,6 +39,23 @@ def make_accelerator(mixed_precision: str) -> Any:
             "gradient_checkpointing to fit memory."
         )
     return acc
+
+
+def start_training(pipeline: Pipeline) -> tuple[Any, list[Prompt]]:
+    """What every training mode starts with: the accelerator (checked against the batch),
+    seeded RNGs, and the training prompts."""
+    from accelerate.utils import set_seed
+
+    cfg = pipeline.config
+    acc = make_accelerator(cfg.trainer.mixed_precision)
+    check_processes(cfg.trainer.prompts_per_step, acc)
+    set_seed(cfg.seed)
+    dataset = build_component(pipeline, "data", "train")
+    assert isinstance(dataset, Dataset)
+    prompts = load_prompts(dataset, None)
+    if not prompts:
+        raise CatError("data.train has no prompts")
+    return acc, prompts
 
 
 def check_processes(prompts_per_step: int, accelerator: Any) -> None:

@@ -3,37 +3,23 @@ deriver) runs on prompts whose gold answer and physician rubric raise if anythin
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from cat_framework import Criterion, Prompt, Roles
 from cat_framework.engine.teacher import Teacher, explore
 from cat_framework.pipeline.schema import Rollouts
 from tests.helpers.echo_backend import EchoBackend
-
-
-class GoldTrap(Prompt):
-    """Raises on ``gold_answer`` / ``rubric`` once armed."""
-
-    def __getattribute__(self, name: str) -> Any:
-        if name in ("gold_answer", "rubric") and object.__getattribute__(self, "__dict__").get(
-            "_armed"
-        ):
-            raise AssertionError(f"the teacher path read prompt.{name}")
-        return super().__getattribute__(name)
+from tests.helpers.gold_trap import trap_prompt
 
 
 def trapped(i: int, task: str) -> Prompt:
-    prompt = GoldTrap(
+    return trap_prompt(
+        str(2 * i),
         id=f"q{i}",
         messages=[{"role": "user", "content": f"What is {i} + {i}?"}],
-        gold_answer=str(2 * i),
         rubric=(Criterion("Gives the number", 1.0),),
         meta={"task": task},
     )
-    object.__setattr__(prompt, "_armed", True)
-    return prompt
 
 
 REPLIES = ["so \\boxed{4}", "so \\boxed{4}", "maybe \\boxed{5}"]

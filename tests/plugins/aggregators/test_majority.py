@@ -12,23 +12,7 @@ from cat_framework.pipeline import PipelineValidationError, load_pipeline
 from cat_plugins.aggregators.majority import MajorityAggregator
 from cat_plugins.aggregators.single import SingleAggregator
 from tests.helpers.echo_backend import EchoBackend
-
-
-class GoldTrap(Prompt):
-    """A prompt whose gold answer and rubric explode when read (once armed)."""
-
-    def __getattribute__(self, name: str) -> Any:
-        if name in ("gold_answer", "rubric") and object.__getattribute__(self, "__dict__").get(
-            "_armed"
-        ):
-            raise AssertionError(f"the teacher path read prompt.{name}")
-        return super().__getattribute__(name)
-
-
-def trap_prompt(gold: str = "999") -> Prompt:
-    prompt = GoldTrap(id="q", messages=[{"role": "user", "content": "?"}], gold_answer=gold)
-    object.__setattr__(prompt, "_armed", True)
-    return prompt
+from tests.helpers.gold_trap import trap_prompt
 
 
 def group(*texts: str, prompt: Prompt | None = None) -> RolloutGroup:

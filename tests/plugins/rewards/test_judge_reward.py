@@ -20,6 +20,7 @@ from cat_framework import (
 )
 from cat_plugins.rewards.judge import JudgeReward
 from tests.helpers.echo_backend import EchoBackend
+from tests.helpers.gold_trap import trap_prompt
 
 QUESTION = "QUESTION-SENTINEL what is 6 * 7?"
 GOLD = "GOLD-SENTINEL-42"
@@ -91,20 +92,9 @@ def test_never_sends_gold_and_shows_the_question_only_when_asked(sees_question: 
     assert ("QUESTION-SENTINEL" in text) is sees_question
 
 
-class GoldTrap(Prompt):
-    """A prompt whose gold answer and rubric raise when read (once armed)."""
-
-    def __getattribute__(self, name: str) -> Any:
-        armed = object.__getattribute__(self, "__dict__").get("_armed")
-        if armed and name in ("gold_answer", "rubric"):
-            raise AssertionError(f"the reward read prompt.{name}")
-        return super().__getattribute__(name)
-
-
 @pytest.mark.parametrize("sees_question", [False, True])
 def test_gold_fields_are_never_even_read(sees_question: bool) -> None:
-    prompt = GoldTrap(id="t", messages=[{"role": "user", "content": "?"}], gold_answer="42")
-    object.__setattr__(prompt, "_armed", True)
+    prompt = trap_prompt("42", id="t")
     reward, _ = make_reward(judge_sees_question=sees_question)
     group = RolloutGroup(prompt, [Completion(text="42")])
     (out,) = reward.derive([group], [Reference(text="42", method="t")])

@@ -8,23 +8,7 @@ import pytest
 
 from cat_framework import Completion, Prompt, Reference, Rewards, RolloutGroup, load_plugins
 from cat_plugins.rewards.programmatic import ProgrammaticReward
-
-
-class GoldTrap(Prompt):
-    """A prompt whose gold answer and rubric explode when read (once armed)."""
-
-    def __getattribute__(self, name: str) -> Any:
-        if name in ("gold_answer", "rubric") and object.__getattribute__(self, "__dict__").get(
-            "_armed"
-        ):
-            raise AssertionError(f"the reward read prompt.{name}")
-        return super().__getattribute__(name)
-
-
-def trap_prompt(gold: str) -> Prompt:
-    prompt = GoldTrap(id="q", messages=[{"role": "user", "content": "?"}], gold_answer=gold)
-    object.__setattr__(prompt, "_armed", True)
-    return prompt
+from tests.helpers.gold_trap import trap_prompt
 
 
 def group(*texts: str, gold: str | None = None) -> RolloutGroup:

@@ -28,6 +28,7 @@ from cat_plugins.rewards.rubric import (
 )
 from cat_plugins.rewards.xml_parsing import RubricParse
 from tests.helpers.echo_backend import EchoBackend
+from tests.helpers.gold_trap import trap_prompt
 
 QUESTION = "QUESTION-SENTINEL my blood pressure is 150/95, what should I do?"
 GOLD = "GOLD-SENTINEL-7f3a"
@@ -125,20 +126,9 @@ def test_gold_answer_and_human_rubric_are_never_sent(sees_question: bool) -> Non
     assert any("QUESTION-SENTINEL" in t for t in texts) is sees_question
 
 
-class GoldTrap(Prompt):
-    """A prompt whose gold answer and rubric raise when read (once armed)."""
-
-    def __getattribute__(self, name: str) -> Any:
-        armed = object.__getattribute__(self, "__dict__").get("_armed")
-        if armed and name in ("gold_answer", "rubric"):
-            raise AssertionError(f"the reward read prompt.{name}")
-        return super().__getattribute__(name)
-
-
 @pytest.mark.parametrize("sees_question", [False, True])
 def test_gold_fields_are_never_even_read(sees_question: bool) -> None:
-    prompt = GoldTrap(id="t", messages=[{"role": "user", "content": "?"}], gold_answer=GOLD)
-    object.__setattr__(prompt, "_armed", True)
+    prompt = trap_prompt(GOLD, id="t")
     reward, _, _ = make_reward(judge_sees_question=sees_question)
     group = RolloutGroup(prompt, [Completion(text="salt", token_ids=[1])])
     (out,) = reward.derive([group], [REF])
