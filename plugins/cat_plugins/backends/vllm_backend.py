@@ -111,6 +111,27 @@ def _cpu_env_defaults(tensor_parallel_size: int) -> None:
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cores)
 
 
+@contextlib.contextmanager
+def _callers_random_state() -> Iterator[None]:
+    """Keep the caller's global random streams (Python, NumPy, torch): vLLM seeds them all with
+    its engine seed when it builds an engine in this process, which would replace a run's seed."""
+    import random
+
+    import numpy as np
+    import torch
+
+    saved = (random.getstate(), np.random.get_state(), torch.random.get_rng_state())
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.random.set_rng_state(saved[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
 def normalize_weight_names(
     named_tensors: Iterable[tuple[str, Any]],
 ) -> Iterator[tuple[str, Any]]:
@@ -167,8 +188,11 @@ class VLLMBackend(Backend):
             None,
             gt=0,
             le=1,
-            description="Share of device memory for weights+KV cache. On CPU it is the share "
-            "of RAM for the KV cache; unset means vLLM's default on GPU and 0.3 on CPU.",
+            description="Share of device memory for weights+KV cache. On CPU, the share of RAM "
+            "the engine's process may fill: the KV cache gets it minus what the process already "
+            "holds (an in-process engine beside a trainer may get nothing; then size the cache "
+            "with engine_kwargs.kv_cache_memory_bytes). Unset means vLLM's default on GPU and "
+            "0.3 on CPU.",
         )
         tensor_parallel_size: int = Field(1, ge=1, description="GPUs to shard the model over.")
         enforce_eager: bool = Field(
@@ -228,12 +252,18 @@ class VLLMBackend(Backend):
         if p.enable_prefix_caching is not None:
             kwargs["enable_prefix_caching"] = p.enable_prefix_caching
         kwargs.update(p.engine_kwargs)
+        import torch
+
+        # vLLM's CPU worker makes torch.set_num_threads a no-op in its process; close() undoes it
+        self._set_num_threads = torch.set_num_threads
         try:
-            self._llm = vllm.LLM(**{k: v for k, v in kwargs.items() if v is not None})
+            with _callers_random_state():
+                self._llm = vllm.LLM(**{k: v for k, v in kwargs.items() if v is not None})
         except Exception as exc:
             hint = (
-                " On CPU, gpu_memory_utilization is the KV-cache share of RAM: try 0.3 or set "
-                "VLLM_CPU_KVCACHE_SPACE=<GiB>."
+                " On CPU the KV cache gets gpu_memory_utilization x RAM minus what the engine's "
+                "process already holds: raise it, or size the cache with engine_kwargs: "
+                "{kv_cache_memory_bytes: <bytes>} (or VLLM_CPU_KVCACHE_SPACE=<GiB>)."
                 if self.on_cpu
                 else " Try a lower gpu_memory_utilization or max_model_len."
             )
@@ -440,6 +470,10 @@ class VLLMBackend(Backend):
                 shutdown()
         del llm
         gc.collect()
+        if self.in_process:
+            import torch
+
+            torch.set_num_threads = self._set_num_threads
 
 
 __all__ = [

