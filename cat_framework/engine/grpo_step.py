@@ -205,7 +205,11 @@ class GRPOStep:
                 "time/step": t3 - t0,
                 "tokens_per_s": gen_tokens / max(t1 - t0, 1e-9),
                 "lr": float(self.scheduler.get_last_lr()[0]),
-                **{k: float(v) for k, v in teach.timings.items()},
+                # nested under time/teacher/ so they are not stacked twice with time/teacher
+                **{
+                    f"time/teacher/{k.removeprefix('time/')}": float(v)
+                    for k, v in teach.timings.items()
+                },
                 **extra,
             }
         )
