@@ -192,7 +192,9 @@ class GRPOStep:
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.policy.pushes_weights:
+            t_push = time.perf_counter()
             self.policy.sampler.update_weights(self.policy.trained_tensors())
+            extra["time/training/push_weights"] = time.perf_counter() - t_push
         t3 = time.perf_counter()
         local_tok = float(mask.sum().item()) or 1.0
         metrics = self._metrics(rows, teacher_rewards, stats, ent_sum, local_tok, grad_norm, g)
