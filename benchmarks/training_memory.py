@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -49,7 +48,7 @@ trainer: {{steps: 1, prompts_per_step: 2, micro_batch_size: 8, learning_rate: 1.
 """
 
 CHILD = """
-import json, sys, time
+import json, resource, sys, time
 from cat_framework import load_plugins
 from cat_framework.engine.runner import run_pipeline
 from cat_framework.pipeline import load_pipeline
@@ -57,7 +56,8 @@ plugins = load_plugins(entry_points=False)
 t = time.perf_counter()
 summary = run_pipeline(load_pipeline(sys.argv[1], plugins=plugins), plugins=plugins,
                        run_dir=sys.argv[2])
-print(json.dumps({"seconds": time.perf_counter() - t}))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+print(json.dumps({"seconds": time.perf_counter() - t, "peak_kib": peak}))
 """
 
 
@@ -66,20 +66,17 @@ def measure(name: str, tokens: int, tmp: Path) -> dict[str, float]:
     path = tmp / f"{name}.yaml"
     path.write_text(PIPELINE.format(name=name, anchor=anchor, tokens=tokens, trainer=trainer))
     env = {**os.environ, "CAT_TENSORBOARD": "0"}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, str(path), str(tmp / name)],
         capture_output=True, text=True, env=env, cwd=REPO, check=False,
     )  # fmt: skip
     if proc.returncode:
         raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if peak_kib < before:  # pragma: no cover - ru_maxrss is a running maximum
-        peak_kib = before
+    child = json.loads(proc.stdout.strip().splitlines()[-1])
     step = json.loads((tmp / name / "metrics.jsonl").read_text().splitlines()[-1])
     return {
-        "peak_rss_gib": peak_kib / 2**20,
-        "run_seconds": json.loads(proc.stdout.strip().splitlines()[-1])["seconds"],
+        "peak_rss_gib": child["peak_kib"] / 2**20,
+        "run_seconds": child["seconds"],
         "step_seconds": step["time/step"],
         "training_seconds": step["time/training"],
     }
@@ -91,9 +88,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/training_memory.json"))
     args = parser.parse_args()
     results: dict[str, dict[str, float]] = {}
-    # ru_maxrss of children is a maximum over all of them: run the smallest first so each
-    # later (larger) configuration's peak is its own
-    for name in ("lora-shared", "full-no-pi0", "full-frozen-copy"):
+    for name in CONFIGS:  # each in a fresh process: its peak RSS is its own
         with tempfile.TemporaryDirectory() as tmp:
             results[name] = measure(name, args.max_new_tokens, Path(tmp))
         print(name, json.dumps({k: round(v, 3) for k, v in results[name].items()}), flush=True)
