@@ -4,6 +4,7 @@ conversion, cold cache) against its second (cached folder; goal >= 3x faster).
 
     python benchmarks/generation.py [--max-new-tokens 64] [--repeats 3] [--out FILE]
     python benchmarks/generation.py --vllm --vllm-params '{"enforce_eager": true}'
+    python benchmarks/generation.py --skip-load --max-new-tokens 8 --repeats 1   # smoke run
 
 ``--vllm`` adds the ``vllm`` backend (imported only then) on the same requests. Runs alternate
 between runners and the best of ``--repeats`` is reported, which keeps a busy CPU from
@@ -16,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,15 +29,17 @@ import torch
 from cat_framework import Backend, GenerationRequest
 from cat_plugins.backends.transformers_backend import TransformersBackend
 
+# open-ended prompts of different lengths: greedy rows all run to max_new_tokens, so the greedy
+# section compares per-step cost alone (no row finishes early for the backend to drop)
 PROMPTS = [
-    "What is 12 times 7?",
-    "Name three primary colours.",
-    "Explain what a prime number is.",
-    "Write a haiku about the sea.",
-    "What is the capital of France?",
-    "Give one tip for learning to code.",
-    "Why is the sky blue?",
-    "Translate 'good morning' into Spanish.",
+    "Write a long story about a dragon.",
+    "Explain in detail how a computer works, step by step.",
+    "Describe the history of Rome.",
+    "List twenty animals and describe each one.",
+    "Write an essay about the ocean and why it matters to life on Earth.",
+    "Explain photosynthesis to a child.",
+    "Describe your ideal city in great detail, including its streets, parks and people.",
+    "Write a poem about autumn.",
 ]
 
 #: a runner generates for the batch and returns the number of generated tokens
@@ -79,7 +83,8 @@ def requests_for(max_new_tokens: int, sampled: bool) -> list[GenerationRequest]:
             messages=[{"role": "user", "content": p}],
             n=4,
             max_new_tokens=max_new_tokens,
-            temperature=1.0,
+            temperature=0.7,
+            top_p=0.8,
             seed=i,
         )
         for i, p in enumerate(PROMPTS[:2])
@@ -109,7 +114,9 @@ def bare_runner(
     sampled = req.temperature > 0
     kwargs: dict[str, Any] = {"do_sample": sampled, "max_new_tokens": req.max_new_tokens}
     if sampled:
-        kwargs.update(temperature=req.temperature, top_k=0, num_return_sequences=req.n)
+        kwargs.update(
+            temperature=req.temperature, top_p=req.top_p, top_k=0, num_return_sequences=req.n
+        )
     eos = set(backend.eos_ids)
 
     def run() -> int:
@@ -128,10 +135,11 @@ def bare_runner(
 
 
 def vllm_backend(params: dict[str, Any]) -> Backend:
-    """The vLLM backend on the embedded model; imported only when ``--vllm`` is given."""
+    """The vLLM backend on the embedded model, fp32 like the others (vLLM's ``auto`` would run
+    an fp32 checkpoint in 16 bits); imported only when ``--vllm`` is given."""
     from cat_plugins.backends.vllm_backend import VLLMBackend
 
-    return VLLMBackend({"model": "default", **params})
+    return VLLMBackend({"model": "default", "dtype": "float32", **params})
 
 
 def time_runners(runners: dict[str, Runner], repeats: int) -> dict[str, dict[str, float]]:
@@ -148,17 +156,37 @@ def time_runners(runners: dict[str, Runner], repeats: int) -> dict[str, dict[str
     return best
 
 
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo where there is one, else the architecture."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def report(load: dict[str, float] | None, sections: dict[str, Any], args: Any) -> str:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     lines = [
         "# Generation benchmark (CPU)",
         "",
-        f"Machine: {os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), "
+        f"Machine: {os.cpu_count()}-core CPU ({cpu_name()}), {gpu}; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"transformers {__import__('transformers').__version__}; "
-        f"load average at start {os.getloadavg()[0]:.1f}. Embedded SmolLM2-135M-Instruct, fp32.",
-        f"Command: `python benchmarks/generation.py {' '.join(args.argv)}`".rstrip(),
+        f"1-minute load average {args.load_start:.1f} before the run (other work on the "
+        f"machine) and {os.getloadavg()[0]:.1f} at its end (the run's own threads included). "
+        "Embedded SmolLM2-135M-Instruct, fp32.",
+        f"Command: `{shlex.join(['python', 'benchmarks/generation.py', *args.argv])}`",
         "",
     ]
+    if args.vllm:
+        import vllm
+
+        params = {"dtype": "float32", **json.loads(args.vllm_params)}
+        lines[-1:-1] = [f"vLLM {vllm.__version__} (vllm backend params {json.dumps(params)})."]
     if load:
         lines += [
             "## Embedded model load",
@@ -198,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the markdown report here")
     args = parser.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv
+    args.load_start = os.getloadavg()[0]
 
     load = None if args.skip_load else measure_load()
     backend = TransformersBackend({"model": "default", "device": "cpu"})
@@ -205,23 +234,33 @@ def main(argv: list[str] | None = None) -> None:
     sections = {}
     for sampled in (False, True):
         requests = requests_for(args.max_new_tokens, sampled)
-        logs: dict[str, list] = {"backend": [], "bare": []}
+        logs: dict[str, list] = {"backend": [], "bare": [], "vllm": []}
         runners = {
             "transformers backend": backend_runner(backend, requests, logs["backend"]),
             "bare model.generate": bare_runner(backend, requests, logs["bare"]),
         }
         if other is not None:
-            runners["vllm backend"] = backend_runner(other, requests, [])
+            runners["vllm backend"] = backend_runner(other, requests, logs["vllm"])
         results = time_runners(runners, args.repeats)
         if sampled:
-            title = "Sampled: 2 prompts x n=4, temperature 1.0"
-            note = "Different random draws per runner: compare tok/s, not texts."
+            title = "Sampled: 2 prompts x n=4, temperature 0.7, top_p 0.8"
+            note = (
+                "Different random draws per runner: compare tok/s, not texts. Tokens are the "
+                "ones kept (up to EOS); bare generate keeps stepping finished rows until the "
+                "longest ends, the backend drops them from the batch."
+            )
         else:
             title = f"Greedy: 8 chat prompts, max_new_tokens={args.max_new_tokens}"
             same = logs["backend"][-1] == logs["bare"][-1]
+            full = all(len(t) == args.max_new_tokens for t in logs["bare"][-1])
             note = (
-                f"Backend and bare generate produced identical tokens: {'yes' if same else 'NO'}."
+                f"Backend and bare generate produced identical tokens: {'yes' if same else 'NO'}; "
+                f"every row ran to max_new_tokens: {'yes' if full else 'no'}."
             )
+            if other is not None:
+                rows = zip(logs["vllm"][-1], logs["backend"][-1], strict=True)
+                agree = sum(a == b for a, b in rows)
+                note += f" vLLM's tokens equal the backend's in {agree} of {len(requests)} rows."
         sections[title] = (results, note)
     text = report(load, sections, args)
     print(text)
