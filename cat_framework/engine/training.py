@@ -4,6 +4,7 @@ schedule, run files, resume point, the final model, and a replica-agreement chec
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import structlog
 import torch
 
 from cat_framework.components import Dataset
-from cat_framework.engine.checkpoint import latest_checkpoint, truncate_jsonl
+from cat_framework.engine.checkpoint import CHECKPOINTS, latest_checkpoint, truncate_jsonl
 from cat_framework.engine.evaluate import load_prompts
 from cat_framework.errors import CatError
 from cat_framework.pipeline import Pipeline
@@ -103,9 +104,12 @@ def resume_point(
     """The checkpoint to continue from (None for a fresh run); drops the lines of ``files``
     logged after it (those steps are redone), or the whole files for a fresh run."""
     if not resume:
-        for name in files:
-            if accelerator.is_main_process:
+        if accelerator.is_main_process:  # a fresh run in a used directory: no stale state
+            for name in files:
                 (run_dir / name).unlink(missing_ok=True)
+            for name in (CHECKPOINTS, "eval", "final"):
+                shutil.rmtree(run_dir / name, ignore_errors=True)
+        accelerator.wait_for_everyone()
         return None
     ckpt = latest_checkpoint(run_dir)
     if accelerator.is_main_process:

@@ -171,3 +171,14 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, tiny_policy, toy_data, ca
     assert comparable(m_straight) == comparable(m_resumed)
     r_straight = read_jsonl(tmp_path / "straight" / "records.jsonl")
     assert r_straight == read_jsonl(tmp_path / "cut" / "records.jsonl")
+
+
+def test_fresh_run_in_a_used_directory_drops_stale_checkpoints(tmp_path, tiny_policy, toy_data):
+    trainer = "{steps: 2, prompts_per_step: 2, learning_rate: 0.01, save_every: 1}"
+    run(write_pipeline(tmp_path, tiny_policy, toy_data, trainer), tmp_path / "run")
+    assert latest_checkpoint(tmp_path / "run").step == 2
+    shorter = "{steps: 1, prompts_per_step: 2, learning_rate: 0.01, save_every: 1}"
+    run(write_pipeline(tmp_path, tiny_policy, toy_data, shorter), tmp_path / "run")
+    # the old step-2 checkpoint must not outlive the new run (a --resume would load it)
+    assert latest_checkpoint(tmp_path / "run").step == 1
+    assert [m["step"] for m in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1]
