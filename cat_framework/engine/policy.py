@@ -139,6 +139,12 @@ def build_policy(
     if comp is None:
         raise CatError("the pipeline has no models.policy")
     cls = _trainable_class(comp.cls, plugins)
+    if cls is not comp.cls and comp.cls.update_weights is Backend.update_weights:
+        raise CatError(
+            f"models.policy: backend {comp.name!r} cannot receive the trainer's weights, so it "
+            "cannot serve a policy being trained; use transformers or vllm for the policy (a "
+            "remote server can still be the judge or the anchor)"
+        )
     params = comp.params.model_dump()
     if cls is not comp.cls:  # e.g. vllm samples; a transformers twin of the same model trains
         params = {"model": params["model"]}
@@ -147,8 +153,6 @@ def build_policy(
     trainable = cls(params)
     model, tokenizer = trainable.model, trainable.tokenizer  # type: ignore[attr-defined]
     sampler = trainable if cls is comp.cls else pool.get(comp)
-    if not sampler.supports_update_weights and sampler is not trainable:
-        raise CatError(f"policy backend {comp.name!r} cannot receive the trainer's weights")
     if cfg.trainer.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lora = cfg.trainer.lora

@@ -90,3 +90,20 @@ def test_training_roles(anchor, judge, want_anchor, want_judge, make_plugins, tm
     names = {id(policy.sampler): "sampler", id(policy.anchor): "pi0"}
     assert names[id(roles.anchor)] == want_anchor and names[id(roles.judge)] == want_judge
     assert roles.policy is policy.sampler
+
+
+def test_a_policy_backend_that_cannot_take_weights_is_refused_before_loading(
+    make_plugins, tmp_path
+):
+    from cat_framework.engine.policy import build_policy
+    from cat_framework.pipeline import load_pipeline
+    from cat_framework.pipeline.build import BackendPool
+
+    (tmp_path / "p.yaml").write_text(
+        "name: r\nmode: train\nmodels: {policy: {backend: openai, model: gpt-4o}}\n"
+        "data: {train: {dataset: gsm8k}}\naggregator: single\nreward: programmatic\n"
+    )
+    plugins = make_plugins()
+    pipe = load_pipeline(tmp_path / "p.yaml", plugins=plugins)
+    with pytest.raises(CatError, match="backend 'openai' cannot receive the trainer's weights"):
+        build_policy(pipe, plugins, BackendPool(), "cpu", need_frozen=False)  # type: ignore[arg-type]
