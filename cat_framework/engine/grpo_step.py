@@ -215,7 +215,7 @@ class GRPOStep:
                 **extra,
             }
         )
-        return StepOutput(metrics, self._records(step, groups, teach, rewards, adv))
+        return StepOutput(metrics, self._records(step, groups, teach, adv))
 
     def _metrics(
         self,
@@ -253,9 +253,10 @@ class GRPOStep:
         step: int,
         groups: Sequence[RolloutGroup],
         teach: TeacherOutput,
-        rewards: torch.Tensor,
         adv: torch.Tensor,
     ) -> list[dict[str, Any]]:
+        """One audit line per prompt: rollouts, reference, the teacher's rewards (before any KL
+        penalty), reward details (rubric, verdicts) and advantages."""
         out = []
         g = self.rollouts.n
         for i, (group, ref, rw) in enumerate(

@@ -18,7 +18,7 @@ import structlog
 import torch
 
 from cat_framework.components import Aggregator
-from cat_framework.engine.checkpoint import load_checkpoint, save_checkpoint
+from cat_framework.engine.checkpoint import load_checkpoint
 from cat_framework.engine.evaluate import read_records
 from cat_framework.engine.policy import PolicyModels, build_policy, build_training_roles
 from cat_framework.engine.progress import StepProgress
@@ -28,6 +28,7 @@ from cat_framework.engine.teacher import explore
 from cat_framework.engine.training import (
     append_jsonl,
     check_replicas_agree,
+    finish_step,
     gather_records,
     make_optimizer,
     resume_point,
@@ -129,23 +130,11 @@ def run_sft(
                     "epoch": (step - 1) / per_epoch,
                     "time/step": time.perf_counter() - t0,
                 }
-                if acc.is_main_process:
-                    append_jsonl(run_dir / "metrics.jsonl", [metrics])
-                if (tc.save_every and step % tc.save_every == 0) or step == total:
-                    save_checkpoint(
-                        run_dir,
-                        step,
-                        policy.model,
-                        optimizer,
-                        scheduler,
-                        acc,
-                        {},
-                        tc.keep_checkpoints,
-                    )
-                if acc.is_main_process:
-                    plugins.notify(
-                        "on_step_end", run_dir=str(run_dir.resolve()), step=step, metrics=metrics
-                    )
+                finish_step(
+                    run_dir, step, metrics, records=None, trainer=tc, last_step=total,
+                    model=policy.model, optimizer=optimizer, scheduler=scheduler,
+                    accelerator=acc, plugins=plugins,
+                )  # fmt: skip
                 bar.update(step, metrics)
         if cfg.data.eval is not None and acc.is_main_process:
             evaluate_final(pipeline, roles, run_dir, total, plugins)

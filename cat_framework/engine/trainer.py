@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from cat_framework.components import Dataset
-from cat_framework.engine.checkpoint import load_checkpoint, save_checkpoint
+from cat_framework.engine.checkpoint import load_checkpoint
 from cat_framework.engine.evaluate import (
     GoldScorer,
     evaluate_batch,
@@ -32,6 +32,7 @@ from cat_framework.engine.teacher import Teacher
 from cat_framework.engine.training import (
     append_jsonl,
     check_replicas_agree,
+    finish_step,
     gather_records,
     make_optimizer,
     resume_point,
@@ -146,24 +147,12 @@ def run_train(
                     if acc.is_main_process:
                         metrics.update(evaluator(step))
                     acc.wait_for_everyone()
-                if acc.is_main_process:
-                    append_jsonl(run_dir / "records.jsonl", records)
-                    append_jsonl(run_dir / "metrics.jsonl", [metrics])
-                if (tc.save_every and step % tc.save_every == 0) or step == tc.steps:
-                    save_checkpoint(
-                        run_dir,
-                        step,
-                        policy.model,
-                        optimizer,
-                        scheduler,
-                        acc,
-                        {"prompts_seen": step * tc.prompts_per_step},
-                        tc.keep_checkpoints,
-                    )
-                if acc.is_main_process:
-                    plugins.notify(
-                        "on_step_end", run_dir=str(run_dir.resolve()), step=step, metrics=metrics
-                    )
+                finish_step(
+                    run_dir, step, metrics, records=records, trainer=tc, last_step=tc.steps,
+                    model=policy.model, optimizer=optimizer, scheduler=scheduler,
+                    accelerator=acc, plugins=plugins,
+                    state={"prompts_seen": step * tc.prompts_per_step},
+                )  # fmt: skip
                 bar.update(step, metrics)
                 last = metrics
         check_replicas_agree(policy.model, acc)

@@ -12,7 +12,12 @@ import structlog
 import torch
 
 from cat_framework.components import Dataset
-from cat_framework.engine.checkpoint import CHECKPOINTS, latest_checkpoint, truncate_jsonl
+from cat_framework.engine.checkpoint import (
+    CHECKPOINTS,
+    latest_checkpoint,
+    save_checkpoint,
+    truncate_jsonl,
+)
 from cat_framework.engine.evaluate import load_prompts
 from cat_framework.errors import CatError
 from cat_framework.pipeline import Pipeline
@@ -57,6 +62,38 @@ def start_training(pipeline: Pipeline) -> tuple[Any, list[Prompt]]:
     if not prompts:
         raise CatError("data.train has no prompts")
     return acc, prompts
+
+
+def finish_step(
+    run_dir: Path,
+    step: int,
+    metrics: dict[str, Any],
+    *,
+    records: list[dict[str, Any]] | None,
+    trainer: Any,
+    last_step: int,
+    model: torch.nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    accelerator: Any,
+    plugins: Any,
+    state: dict[str, Any] | None = None,
+) -> None:
+    """A step's bookkeeping, the same for every training mode: run files (main process), a
+    checkpoint when ``trainer.save_every`` says so or at the last step (all processes), then
+    the observers' ``on_step_end`` (after the checkpoint, so an observer that stops the run
+    never loses the step)."""
+    if accelerator.is_main_process:
+        if records:
+            append_jsonl(run_dir / "records.jsonl", records)
+        append_jsonl(run_dir / "metrics.jsonl", [metrics])
+    if (trainer.save_every and step % trainer.save_every == 0) or step == last_step:
+        save_checkpoint(
+            run_dir, step, model, optimizer, scheduler, accelerator, state or {},
+            trainer.keep_checkpoints,
+        )  # fmt: skip
+    if accelerator.is_main_process:
+        plugins.notify("on_step_end", run_dir=str(run_dir.resolve()), step=step, metrics=metrics)
 
 
 def check_processes(prompts_per_step: int, accelerator: Any) -> None:
