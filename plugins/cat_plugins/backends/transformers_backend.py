@@ -12,6 +12,7 @@ import gc
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -142,6 +143,11 @@ class TransformersBackend(Backend):
             raise BackendError(f"device {device!r} requested but CUDA is not available")
         dtype = _DTYPES.get(p.dtype, torch.float32 if device == "cpu" else "auto")
         extra = {"attn_implementation": p.attn_implementation} if p.attn_implementation else {}
+        if _looks_local(path) and not Path(path).exists():
+            raise BackendError(
+                f"could not load model {p.model!r}: no such folder. Give an existing model folder, "
+                "a hub id (org/name), or 'default' for the embedded SmolLM2-135M-Instruct."
+            )
         try:
             tokenizer = AutoTokenizer.from_pretrained(
                 resolve_model_path(p.tokenizer) if p.tokenizer else path,
@@ -360,6 +366,11 @@ class TransformersBackend(Backend):
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _looks_local(name: str) -> bool:
+    """A filesystem path rather than a hub id (``org/name``): absolute, relative, or home."""
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or "\\" in name
 
 
 def _left_pad(seqs: list[list[int]], pad: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -326,8 +326,10 @@ def test_chat_template_kwargs_are_passed(tiny_model, tiny_tokenizer):
 
 
 def test_missing_model_is_a_backend_error(tmp_path):
-    with pytest.raises(BackendError, match="could not load"):
+    with pytest.raises(BackendError, match=r"could not load .*absent.*: no such folder"):
         TransformersBackend({"model": str(tmp_path / "absent"), "device": "cpu"})
+    with pytest.raises(BackendError, match="could not load"):  # a hub id that is not there
+        TransformersBackend({"model": "no-such-org-xyz/no-such-model", "device": "cpu"})
 
 
 # ---------------------------------------------------------------------- embedded model resolution
