@@ -21,6 +21,7 @@ from pydantic import Field
 from cat_framework import Backend, BackendError, Completion, ComponentParams, Roles
 from cat_framework.types import GenerationRequest, Message
 from cat_plugins.backends.embedded import resolve_model_path
+from cat_plugins.backends.sampling import left_pad, pack, sample, select_rows
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _SEED_MIX = 0x9E3779B97F4A7C15
@@ -190,7 +191,7 @@ class TransformersBackend(Backend):
         order = sorted(range(len(requests)), key=lambda i: len(prompts[i]))
         units = [(i, j) for i in order for j in range(requests[i].n)]
         with _eval_mode(self.model), torch.inference_mode():
-            for batch in _pack(
+            for batch in pack(
                 units,
                 lambda u: len(prompts[u[0]]) + requests[u[0]].max_new_tokens,
                 self.params.max_batch_tokens,
@@ -210,14 +211,14 @@ class TransformersBackend(Backend):
         uniq = list(dict.fromkeys(i for i, _ in units))  # each prompt prefilled once
         rows = [_Row(i, j, uniq.index(i), (seeds[i] * _SEED_MIX + j) % 2**63) for i, j in units]
         reqs = [requests[r.request] for r in rows]
-        ids, mask = _left_pad([prompts[i] for i in uniq], self.pad_id, dev)
+        ids, mask = left_pad([prompts[i] for i in uniq], self.pad_id, dev)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         expand = torch.tensor([r.prompt for r in rows], device=dev)
         out = self.model(
             input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1
         )
         cache, logits = out.past_key_values, out.logits[:, -1]
-        if len(uniq) != len(rows) and not _select(cache, expand):
+        if len(uniq) != len(rows) and not select_rows(cache, expand):
             # a cache kind without batch selection: prefill every row instead
             ids, mask, pos = ids[expand], mask[expand], pos[expand]
             out = self.model(
@@ -235,7 +236,7 @@ class TransformersBackend(Backend):
         stop_window = max((len(s) for st in stops for s in st), default=0) + 8
         live = list(range(len(rows)))  # batch position -> row
         for _ in range(max(r.max_new_tokens for r in reqs)):
-            tokens, lps = _sample(logits, temp, top_k, top_p, [gens[k] for k in live])
+            tokens, lps = sample(logits, temp, top_k, top_p, [gens[k] for k in live])
             for b, (k, t, lp) in enumerate(zip(live, tokens.tolist(), lps.tolist(), strict=True)):
                 row = rows[k]
                 if row.finish:  # done, not yet dropped from the batch
@@ -254,7 +255,7 @@ class TransformersBackend(Backend):
                 break
             if len(keep) < len(live) and (len(live) - len(keep)) * 4 >= len(live):
                 index = torch.tensor(keep, device=dev)
-                if _select(cache, index):  # shrink the batch once a quarter of it is done
+                if select_rows(cache, index):  # shrink the batch once a quarter of it is done
                     live = [live[b] for b in keep]
                     tokens, mask, next_pos = tokens[index], mask[index], next_pos[index]
                     temp, top_k, top_p = temp[index], top_k[index], top_p[index]
@@ -315,14 +316,14 @@ class TransformersBackend(Backend):
         vocab = self.model.get_output_embeddings().weight.shape[0]
         batches = (
             sub
-            for batch in _pack(
+            for batch in pack(
                 order, lambda i: len(ctx[i]) + len(cont[i]), self.params.max_batch_tokens
             )
-            for sub in _pack(batch, lambda i: (len(cont[i]) + 1) * vocab, _LOGITS_BUDGET)
+            for sub in pack(batch, lambda i: (len(cont[i]) + 1) * vocab, _LOGITS_BUDGET)
         )
         with _eval_mode(self.model), torch.inference_mode():
             for batch in batches:
-                ids, mask = _left_pad([ctx[i] + cont[i] for i in batch], self.pad_id, self.device)
+                ids, mask = left_pad([ctx[i] + cont[i] for i in batch], self.pad_id, self.device)
                 keep = max(len(cont[i]) for i in batch) + 1
                 out = self.model(
                     input_ids=ids,
@@ -371,93 +372,6 @@ class TransformersBackend(Backend):
 def _looks_local(name: str) -> bool:
     """A filesystem path rather than a hub id (``org/name``): absolute, relative, or home."""
     return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or "\\" in name
-
-
-def _left_pad(seqs: list[list[int]], pad: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for b, s in enumerate(seqs):
-        if s:
-            ids[b, width - len(s) :] = torch.tensor(s)
-            mask[b, width - len(s) :] = 1
-    return ids.to(device), mask.to(device)
-
-
-def _pack(items: list[Any], cost: Any, budget: int) -> Iterable[list[Any]]:
-    """Greedy micro-batches of length-sorted items: rows x longest row <= budget (a row that is
-    over budget alone still runs, alone)."""
-    batch: list[Any] = []
-    longest = 0
-    for item in items:
-        c = cost(item)
-        if batch and (len(batch) + 1) * max(longest, c) > budget:
-            yield batch
-            batch, longest = [], 0
-        batch.append(item)
-        longest = max(longest, c)
-    if batch:
-        yield batch
-
-
-def _select(cache: Any, index: torch.Tensor) -> bool:
-    """Reorder/shrink a KV cache along the batch; False where the cache cannot."""
-    if not hasattr(cache, "batch_select_indices"):
-        return False
-    try:
-        cache.batch_select_indices(index)
-    except (NotImplementedError, AttributeError, TypeError):
-        return False
-    return True
-
-
-def _sample(
-    logits: torch.Tensor,
-    temp: torch.Tensor,
-    top_k: torch.Tensor,
-    top_p: torch.Tensor,
-    gens: list[torch.Generator],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next tokens and their log-probs under ``log_softmax(logits / T)`` (unfiltered).
-
-    Inverse-CDF sampling: one uniform per row from the row's own generator (so batching does not
-    change a sample), ~30x cheaper on CPU than full-vocab noise or per-row ``multinomial``."""
-    greedy = temp <= 0
-    scaled = logits.float() / torch.where(greedy, 1.0, temp)[:, None]
-    logp_all = scaled - torch.logsumexp(scaled, dim=-1, keepdim=True)
-    cdf = torch.softmax(_filter(scaled, top_k, top_p), dim=-1).cumsum(dim=-1)
-    u = 1.0 - torch.cat([torch.rand(1, generator=g, device=scaled.device) for g in gens])
-    # first index with cdf >= u * total, u in (0, 1]: never a zero-probability (filtered) token
-    tokens = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None])[:, 0].clamp_(max=cdf.size(-1) - 1)
-    tokens = torch.where(greedy, scaled.argmax(dim=-1), tokens)
-    return tokens, logp_all.gather(-1, tokens[:, None])[:, 0]
-
-
-def _filter(
-    scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, width: int = 1024
-) -> torch.Tensor:
-    """-inf outside each row's top-k, then outside its top-p nucleus; rows with neither keep
-    every token. Works on the best ``width`` candidates (a full-vocab sort costs ~7x more) and
-    falls back to the full vocabulary when a nucleus reaches past them."""
-    use_k, use_p = top_k > 0, top_p < 1
-    if not bool((use_k | use_p).any()):
-        return scaled
-    vocab = scaled.size(-1)
-    width = min(vocab, max(width, int(top_k.max())))
-    values, index = scaled.topk(width, dim=-1)  # sorted, best first
-    ranks = torch.arange(width, device=scaled.device)[None, :]
-    remove = use_k[:, None] & (ranks >= top_k[:, None])
-    if bool(use_p.any()):
-        kept = values.masked_fill(remove, float("-inf"))
-        norm = torch.where(use_k, kept.logsumexp(-1), scaled.logsumexp(-1))
-        probs = (kept - norm[:, None]).exp()  # relative to the whole top-k-filtered distribution
-        cum = probs.cumsum(dim=-1)
-        if width < vocab and bool((use_p & ~use_k & (cum[:, -1] < top_p)).any()):
-            return _filter(scaled, top_k, top_p, width=vocab)
-        remove |= use_p[:, None] & ((cum - probs) > top_p[:, None])
-    values = values.masked_fill(remove, float("-inf"))
-    filtered = torch.full_like(scaled, float("-inf")).scatter_(-1, index, values)
-    return torch.where((use_k | use_p)[:, None], filtered, scaled)
 
 
 @contextmanager
