@@ -148,11 +148,16 @@ def test_every_component_param_has_a_description():
     assert not undocumented, "params without a description:\n  " + "\n  ".join(undocumented)
 
 
+def pipeline_ref(gen):
+    """The generator module of the pipeline page (imported by the hook, beside it)."""
+    return sys.modules["refgen.pipeline_ref"]
+
+
 def test_every_component_param_is_in_the_pipeline_reference(generated, gen):
     page = generated[0]["reference/pipeline.md"]
     count = 0
     for kind, name, cls in _components():
-        body = section(page, f"### `{name}` {{#{gen._component_anchor(kind, name)}}}")
+        body = section(page, f"### `{name}` {{#{pipeline_ref(gen)._component_anchor(kind, name)}}}")
         for field_name in cls.Params.model_fields:
             assert f"| `{field_name}` |" in body, f"{kind} {name}: {field_name} not documented"
             count += 1
@@ -174,7 +179,7 @@ def test_gap_detection_works(gen):
 
     Params.model_fields["documented"].description = "Has one."
     problems: list[str] = []
-    rows = gen.field_rows(Params, "x: ", problems)
+    rows = pipeline_ref(gen).field_rows(Params, "x: ", problems)
     assert problems == ["x: bare: no description"]
     assert any("**undocumented**" in r for r in rows)
 
