@@ -257,12 +257,18 @@ def run_evaluate(
     summary = summarize(ordered, labels, dataset.task_kind, cfg.eval.bootstrap, cfg.eval.confidence)
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     print_table(summary, cfg.eval.confidence)
-    plugins.notify("on_step_end", run_dir=str(run_dir.resolve()), step=0, metrics=_flat(summary))
+    plugins.notify(
+        "on_step_end", run_dir=str(run_dir.resolve()), step=0, metrics=flat_metrics(summary)
+    )
     return {"metrics": str(run_dir / "metrics.json"), "records": str(records_path)}
 
 
-def _flat(summary: dict[str, Any]) -> dict[str, float]:
-    flat = {f"eval/{k}/score": v["score"] for k, v in summary["aggregators"].items()}
-    for k, v in summary.get("rollouts", {}).items():
-        flat[f"eval/rollouts/{k}"] = float(v)
+def flat_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """A :func:`summarize` result as flat ``eval/...`` scalars (observers, ``metrics.jsonl``)."""
+    flat: dict[str, float] = {}
+    for label, s in summary["aggregators"].items():
+        for key in ("score", "ci_low", "ci_high", "n"):
+            flat[f"eval/{label}/{key}"] = float(s[key])
+    for key, value in summary.get("rollouts", {}).items():
+        flat[f"eval/rollouts/{key}"] = float(value)
     return flat

@@ -229,17 +229,14 @@ class GRPOStep:
     ) -> dict[str, float]:
         lengths = self._gather(rows.batch.completion_mask.sum(-1).float().to(self.acc.device))
         trunc = self._gather(rows.truncated.float().to(self.acc.device))
-        mean_stats = {
-            k: self._global_sum(v) / max(self._global_sum(local_tok), 1.0)
-            for k, v in stats.items()
-            if k != "loss"
-        }
+        tokens = max(self._global_sum(local_tok), 1.0)  # one all-reduce, not one per stat
+        mean_stats = {k: self._global_sum(v) / tokens for k, v in stats.items() if k != "loss"}
         metrics = {
             "reward/mean": float(all_rewards.mean()),
             "reward/std": float(all_rewards.std()) if all_rewards.numel() > 1 else 0.0,
             "frac_reward_zero_std": grpo.zero_std_fraction(all_rewards, g),
             "loss": self._global_sum(stats.get("loss", 0.0)),
-            "entropy": self._global_sum(ent_sum) / max(self._global_sum(local_tok), 1.0),
+            "entropy": self._global_sum(ent_sum) / tokens,
             "grad_norm": grad_norm,
             "completions/mean_length": float(lengths.mean()),
             "completions/max_length": float(lengths.max()),

@@ -20,6 +20,7 @@ from cat_framework.engine.checkpoint import load_checkpoint
 from cat_framework.engine.evaluate import (
     GoldScorer,
     evaluate_batch,
+    flat_metrics,
     labels_for,
     load_prompts,
     summarize,
@@ -88,13 +89,7 @@ class PeriodicEval:
         (self.out / f"{name}.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
         scores = {k: round(v["score"], 4) for k, v in summary["aggregators"].items()}
         log.info("evaluated", step=step, **scores)
-        flat: dict[str, float] = {}
-        for label, s in summary["aggregators"].items():
-            for key in ("score", "ci_low", "ci_high", "n"):
-                flat[f"eval/{label}/{key}"] = float(s[key])
-        for key, value in summary.get("rollouts", {}).items():
-            flat[f"eval/rollouts/{key}"] = float(value)
-        return flat
+        return flat_metrics(summary)
 
 
 def run_train(
