@@ -184,12 +184,12 @@ def run_cmd(
     pipeline: str, overrides: tuple[str, ...], resume: str | None, run_dir: str | None
 ) -> None:
     """Validate PIPELINE, then run it according to its mode."""
-    from cat_framework.engine.runner import run_pipeline
+    from cat_framework.engine.runner import is_main_process, run_pipeline
     from cat_framework.pipeline import load_pipeline
 
     loaded = load_pipeline(pipeline, overrides, plugins=_plugins())
     result = run_pipeline(loaded, plugins=_plugins(), run_dir=run_dir, resume=resume)
-    if os.environ.get("RANK", "0") != "0":
+    if not is_main_process():
         return
     click.echo(f"run finished: {result['run_dir']}")
     for key in ("report", "metrics", "final_model"):

@@ -93,7 +93,7 @@ def run_pipeline(
         status = "interrupted"
         raise
     finally:
-        if _is_main_process():
+        if is_main_process():
             report = _write_report(path, status)
             if report is not None:
                 summary["report"] = str(report)
@@ -102,7 +102,7 @@ def run_pipeline(
         detach_run_log()
 
 
-def _is_main_process() -> bool:
+def is_main_process() -> bool:
     """Rank 0 (or no launcher): under ``accelerate launch`` only one process writes the report."""
     return os.environ.get("RANK", "0") == "0"
 
