@@ -178,8 +178,10 @@ class Criterion(_Serializable):
 
 @dataclass(frozen=True)
 class Verdict(_Serializable):
-    """A judge's decision on one (rollout, criterion). ``met is None`` means the judge's output
-    could not be parsed; such verdicts are excluded from the reward's denominator and counted."""
+    """A judge's decision on one (rollout, criterion). ``met is None`` means *unscorable*: the
+    judge's output could not be parsed, or the request failed after its retries. An unscorable
+    verdict is never counted as "no" nor dropped from the denominator: the rubric reward of a
+    rollout with unscorable verdicts is itself unscorable (see :class:`Rewards`)."""
 
     criterion: Criterion
     met: bool | None
@@ -188,19 +190,32 @@ class Verdict(_Serializable):
 
 @dataclass(frozen=True)
 class Rewards(_Serializable):
-    """One reward per rollout of a group, with per-rollout details (verdicts, answers)."""
+    """One reward per rollout of a group, with per-rollout details (verdicts, answers).
 
-    values: tuple[float, ...]
+    A value of ``None`` means *unscorable*: the teacher could not score that rollout (no reference
+    answer, a judge that failed). GRPO leaves unscorable rollouts out of their group's mean and
+    std and gives them advantage 0, so a teacher failure is never turned into a made-up reward.
+    """
+
+    values: tuple[float | None, ...]
     details: tuple[Mapping[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "values", tuple(float(v) for v in self.values))
+        values = tuple(None if v is None else float(v) for v in self.values)
+        if any(v is not None and v != v for v in values):  # NaN: say None for unscorable
+            raise ValueError("Rewards values must be numbers or None (unscorable), not NaN")
+        object.__setattr__(self, "values", values)
         details = tuple(self.details) if self.details else tuple({} for _ in self.values)
         if len(details) != len(self.values):
             raise ValueError(
                 f"Rewards has {len(self.values)} values but {len(details)} details entries"
             )
         object.__setattr__(self, "details", details)
+
+    @property
+    def scorable(self) -> tuple[bool, ...]:
+        """Per rollout: whether the teacher produced a reward for it."""
+        return tuple(v is not None for v in self.values)
 
 
 _NESTED: dict[str, dict[str, tuple[type, bool]]] = {

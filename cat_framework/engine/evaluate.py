@@ -3,26 +3,35 @@
 For each batch of prompts the policy samples G rollouts once; each listed aggregator builds its
 reference from the same rollouts; references are graded against gold (math: answer equivalence;
 freeform: the ``eval.scorer`` reward deriver, e.g. physician rubrics). Records are appended per
-batch, so an interrupted run keeps its work and ``--resume`` skips finished prompts.
+batch, so an interrupted run keeps its work and ``--resume`` skips finished prompts; seeds and
+batches depend only on (seed, prompt id) and the full prompt list, so a resumed evaluation, an
+uninterrupted one and the trainer's step-0 evaluation sample the same rollouts.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence, Set
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from cat_framework.answers import answers_equivalent, extract_answer
+from cat_framework.answers import answers_equivalent
 from cat_framework.components import Aggregator, Backend, Dataset, RewardDeriver, Roles
+from cat_framework.engine.diagnostics import reference_diagnostics
+from cat_framework.engine.files import atomic_write_text
+from cat_framework.engine.record_builder import build_record
+from cat_framework.engine.schedule import derive_seed
 from cat_framework.engine.stats import bootstrap_ci, mean
 from cat_framework.engine.teacher import explore
+from cat_framework.errors import CatError
 from cat_framework.pipeline import Pipeline
 from cat_framework.pipeline.build import BackendPool, build_component, build_roles
 from cat_framework.plugins import Plugins
+from cat_framework.records import parse_records, read_records
 from cat_framework.types import Completion, Prompt, Reference, RolloutGroup
 
 log = structlog.get_logger("cat_framework.evaluate")
@@ -46,22 +55,22 @@ def load_prompts(dataset: Dataset, limit: int | None) -> list[Prompt]:
 
 
 class GoldScorer:
-    """Grades texts against a prompt's gold data (evaluation only; the teacher never sees it)."""
+    """Grades references against a prompt's gold data (evaluation only; the teacher never sees
+    it). A math reference is graded on the answer it *committed* to (``Reference.answer``):
+    its text is never searched for a last number. A freeform score may be ``None`` when the
+    scorer could not grade it (an unscorable judge verdict): it is counted, never made 0."""
 
     def __init__(self, task: str, scorer: RewardDeriver | None) -> None:
         self.task = task
         self.scorer = scorer
 
-    def answer(self, text: str) -> str | None:
-        return extract_answer(text) if self.task == "math" else None
-
     def score(
         self, prompts: Sequence[Prompt], refs: Sequence[Reference]
-    ) -> tuple[list[float], list[dict[str, Any]]]:
+    ) -> tuple[list[float | None], list[dict[str, Any]]]:
         """One score per reference, plus the grading details (e.g. per-criterion verdicts)."""
         if self.task == "math" or self.scorer is None:
-            scores = [
-                float(answers_equivalent(r.answer or extract_answer(r.text), p.gold_answer))
+            scores: list[float | None] = [
+                float(answers_equivalent(r.answer, p.gold_answer))
                 for p, r in zip(prompts, refs, strict=True)
             ]
             return scores, [{} for _ in scores]
@@ -72,65 +81,79 @@ class GoldScorer:
         return [rw.values[0] for rw in rewards], [dict(rw.details[0]) for rw in rewards]
 
 
-def _rollout_record(c: Completion, scorer: GoldScorer, gold: str | None) -> dict[str, Any]:
-    rec: dict[str, Any] = {
-        "text": c.text,
-        "finish_reason": c.finish_reason,
-        "tokens": len(c.token_ids),
-    }
-    if scorer.task == "math":
-        rec["answer"] = scorer.answer(c.text)
-        rec["correct"] = answers_equivalent(rec["answer"], gold)
-    return rec
+@dataclass
+class Evaluation:
+    """Everything one evaluation needs; ``mode: evaluate`` and the trainer's periodic
+    evaluation build it the same way, so step 0 of training reproduces ``mode: evaluate``."""
 
+    pipeline: Pipeline
+    policy: Backend
+    aggregators: list[tuple[str, Aggregator]]
+    scorer: GoldScorer
+    labels: list[str]
 
-def evaluate_batch(
-    prompts: Sequence[Prompt],
-    policy: Backend,
-    aggregators: Sequence[tuple[str, Aggregator]],
-    scorer: GoldScorer,
-    pipeline: Pipeline,
-    seed: int,
-) -> list[dict[str, Any]]:
-    """Rollouts once, every aggregator on them, graded: one JSON record per prompt."""
-    t0 = time.perf_counter()
-    groups = explore(policy, prompts, pipeline.config.rollouts, seed)
-    timings = {"rollouts": time.perf_counter() - t0}
-    refs: dict[str, list[Reference]] = {}
-    scores: dict[str, list[float]] = {}
-    grading: dict[str, list[dict[str, Any]]] = {}
-    for label, agg in aggregators:
-        t = time.perf_counter()
-        refs[label] = agg.aggregate(groups)
-        scores[label], grading[label] = scorer.score(prompts, refs[label])
-        timings[label] = time.perf_counter() - t
-    records = []
-    for i, g in enumerate(groups):
-        rollouts = [_rollout_record(c, scorer, g.prompt.gold_answer) for c in g.rollouts]
-        record: dict[str, Any] = {
-            "prompt_id": g.prompt.id,
-            "messages": list(g.prompt.messages),
-            "gold_answer": g.prompt.gold_answer,
-            "rollouts": rollouts,
-            "references": {
-                label: {
-                    **refs[label][i].to_dict(),
-                    "score": scores[label][i],
-                    "grading": grading[label][i],
-                }
-                for label in refs
-            },
-        }
-        if scorer.task == "math":
-            record["pass_at_g"] = any(r["correct"] for r in rollouts)
-            record["rollout_accuracy"] = mean([float(r["correct"]) for r in rollouts])
-        records.append(record)
-    log.info(
-        "evaluated batch",
-        prompts=len(prompts),
-        **{f"time/{k}": round(v, 2) for k, v in timings.items()},
-    )
-    return records
+    @classmethod
+    def build(cls, pipeline: Pipeline, roles: Roles, task: str) -> Evaluation:
+        cfg = pipeline.config
+        specs = [
+            pipeline.component("eval", "aggregators", i) for i in range(len(cfg.eval.aggregators))
+        ]
+        if any(s is None for s in specs):
+            raise CatError("eval.aggregators could not be resolved: run `cat-framework validate`")
+        labels = labels_for([s.name for s in specs if s is not None])
+        aggregators = [
+            (lab, s.build(roles=roles)) for lab, s in zip(labels, specs, strict=True) if s
+        ]
+        scorer_comp = pipeline.component("eval", "scorer")
+        scorer = GoldScorer(task, scorer_comp.build(roles=roles) if scorer_comp else None)
+        return cls(pipeline, roles.policy, aggregators, scorer, labels)  # type: ignore[arg-type]
+
+    def seeds(self, prompts: Sequence[Prompt]) -> list[int]:
+        """Sampling seeds: a pure function of (seed, prompt id), never of a prompt's position
+        in what is left to do, so a resumed evaluation samples what an uninterrupted one did."""
+        return [derive_seed(self.pipeline.config.seed, "eval", p.id) for p in prompts]
+
+    def batch(self, prompts: Sequence[Prompt]) -> list[dict[str, Any]]:
+        """Rollouts once, every aggregator on them, graded: one record per prompt."""
+        cfg = self.pipeline.config
+        t0 = time.perf_counter()
+        groups = explore(self.policy, prompts, cfg.rollouts, seeds=self.seeds(prompts))
+        timings = {"rollouts": time.perf_counter() - t0}
+        refs: dict[str, list[Reference]] = {}
+        scores: dict[str, list[float | None]] = {}
+        grading: dict[str, list[dict[str, Any]]] = {}
+        for label, agg in self.aggregators:
+            t = time.perf_counter()
+            refs[label] = agg.aggregate(groups)
+            if len(refs[label]) != len(groups):
+                raise CatError(
+                    f"aggregator {label!r} returned {len(refs[label])} references for "
+                    f"{len(groups)} prompts"
+                )
+            scores[label], grading[label] = self.scorer.score(prompts, refs[label])
+            timings[label] = time.perf_counter() - t
+        log.info(
+            "evaluated batch",
+            prompts=len(prompts),
+            **{f"time/{k}": round(v, 2) for k, v in timings.items()},
+        )
+        return [
+            build_record(
+                "evaluate", 0, g, {lab: refs[lab][i] for lab in refs}, None,
+                scores={lab: scores[lab][i] for lab in refs},
+                grading={lab: grading[lab][i] for lab in refs},
+            ).to_dict()
+            for i, g in enumerate(groups)
+        ]  # fmt: skip
+
+    def batches(self, prompts: Sequence[Prompt], done: Set[str]) -> Iterator[list[Prompt]]:
+        """The undone prompts, in the batches an uninterrupted run forms (``eval.batch_size``
+        consecutive prompts of the full list), so batch composition is the same after resume."""
+        bs = self.pipeline.config.eval.batch_size
+        for start in range(0, len(prompts), bs):
+            todo = [p for p in prompts[start : start + bs] if p.id not in done]
+            if todo:
+                yield todo
 
 
 def summarize(
@@ -140,45 +163,38 @@ def summarize(
     resamples: int,
     confidence: float,
 ) -> dict[str, Any]:
-    """Per-aggregator score with bootstrap CI, rollout pass@G, and synthesis diagnostics."""
-    out: dict[str, Any] = {"task": task, "prompts": len(records), "aggregators": {}}
+    """Per-aggregator score with bootstrap CI, rollout accuracy and pass@G, and the reference
+    diagnostics of every aggregator (whatever its name)."""
+    parsed = parse_records(records, "records")
+    out: dict[str, Any] = {"task": task, "prompts": len(parsed), "aggregators": {}}
     for label in labels:
-        values = [float(r["references"][label]["score"]) for r in records]
+        raw = [r.references[label].score for r in parsed if label in r.references]
+        values = [float(v) for v in raw if v is not None]
         lo, hi = bootstrap_ci(values, resamples, confidence)
         score = mean(values)
         if task == "freeform":  # HealthBench: the benchmark mean is clipped to [0, 1]
             score, lo, hi = (min(1.0, max(0.0, x)) for x in (score, lo, hi))
-        out["aggregators"][label] = {"score": score, "ci_low": lo, "ci_high": hi, "n": len(values)}
-    if task != "math" or not records:
+        out["aggregators"][label] = {
+            "score": score,
+            "ci_low": lo,
+            "ci_high": hi,
+            "n": len(values),
+            "unscorable": len(raw) - len(values),
+        }
+    if not parsed:
         return out
-    all_wrong = [r for r in records if not r["pass_at_g"]]
+    out["diagnostics"] = {
+        label: reference_diagnostics(parsed, label, task=task) for label in labels
+    }
+    if task != "math":
+        return out
+    correct = [[bool(ro.correct) for ro in r.rollouts] for r in parsed]
+    pass_g = [any(c) for c in correct]
     out["rollouts"] = {
-        "accuracy": mean([r["rollout_accuracy"] for r in records]),
-        "pass_at_g": mean([float(r["pass_at_g"]) for r in records]),
-        "all_wrong": len(all_wrong),
+        "accuracy": mean([mean([float(x) for x in c]) for c in correct if c]),
+        "pass_at_g": mean([float(x) for x in pass_g]),
+        "all_wrong": sum(not x for x in pass_g),
     }
-    diag: dict[str, Any] = {
-        label: {
-            "right_when_all_rollouts_wrong": sum(r["references"][label]["score"] for r in all_wrong)
-        }
-        for label in labels
-    }
-    if "synthesis" in labels and "majority" in labels:
-        disagree = [
-            r
-            for r in records
-            if not answers_equivalent(
-                r["references"]["synthesis"].get("answer"),
-                r["references"]["majority"].get("answer"),
-            )
-        ]
-        diag["synthesis_vs_majority"] = {
-            "disagree": len(disagree),
-            "disagree_rate": len(disagree) / len(records),
-            "synthesis_right": sum(r["references"]["synthesis"]["score"] for r in disagree),
-            "majority_right": sum(r["references"]["majority"]["score"] for r in disagree),
-        }
-    out["diagnostics"] = diag
     return out
 
 
@@ -199,18 +215,6 @@ def print_table(summary: dict[str, Any], confidence: float) -> None:
         console.print(f"rollout accuracy {r['accuracy']:.3f}, pass@G {r['pass_at_g']:.3f}")
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a crash: that prompt is redone
-            continue
-    return out
-
-
 def run_evaluate(
     pipeline: Pipeline, run_dir: Path, plugins: Plugins, resume: str | None = None
 ) -> dict[str, Any]:
@@ -218,44 +222,33 @@ def run_evaluate(
     dataset = build_component(pipeline, "data", "eval")
     assert isinstance(dataset, Dataset)
     prompts = load_prompts(dataset, cfg.eval.limit)
+    if not prompts:
+        raise CatError(f"data.eval ({dataset.name}) has no prompts to evaluate")
     records_path = run_dir / "records.jsonl"
-    done = {r["prompt_id"]: r for r in read_records(records_path)} if resume else {}
-    if resume:  # drop a line a crash may have cut, so appended records start on a fresh line
-        records_path.write_text(
-            "".join(json.dumps(r) + "\n" for r in done.values()), encoding="utf-8"
-        )
-    todo = [p for p in prompts if p.id not in done]
+    done: dict[str, dict[str, Any]] = {}
+    if resume:
+        done = {r.prompt_id: r.to_dict() for r in read_records(records_path)}
+        # drop a line a crash may have cut, atomically: a kill here never loses a record
+        atomic_write_text(records_path, "".join(json.dumps(r) + "\n" for r in done.values()))
     pool = BackendPool()
     try:
         roles: Roles = build_roles(pipeline, pool)
-        specs = [
-            pipeline.component("eval", "aggregators", i) for i in range(len(cfg.eval.aggregators))
-        ]
-        labels = labels_for([s.name for s in specs if s is not None])
-        aggregators = [
-            (lab, s.build(roles=roles)) for lab, s in zip(labels, specs, strict=True) if s
-        ]
-        scorer_comp = pipeline.component("eval", "scorer")
-        scorer = GoldScorer(
-            dataset.task_kind, scorer_comp.build(roles=roles) if scorer_comp else None
-        )
-        log.info("evaluate", prompts=len(prompts), todo=len(todo), aggregators=labels)
-        bs = cfg.eval.batch_size
-        mode = "a" if resume else "w"
-        with records_path.open(mode, encoding="utf-8") as f:
-            for start in range(0, len(todo), bs):
-                batch = todo[start : start + bs]
-                for rec in evaluate_batch(
-                    batch, roles.policy, aggregators, scorer, pipeline, cfg.seed + start
-                ):
+        evaluation = Evaluation.build(pipeline, roles, dataset.task_kind)
+        todo = sum(p.id not in done for p in prompts)
+        log.info("evaluate", prompts=len(prompts), todo=todo, aggregators=evaluation.labels)
+        with records_path.open("a" if resume else "w", encoding="utf-8") as f:
+            for batch in evaluation.batches(prompts, set(done)):
+                for rec in evaluation.batch(batch):
                     f.write(json.dumps(rec, ensure_ascii=False) + "\n")
                     done[rec["prompt_id"]] = rec
                 f.flush()
     finally:
         pool.close()
     ordered = [done[p.id] for p in prompts if p.id in done]
-    summary = summarize(ordered, labels, dataset.task_kind, cfg.eval.bootstrap, cfg.eval.confidence)
-    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    summary = summarize(
+        ordered, evaluation.labels, dataset.task_kind, cfg.eval.bootstrap, cfg.eval.confidence
+    )
+    atomic_write_text(run_dir / "metrics.json", json.dumps(summary, indent=2))
     print_table(summary, cfg.eval.confidence)
     plugins.notify(
         "on_step_end", run_dir=str(run_dir.resolve()), step=0, metrics=flat_metrics(summary)
@@ -267,8 +260,12 @@ def flat_metrics(summary: dict[str, Any]) -> dict[str, float]:
     """A :func:`summarize` result as flat ``eval/...`` scalars (observers, ``metrics.jsonl``)."""
     flat: dict[str, float] = {}
     for label, s in summary["aggregators"].items():
-        for key in ("score", "ci_low", "ci_high", "n"):
-            flat[f"eval/{label}/{key}"] = float(s[key])
+        for key in ("score", "ci_low", "ci_high", "n", "unscorable"):
+            if key in s:
+                flat[f"eval/{label}/{key}"] = float(s[key])
     for key, value in summary.get("rollouts", {}).items():
         flat[f"eval/rollouts/{key}"] = float(value)
+    for label, diag in summary.get("diagnostics", {}).items():
+        for key, value in diag.items():
+            flat[f"eval/{label}/{key}"] = float(value)
     return flat

@@ -52,6 +52,11 @@ def group_advantages(
     Stds are Bessel-corrected (as TRL); a group of one rollout has std 0. ``eps`` (TRL's 1e-4)
     keeps the division finite: a zero-std group has a zero numerator and so gets advantage 0,
     and a tiny-std group is amplified at most ``1/eps`` times.
+
+    A ``NaN`` reward is *unscorable* (the teacher could not score that rollout): it is left out
+    of its group's mean and std (and the batch std) and gets advantage 0, so a teacher failure
+    never becomes a made-up reward (TRL's ``None`` reward semantics). A group with fewer than
+    two scorable rollouts carries no signal: all its advantages are 0.
     """
     if rewards.dim() != 1:
         raise ValueError(f"rewards must be 1-D [num_groups*group_size], got {tuple(rewards.shape)}")
@@ -60,25 +65,50 @@ def group_advantages(
     if scale_rewards not in _SCALES:
         raise ValueError(f"scale_rewards must be one of {_SCALES}, got {scale_rewards!r}")
     r = rewards.float() if not rewards.is_floating_point() else rewards
-    groups = r.reshape(-1, group_size)
-    centred = (groups - groups.mean(dim=1, keepdim=True)).reshape(-1)
+    valid = ~torch.isnan(r)
+    if bool(valid.all()):
+        groups = r.reshape(-1, group_size)
+        centred = (groups - groups.mean(dim=1, keepdim=True)).reshape(-1)
+        if scale_rewards == "group":
+            std = _unbiased_std(groups, dim=1).repeat_interleave(group_size)
+            return centred / (std + eps)
+        if scale_rewards == "batch":
+            return centred / (_unbiased_std(r) + eps)
+        return centred
+    groups = torch.where(valid, r, torch.zeros_like(r)).reshape(-1, group_size)
+    ok = valid.reshape(-1, group_size).to(r.dtype)
+    count = ok.sum(dim=1, keepdim=True)
+    mean_g = groups.sum(dim=1, keepdim=True) / count.clamp(min=1)
+    dev = (groups - mean_g) * ok
+    informative = (count >= 2).to(r.dtype)  # one scorable rollout has nothing to compare with
+    centred = (dev * informative).reshape(-1)
     if scale_rewards == "group":
-        std = _unbiased_std(groups, dim=1).repeat_interleave(group_size)
+        var = (dev**2).sum(dim=1, keepdim=True) / (count - 1).clamp(min=1)
+        std = var.sqrt().expand(-1, group_size).reshape(-1)
         return centred / (std + eps)
     if scale_rewards == "batch":
-        return centred / (_unbiased_std(r) + eps)
+        return centred / (_unbiased_std(r[valid]) + eps)
     return centred
 
 
 def zero_std_fraction(rewards: torch.Tensor, group_size: int) -> float:
-    """Fraction of groups whose rewards are all equal (they carry no GRPO signal)."""
+    """Fraction of groups that carry no GRPO signal: all scorable rewards equal (unscorable
+    ``NaN`` rewards ignored; a group with no scorable reward counts as no signal)."""
     if group_size < 1 or rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
     if rewards.numel() == 0:
         return 0.0
-    groups = rewards.reshape(-1, group_size)
-    same = groups.max(dim=1).values == groups.min(dim=1).values
+    groups = rewards.float().reshape(-1, group_size)
+    nan = torch.isnan(groups)
+    hi = torch.where(nan, torch.full_like(groups, -torch.inf), groups).max(dim=1).values
+    lo = torch.where(nan, torch.full_like(groups, torch.inf), groups).min(dim=1).values
+    same = (hi == lo) | (nan.sum(dim=1) >= group_size - 1)
     return same.float().mean().item()
+
+
+def unscorable_fraction(rewards: torch.Tensor) -> float:
+    """Share of rollouts the teacher could not score (``NaN`` rewards)."""
+    return torch.isnan(rewards.float()).float().mean().item() if rewards.numel() else 0.0
 
 
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:

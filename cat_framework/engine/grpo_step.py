@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from cat_framework.answers import answers_equivalent
 from cat_framework.engine import grpo
 from cat_framework.engine.policy import PolicyModels
+from cat_framework.engine.record_builder import build_record
 from cat_framework.engine.sequences import TokenBatch, build_batch, completion_logps
 from cat_framework.engine.teacher import Teacher, TeacherOutput, explore
 from cat_framework.pipeline.schema import Rollouts, Trainer
@@ -42,15 +42,17 @@ class Rows:
 
 
 def to_rows(policy: PolicyModels, groups: Sequence[RolloutGroup], teach: TeacherOutput) -> Rows:
+    """Training rows of the *trained* rollouts (``teach.trained``: the first ``n`` of each
+    group); an unscorable reward (``None``) becomes ``NaN``, which the advantage leaves out."""
     prompt_ids, completion_ids, rewards, truncated, engine = [], [], [], [], []
     eos = policy.tokenizer.eos_token_id
-    for group, rw in zip(groups, teach.rewards, strict=True):
+    for group, rw in zip(teach.trained or groups, teach.rewards, strict=True):
         ids = policy.encode(group.prompt.messages)
         for c, r in zip(group.rollouts, rw.values, strict=True):
             tokens = list(c.token_ids) or ([eos] if eos is not None else [0])
             prompt_ids.append(ids)
             completion_ids.append(tokens)
-            rewards.append(float(r))
+            rewards.append(math.nan if r is None else float(r))
             truncated.append(c.finish_reason == "length")
             engine.append(list(c.logprobs or []))
     pad = policy.tokenizer.pad_token_id
@@ -109,7 +111,7 @@ class GRPOStep:
         t0 = time.perf_counter()
         groups = explore(self.policy.sampler, prompts, self.rollouts, seeds=seeds)
         t1 = time.perf_counter()
-        teach = self.teacher.teach(groups)
+        teach = self.teacher.teach(groups, self.rollouts.n)
         t2 = time.perf_counter()
         rows = to_rows(self.policy, groups, teach)
         batch = rows.batch.to(dev)
@@ -127,10 +129,12 @@ class GRPOStep:
             assert ref_logp is not None
             cur = self._logps(self.policy.model, batch)
             rewards = grpo.kl_penalized_rewards(rewards, cur, ref_logp, mask, cfg.beta)
-            extra["reward/kl_penalized_mean"] = float(self._gather(rewards).mean())
+            extra["reward/kl_penalized_mean"] = float(self._gather(rewards).nanmean())
         teacher_rewards = self._gather(rows.rewards.to(dev))  # metrics: before any KL penalty
         if cfg.scale_rewards == "batch" and acc.num_processes > 1:
-            spread = self._gather(rewards).std().item()
+            everyone = self._gather(rewards)
+            scored = everyone[~torch.isnan(everyone)]
+            spread = scored.std().item() if scored.numel() > 1 else 0.0
             adv = grpo.group_advantages(rewards, g, "none") / (spread + 1e-4)
         else:
             adv = grpo.group_advantages(rewards, g, cfg.scale_rewards)
@@ -231,9 +235,10 @@ class GRPOStep:
         trunc = self._gather(rows.truncated.float().to(self.acc.device))
         tokens = max(self._global_sum(local_tok), 1.0)  # one all-reduce, not one per stat
         mean_stats = {k: self._global_sum(v) / tokens for k, v in stats.items() if k != "loss"}
+        scored = all_rewards[~torch.isnan(all_rewards)]
         metrics = {
-            "reward/mean": float(all_rewards.mean()),
-            "reward/std": float(all_rewards.std()) if all_rewards.numel() > 1 else 0.0,
+            "reward/mean": float(scored.mean()) if scored.numel() else float("nan"),
+            "reward/std": float(scored.std()) if scored.numel() > 1 else 0.0,
             "frac_reward_zero_std": grpo.zero_std_fraction(all_rewards, g),
             "loss": self._global_sum(stats.get("loss", 0.0)),
             "entropy": self._global_sum(ent_sum) / tokens,
@@ -252,31 +257,19 @@ class GRPOStep:
         teach: TeacherOutput,
         adv: torch.Tensor,
     ) -> list[dict[str, Any]]:
-        """One audit line per prompt: rollouts, reference, the teacher's rewards (before any KL
-        penalty), reward details (rubric, verdicts) and advantages."""
-        out = []
+        """One :class:`RunRecord` per prompt: every rollout (trained or only read by the
+        teacher), the reference, the teacher's rewards (before any KL penalty; ``None`` =
+        unscorable), reward details and advantages."""
         g = self.rollouts.n
-        for i, (group, ref, rw) in enumerate(
-            zip(groups, teach.references, teach.rewards, strict=True)
-        ):
-            p = group.prompt
-            rec: dict[str, Any] = {
-                "step": step,
-                "prompt": {"id": p.id, "messages": list(p.messages)},
-                "rollouts": [
-                    {"text": c.text, "finish_reason": c.finish_reason, "tokens": len(c.token_ids)}
-                    for c in group.rollouts
-                ],
-                "reference": ref.to_dict(),
-                "rewards": [float(x) for x in rw.values],
-                "reward_details": [dict(d) for d in rw.details],
-                "advantages": [float(x) for x in adv[i * g : (i + 1) * g].tolist()],
-            }
-            if p.gold_answer is not None:  # audit only: the teacher above never saw it
-                rec["gold_answer"] = p.gold_answer
-                rec["reference_correct"] = answers_equivalent(ref.answer, p.gold_answer)
-            out.append(rec)
-        return out
+        return [
+            build_record(
+                "train", step, group, {ref.method: ref}, ref.method,
+                rewards=rw, advantages=adv[i * g : (i + 1) * g].tolist(),
+            ).to_dict()
+            for i, (group, ref, rw) in enumerate(
+                zip(groups, teach.references, teach.rewards, strict=True)
+            )
+        ]  # fmt: skip
 
 
 __all__ = ["GRPOStep", "StepOutput", "to_rows"]

@@ -19,12 +19,12 @@ import torch
 
 from cat_framework.components import Aggregator
 from cat_framework.engine.checkpoint import load_checkpoint
-from cat_framework.engine.evaluate import read_records
 from cat_framework.engine.policy import PolicyModels, build_policy, build_training_roles
 from cat_framework.engine.progress import StepProgress
+from cat_framework.engine.record_builder import build_record
 from cat_framework.engine.schedule import derive_seed, shard, step_prompts
 from cat_framework.engine.sequences import build_batch, completion_logps
-from cat_framework.engine.teacher import explore
+from cat_framework.engine.teacher import Teacher, explore
 from cat_framework.engine.training import (
     append_jsonl,
     check_replicas_agree,
@@ -39,6 +39,7 @@ from cat_framework.errors import CatError
 from cat_framework.pipeline import Pipeline
 from cat_framework.pipeline.build import BackendPool, build_component
 from cat_framework.plugins import Plugins
+from cat_framework.records import RunRecord, read_records
 from cat_framework.types import Prompt
 
 log = structlog.get_logger("cat_framework.sft")
@@ -48,32 +49,23 @@ def synthesize_references(
     pipeline: Pipeline,
     prompts: list[Prompt],
     policy: PolicyModels,
-    aggregator: Aggregator,
+    teacher: Teacher,
     path: Path,
     acc: Any,
 ) -> dict[str, dict[str, Any]]:
     """Rollouts from pi_0 and one reference per prompt, appended to ``path`` batch by batch;
     each process synthesizes its share of a batch and the main process writes them all."""
     cfg = pipeline.config
-    done = {r["prompt_id"]: r for r in read_records(path)}
+    done = {r.prompt_id: r.to_dict() for r in read_records(path)}
     todo = [(i, p) for i, p in enumerate(prompts) if p.id not in done]
     bs = cfg.trainer.prompts_per_step
     for start in range(0, len(todo), bs):
         chunk = todo[start : start + bs][acc.process_index :: acc.num_processes]
         seeds = [derive_seed(cfg.seed, "sft", i) for i, _ in chunk]
         groups = explore(policy.sampler, [p for _, p in chunk], cfg.rollouts, seeds=seeds)
-        refs = aggregator.aggregate(groups) if groups else []
+        refs = teacher.references(groups) if groups else []
         rows = [
-            {
-                "prompt_id": g.prompt.id,
-                "step": 0,
-                "prompt": {"id": g.prompt.id, "messages": list(g.prompt.messages)},
-                "rollouts": [
-                    {"text": c.text, "finish_reason": c.finish_reason, "tokens": len(c.token_ids)}
-                    for c in g.rollouts
-                ],
-                "reference": r.to_dict(),
-            }
+            build_record("sft", 0, g, {r.method: r}, r.method).to_dict()
             for g, r in zip(groups, refs, strict=True)
         ]
         rows = gather_records(acc, rows)
@@ -100,8 +92,10 @@ def run_sft(
         roles = build_training_roles(pipeline, pool, policy)
         aggregator = build_component(pipeline, "aggregator", roles=roles)
         assert isinstance(aggregator, Aggregator)
+        fallback = pipeline.component("trainer", "reference_fallback")
+        teacher = Teacher(aggregator, None, fallback.build(roles=roles) if fallback else None)  # type: ignore[arg-type]
         refs = synthesize_references(
-            pipeline, prompts, policy, aggregator, run_dir / "records.jsonl", acc
+            pipeline, prompts, policy, teacher, run_dir / "records.jsonl", acc
         )
         pairs = sft_pairs(policy, prompts, refs)
         per_epoch = math.ceil(len(pairs) / tc.prompts_per_step)
@@ -161,20 +155,29 @@ def evaluate_final(
 def sft_pairs(
     policy: PolicyModels, prompts: list[Prompt], refs: dict[str, dict[str, Any]]
 ) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, reference ids + EOS) for every prompt whose reference has text."""
+    """(prompt ids, reference ids + EOS) for every prompt that has a reference: non-empty text
+    and, for math, a committed final answer (an answerless reference is no reference)."""
     eos = policy.tokenizer.eos_token_id
     pairs = []
+    no_answer = 0
     for p in prompts:
-        text = (refs.get(p.id) or {}).get("reference", {}).get("text") or ""
-        if not text.strip():
+        row = refs.get(p.id)
+        ref = RunRecord.from_dict(row, "records.jsonl").reference if row else None
+        if ref is None or not ref.text.strip():
             continue
-        target = list(policy.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if p.meta.get("task", "math") == "math" and ref.answer is None:
+            no_answer += 1
+            continue
+        target = list(policy.tokenizer(ref.text, add_special_tokens=False)["input_ids"])
         pairs.append((policy.encode(p.messages), target + ([eos] if eos is not None else [])))
     if not pairs:
-        raise CatError("the aggregator produced no non-empty reference to train on")
+        raise CatError(
+            "the aggregator produced no usable reference to train on "
+            f"({no_answer} had no final answer; see trainer.reference_fallback)"
+        )
     skipped = len(prompts) - len(pairs)
     if skipped:
-        log.warning("empty references skipped", count=skipped)
+        log.warning("prompts without a reference skipped", count=skipped, no_answer=no_answer)
     return pairs
 
 

@@ -28,7 +28,7 @@ def rollout_requests(
     return [
         GenerationRequest(
             messages=p.messages,
-            n=rollouts.n,
+            n=rollouts.sampled,
             temperature=rollouts.temperature,
             top_p=rollouts.top_p,
             top_k=rollouts.top_k,
@@ -56,35 +56,93 @@ def explore(
 
 @dataclass
 class TeacherOutput:
+    """References (one per group, built from *all* its rollouts) and rewards (one per
+    *trained* rollout: the first ``n_trained`` of each group; ``None`` = unscorable)."""
+
     references: list[Reference]
     rewards: list[Rewards]
     timings: dict[str, float] = field(default_factory=dict)
+    trained: list[RolloutGroup] = field(default_factory=list)
+
+
+def trained_part(groups: Sequence[RolloutGroup], n: int | None) -> list[RolloutGroup]:
+    """The rollouts GRPO trains on: the first ``n`` of each group (samples are i.i.d., so the
+    first ``n`` are an unbiased subset of the ``reference_n`` the reference was built from)."""
+    if n is None:
+        return list(groups)
+    return [RolloutGroup(g.prompt, g.rollouts[:n]) for g in groups]
+
+
+def needs_answer(group: RolloutGroup) -> bool:
+    """Math references must commit to a final answer to be a reference at all."""
+    return group.prompt.meta.get("task", "math") == "math"
 
 
 @dataclass
 class Teacher:
-    """Aggregator + reward deriver: groups in, one reference and G rewards per group out."""
+    """Aggregator + reward deriver: groups in, one reference and G rewards per group out.
+
+    With ``fallback`` (``trainer.reference_fallback``), a math reference without a committed
+    answer is replaced by the fallback aggregator's reference for that group (recorded in its
+    details as ``fallback_from``); without one, the reward deriver sees the answerless reference
+    and (programmatic reward) scores the group as unscorable: no learning signal."""
 
     aggregator: Aggregator
-    reward: RewardDeriver
+    reward: RewardDeriver | None
+    fallback: Aggregator | None = None
 
-    def teach(self, groups: Sequence[RolloutGroup]) -> TeacherOutput:
-        t0 = time.perf_counter()
+    def references(self, groups: Sequence[RolloutGroup]) -> list[Reference]:
+        """One reference per group, from all its rollouts (CaT-SFT stops here)."""
         references = self.aggregator.aggregate(groups)
-        t1 = time.perf_counter()
-        rewards = self.reward.derive(groups, references)
-        t2 = time.perf_counter()
-        if len(references) != len(groups) or len(rewards) != len(groups):
+        if len(references) != len(groups):
             raise RuntimeError(
-                f"teacher returned {len(references)} references and {len(rewards)} rewards for "
+                f"aggregator {self.aggregator.name!r} returned {len(references)} references for "
                 f"{len(groups)} groups"
             )
-        for g, r in zip(groups, rewards, strict=True):
+        return self._apply_fallback(groups, references)
+
+    def teach(self, groups: Sequence[RolloutGroup], n_trained: int | None = None) -> TeacherOutput:
+        if self.reward is None:
+            raise RuntimeError("this teacher has no reward deriver")
+        t0 = time.perf_counter()
+        references = self.references(groups)
+        t1 = time.perf_counter()
+        trained = trained_part(groups, n_trained)
+        rewards = self.reward.derive(trained, references)
+        t2 = time.perf_counter()
+        if len(rewards) != len(groups):
+            raise RuntimeError(
+                f"reward deriver {self.reward.name!r} returned {len(rewards)} rewards for "
+                f"{len(groups)} groups"
+            )
+        for g, r in zip(trained, rewards, strict=True):
             if len(r.values) != len(g.rollouts):
                 raise RuntimeError(
                     f"reward deriver {self.reward.name!r} returned {len(r.values)} rewards for "
                     f"{len(g.rollouts)} rollouts"
                 )
         return TeacherOutput(
-            references, rewards, {"time/aggregate": t1 - t0, "time/reward": t2 - t1}
+            references, rewards, {"time/aggregate": t1 - t0, "time/reward": t2 - t1}, trained
         )
+
+    def _apply_fallback(
+        self, groups: Sequence[RolloutGroup], references: list[Reference]
+    ) -> list[Reference]:
+        if self.fallback is None:
+            return references
+        missing = [
+            i for i, (g, r) in enumerate(zip(groups, references, strict=True))
+            if needs_answer(g) and r.answer is None
+        ]  # fmt: skip
+        if not missing:
+            return references
+        replacements = self.fallback.aggregate([groups[i] for i in missing])
+        out = list(references)
+        for i, ref in zip(missing, replacements, strict=True):
+            out[i] = Reference(
+                ref.text,
+                ref.method,
+                ref.answer,
+                {**ref.details, "fallback_from": references[i].to_dict()},
+            )
+        return out

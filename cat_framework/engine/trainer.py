@@ -17,14 +17,9 @@ import structlog
 
 from cat_framework.components import Dataset
 from cat_framework.engine.checkpoint import load_checkpoint
-from cat_framework.engine.evaluate import (
-    GoldScorer,
-    evaluate_batch,
-    flat_metrics,
-    labels_for,
-    load_prompts,
-    summarize,
-)
+from cat_framework.engine.diagnostics import step_diagnostics
+from cat_framework.engine.evaluate import Evaluation, flat_metrics, load_prompts, summarize
+from cat_framework.engine.files import atomic_write_text
 from cat_framework.engine.grpo_step import GRPOStep
 from cat_framework.engine.policy import build_policy, build_training_roles, needs_frozen_copy
 from cat_framework.engine.progress import StepProgress
@@ -43,50 +38,40 @@ from cat_framework.engine.training import (
 from cat_framework.pipeline import Pipeline
 from cat_framework.pipeline.build import BackendPool, build_component
 from cat_framework.plugins import Plugins
+from cat_framework.records import parse_records
 
 log = structlog.get_logger("cat_framework.trainer")
 
 
 class PeriodicEval:
-    """``trainer.eval_every``: the evaluate machinery on ``data.eval`` with the current policy."""
+    """``trainer.eval_every`` / ``eval_before``: :class:`Evaluation` (the very computation of
+    ``mode: evaluate``) on ``data.eval`` with the current policy."""
 
     def __init__(self, pipeline: Pipeline, roles: Any, run_dir: Path) -> None:
         cfg = pipeline.config
         self.out = run_dir / "eval"
         dataset = build_component(pipeline, "data", "eval")
         assert isinstance(dataset, Dataset)
-        self.pipeline, self.roles = pipeline, roles
+        self.pipeline = pipeline
         self.prompts = load_prompts(dataset, cfg.eval.limit)
-        specs = [
-            pipeline.component("eval", "aggregators", i) for i in range(len(cfg.eval.aggregators))
-        ]
-        self.labels = labels_for([s.name for s in specs if s is not None])
-        self.aggregators = [
-            (lab, s.build(roles=roles)) for lab, s in zip(self.labels, specs, strict=True) if s
-        ]
-        scorer = pipeline.component("eval", "scorer")
-        self.scorer = GoldScorer(dataset.task_kind, scorer.build(roles=roles) if scorer else None)
         self.task = dataset.task_kind
+        self.evaluation = Evaluation.build(pipeline, roles, self.task)
 
     def __call__(self, step: int) -> dict[str, float]:
         cfg = self.pipeline.config
         records: list[dict[str, Any]] = []
-        bs = cfg.eval.batch_size
-        for start in range(0, len(self.prompts), bs):
-            batch = self.prompts[start : start + bs]
-            seed = derive_seed(cfg.seed, "eval", start)
-            records += evaluate_batch(
-                batch, self.roles.policy, self.aggregators, self.scorer, self.pipeline, seed
-            )
+        for batch in self.evaluation.batches(self.prompts, set()):
+            records += self.evaluation.batch(batch)
         summary = summarize(
-            records, self.labels, self.task, cfg.eval.bootstrap, cfg.eval.confidence
+            records, self.evaluation.labels, self.task, cfg.eval.bootstrap, cfg.eval.confidence
         )
         self.out.mkdir(exist_ok=True)
         name = f"step-{step:06d}"
-        (self.out / f"{name}.jsonl").write_text(
-            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8"
+        atomic_write_text(
+            self.out / f"{name}.jsonl",
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
         )
-        (self.out / f"{name}.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        atomic_write_text(self.out / f"{name}.json", json.dumps(summary, indent=2))
         scores = {k: round(v["score"], 4) for k, v in summary["aggregators"].items()}
         log.info("evaluated", step=step, **scores)
         return flat_metrics(summary)
@@ -98,15 +83,18 @@ def run_train(
     cfg = pipeline.config
     tc = cfg.trainer
     acc, prompts = start_training(pipeline)
+    task = str(prompts[0].meta.get("task", "math"))
     pool = BackendPool()
     policy = build_policy(
         pipeline, plugins, pool, acc.device, need_frozen=needs_frozen_copy(pipeline)
     )
     try:
         roles = build_training_roles(pipeline, pool, policy)
+        fallback = pipeline.component("trainer", "reference_fallback")
         teacher = Teacher(
             build_component(pipeline, "aggregator", roles=roles),  # type: ignore[arg-type]
             build_component(pipeline, "reward", roles=roles),  # type: ignore[arg-type]
+            fallback.build(roles=roles) if fallback else None,  # type: ignore[arg-type]
         )
         optimizer, scheduler = make_optimizer(policy.model, pipeline, tc.steps * tc.num_iterations)
         train_model, optimizer = acc.prepare(policy.model, optimizer)
@@ -137,7 +125,7 @@ def run_train(
                 seeds = [derive_seed(cfg.seed, "rollouts", step, k) for k in mine]
                 out = step_fn([prompts[order[k]] for k in mine], seeds, step)
                 records = gather_records(acc, out.records)
-                metrics = {"step": step, **out.metrics, **_reference_accuracy(records)}
+                metrics = {"step": step, **out.metrics, **teacher_metrics(records, task)}
                 if evaluator is not None and tc.eval_every and step % tc.eval_every == 0:
                     if acc.is_main_process:
                         metrics.update(evaluator(step))
@@ -158,10 +146,19 @@ def run_train(
     return {"steps": tc.steps, "final_model": str(final) if final else None, "last_metrics": last}
 
 
-def _reference_accuracy(records: list[dict[str, Any]]) -> dict[str, float]:
-    """How often the teacher's reference matched gold (audit only, like TTRL's label accuracy)."""
-    judged = [r["reference_correct"] for r in records if "reference_correct" in r]
-    return {"reference/accuracy": sum(judged) / len(judged)} if judged else {}
+def teacher_metrics(rows: list[dict[str, Any]], task: str) -> dict[str, float]:
+    """The step's reference diagnostics (rates with counts) and how often the reference
+    matched gold (audit only, like TTRL's label accuracy)."""
+    records = parse_records(rows, "step records")
+    out = step_diagnostics(records, task)
+    judged = [
+        rec.reference.correct
+        for rec in records
+        if rec.reference is not None and rec.reference.correct is not None
+    ]
+    if judged:
+        out["reference/accuracy"] = sum(judged) / len(judged)
+    return out
 
 
 __all__ = ["run_train"]

@@ -33,8 +33,8 @@ def build_roles(pipeline: Pipeline, pool: BackendPool, policy: Backend | None = 
     """Bind policy, anchor and judge (DESIGN.md section 2).
 
     ``policy`` lets the trainer pass a backend wrapping the model it trains; otherwise the policy
-    spec is built. An ``initial-policy`` anchor is the policy backend itself when nothing trains
-    (test-time); the trainer supplies its frozen anchor through ``anchor_for_training``.
+    spec is built. ``initial-policy`` (anchor or judge) is pi_0: the policy backend itself when
+    nothing trains (test-time); the trainer binds pi_0 in ``build_training_roles``.
     """
     if policy is None:
         policy = pool.get(_require(pipeline, "models", "policy"))
@@ -44,7 +44,9 @@ def build_roles(pipeline: Pipeline, pool: BackendPool, policy: Backend | None = 
     else:
         anchor = pool.get(_require(pipeline, "models", "anchor"))
     if isinstance(models.judge, str):
-        judge = policy if models.judge == "policy" else anchor
+        # one meaning in every mode: "initial-policy" is pi_0, which at test time *is* the
+        # policy (never a separately specified anchor model)
+        judge = anchor if models.judge == "anchor" else policy
     else:
         judge = pool.get(_require(pipeline, "models", "judge"))
     return Roles(policy=policy, anchor=anchor, judge=judge)

@@ -23,6 +23,8 @@ def sft_pipeline(tmp, model, data):
     )
     eval_data = f'  eval: {{dataset: jsonl, path: "{data}", answer_field: answer, id_field: id}}'
     text = text.replace("data:\n", f"data:\n{eval_data}\n").replace("reward: programmatic\n", "")
+    # freeform: a tiny random model's math references commit to no answer, which is no reference
+    text = text.replace("  train: {dataset: jsonl,", "  train: {dataset: jsonl, task: freeform,")
     path.write_text(text + "eval: {aggregators: [single], limit: 2, bootstrap: 10}\n")
     return path
 
@@ -30,7 +32,7 @@ def sft_pipeline(tmp, model, data):
 def test_sft_trains_on_synthesized_references(tmp_path, tiny_policy, toy_data, captured):
     run(sft_pipeline(tmp_path, tiny_policy, toy_data), tmp_path / "run")
     records = read_jsonl(tmp_path / "run" / "records.jsonl")
-    assert len(records) == 6 and all(r["reference"]["method"] == "synthesis" for r in records)
+    assert len(records) == 6 and all(r["primary"] == "synthesis" for r in records)
     metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     evals = [m for m in metrics if "eval/single/score" in m]
     assert [m["step"] for m in evals] == [12]  # the fine-tuned policy, evaluated at the end
@@ -47,7 +49,7 @@ def test_sft_trains_on_synthesized_references(tmp_path, tiny_policy, toy_data, c
     refs = {r["prompt_id"]: r for r in records}
     prompts = [p for p in _prompts(toy_data)]
     pairs = sft_pairs(policy, prompts, refs)
-    assert tok.decode(pairs[0][1][:-1]) == refs[prompts[0].id]["reference"]["text"]
+    assert tok.decode(pairs[0][1][:-1]) == refs[prompts[0].id]["references"]["synthesis"]["text"]
     assert pairs[0][1][-1] == tok.eos_token_id
     assert (tmp_path / "run" / "final" / "adapter_model.safetensors").exists()
 
@@ -55,7 +57,8 @@ def test_sft_trains_on_synthesized_references(tmp_path, tiny_policy, toy_data, c
 def _prompts(data):
     from cat_plugins.datasets.jsonl import JsonlDataset
 
-    return JsonlDataset({"path": str(data), "answer_field": "answer", "id_field": "id"}).load()
+    params = {"path": str(data), "answer_field": "answer", "id_field": "id", "task": "freeform"}
+    return JsonlDataset(params).load()
 
 
 def test_sft_resume_reuses_references(tmp_path, tiny_policy, toy_data):

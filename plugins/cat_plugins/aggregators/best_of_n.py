@@ -71,7 +71,7 @@ class BestOfNAggregator(Aggregator):
                 Reference(
                     text=text,
                     method=self.name,
-                    answer=extract_answer(text),
+                    answer=extract_answer(text, fallback="phrase"),
                     details={"index": index, "unparsed": choice is None, "raw": raw},
                 )
             )

@@ -22,13 +22,18 @@ def argmin_first(values: Sequence[float]) -> int:
 
 
 class MinPPLAggregator(Aggregator):
-    """The rollout with the lowest mean token NLL of its output tokens under the anchor."""
+    """The rollout with the lowest mean token NLL of its output tokens under the policy.
+
+    The paper's minPPL ranks rollouts by the perplexity of the model that sampled them (the
+    policy); ``scorer: anchor`` ranks them under the frozen anchor instead (an ablation)."""
 
     name = "minppl"
 
     class Params(ComponentParams):
         scorer: Literal["anchor", "policy"] = Field(
-            "anchor", description="Model whose log-probs rank the rollouts (teacher forcing)."
+            "policy",
+            description="Model whose log-probs rank the rollouts (teacher forcing): the policy "
+            "that sampled them (paper) or the frozen anchor.",
         )
         use_sampled_logprobs: bool = Field(
             False,
@@ -56,7 +61,7 @@ class MinPPLAggregator(Aggregator):
                 Reference(
                     text=text,
                     method=self.name,
-                    answer=extract_answer(text),
+                    answer=extract_answer(text, fallback="phrase"),
                     details={"index": best, "mean_nll": [round(x, 6) for x in nlls]},
                 )
             )

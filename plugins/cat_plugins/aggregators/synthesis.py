@@ -11,14 +11,16 @@ import random
 from collections.abc import Sequence
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from cat_framework import Aggregator, ComponentParams, GenerationRequest, Reference, RolloutGroup
 from cat_framework.answers import extract_answer
 from cat_plugins.aggregators.slots import numbered_responses, question_block
-from cat_plugins.prompts import render
+from cat_plugins.prompts import check_template, render
 
 TEMPLATES = {"reasoning": "synthesis_reasoning", "freeform": "synthesis_freeform"}
+#: the placeholders build_prompt fills
+PLACEHOLDERS = {"count", "responses", "question_block"}
 
 
 class SynthesisAggregator(Aggregator):
@@ -37,13 +39,25 @@ class SynthesisAggregator(Aggregator):
             False, description="Show the anchor the question too (an ablation; paper: blind)."
         )
         shuffle: bool = Field(True, description="Shuffle rollouts before showing them.")
-        seed: int = Field(0, description="Seed of the shuffle and of the anchor's sampling.")
+        seed: int = Field(
+            0, ge=0, le=2**32 - 1, description="Seed of the shuffle and of the anchor's sampling."
+        )
         role: Literal["anchor", "policy"] = Field(
             "anchor", description="Which model synthesizes (paper: the frozen anchor)."
         )
         temperature: float = Field(0.6, ge=0.0, description="Anchor sampling temperature.")
         top_p: float = Field(0.95, gt=0.0, le=1.0, description="Anchor nucleus sampling.")
-        max_new_tokens: int = Field(1536, ge=1, description="Length budget of the reference.")
+        max_new_tokens: int = Field(
+            1536, ge=1, le=262_144, description="Length budget of the reference."
+        )
+
+        @field_validator("template")
+        @classmethod
+        def _placeholders(cls, v: str) -> str:
+            # at `validate`, not at the first anchor call: an unknown $name fails the whole run
+            for name in TEMPLATES.values() if v == "auto" else [TEMPLATES.get(v, v)]:
+                check_template(name, required={"responses"}, allowed=PLACEHOLDERS, param="template")
+            return v
 
     def template_for(self, group: RolloutGroup) -> str:
         t = self.params.template
@@ -90,7 +104,7 @@ class SynthesisAggregator(Aggregator):
                 Reference(
                     text=completion.text,
                     method=self.name,
-                    answer=extract_answer(completion.text) if is_math else None,
+                    answer=extract_answer(completion.text, fallback="phrase") if is_math else None,
                     details={
                         "order": order,
                         "finish_reason": completion.finish_reason,

@@ -1,0 +1,141 @@
+"""The paper's reference diagnostics, as rates with counts, for any aggregator.
+
+Computed from run records (:mod:`cat_framework.records`), so a training step, a periodic
+evaluation and ``mode: evaluate`` report the same numbers, and a third-party aggregator gets
+them too: nothing here looks at an aggregator's name, only at the reference it produced.
+
+For each rate ``name`` the metrics carry ``name`` (the rate, absent when nothing was counted),
+``name/count`` (numerator) and ``name/total`` (denominator):
+
+* ``reference/no_answer``: references without a committed final answer (math), over prompts.
+  Such a reference is *no reference*: its group gets no learning signal.
+* ``reference/disagree_majority``: the reference's answer differs from the rollouts' majority
+  answer, over prompts where both exist. Synthesis that never disagrees is only a vote.
+* ``reference/correct_when_disagreeing`` (audit, gold only): the reference is right, over the
+  disagreeing prompts.
+* ``reference/correct_when_all_wrong`` (audit, gold only): the reference is right, over prompts
+  where every rollout is wrong: what selection can never do.
+* ``reward/unscorable``: trained rollouts the teacher could not score, over trained rollouts.
+* ``reward/length_corr``: Pearson correlation of reward and length over scorable rollouts
+  (the known length hack shows up as a large positive value).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from cat_framework.answers import answers_equivalent, cluster_answers, normalize_answer
+from cat_framework.records import RunRecord
+
+
+def majority_answer(answers: Sequence[str | None]) -> str | None:
+    """The most common committed answer (equivalence clusters; a tie goes to the smallest
+    normalised answer, so the result does not depend on rollout order); None if none."""
+    clusters = cluster_answers(list(answers))
+    if not clusters:
+        return None
+    best = max(len(c) for c in clusters)
+    tied = [answers[c[0]] for c in clusters if len(c) == best]
+    return min((a for a in tied if a is not None), key=lambda a: (normalize_answer(a), a))
+
+
+def same_answer(a: str | None, b: str | None) -> bool:
+    """Symmetric equivalence (math-verify treats its first argument as gold)."""
+    if a is None or b is None:
+        return False
+    return answers_equivalent(a, b) or answers_equivalent(b, a)
+
+
+def _rate(out: dict[str, float], name: str, count: int, total: int) -> None:
+    out[f"{name}/count"] = float(count)
+    out[f"{name}/total"] = float(total)
+    if total:
+        out[name] = count / total
+
+
+def pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Pearson correlation; None when undefined (fewer than 2 points or a constant series)."""
+    n = len(xs)
+    if n < 2:
+        return None
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+    sxx = sum((x - mx) ** 2 for x in xs)
+    syy = sum((y - my) ** 2 for y in ys)
+    if sxx <= 0 or syy <= 0:
+        return None
+    return sxy / math.sqrt(sxx * syy)
+
+
+def reference_diagnostics(
+    records: Sequence[RunRecord], label: str | None = None, *, task: str = "math"
+) -> dict[str, float]:
+    """Rates over ``records`` for the reference ``label`` (default: each record's primary)."""
+    out: dict[str, float] = {}
+    refs = [(r, r.references.get(label) if label else r.reference) for r in records]
+    refs = [(r, ref) for r, ref in refs if ref is not None]
+    if task == "math" and refs:
+        _rate(out, "reference/no_answer", sum(ref.answer is None for _, ref in refs), len(refs))
+        both = [
+            (r, ref)
+            for r, ref in refs
+            if ref.answer is not None and r.diagnostics.get("majority_answer") is not None
+        ]
+        disagree = [
+            (r, ref)
+            for r, ref in both
+            if not same_answer(ref.answer, r.diagnostics["majority_answer"])
+        ]
+        _rate(out, "reference/disagree_majority", len(disagree), len(both))
+        audited = [(r, ref) for r, ref in disagree if ref.correct is not None]
+        _rate(
+            out,
+            "reference/correct_when_disagreeing",
+            sum(bool(ref.correct) for _, ref in audited),
+            len(audited),
+        )
+        all_wrong = [
+            (r, ref)
+            for r, ref in refs
+            if ref.correct is not None
+            and r.rollouts
+            and all(ro.correct is False for ro in r.rollouts)
+        ]
+        _rate(
+            out,
+            "reference/correct_when_all_wrong",
+            sum(bool(ref.correct) for _, ref in all_wrong),
+            len(all_wrong),
+        )
+    return out
+
+
+def reward_diagnostics(records: Sequence[RunRecord]) -> dict[str, float]:
+    """Unscorable share and reward-length correlation over the trained rollouts."""
+    out: dict[str, float] = {}
+    trained = [ro for r in records for ro in r.rollouts if r.mode != "evaluate" and ro.trained]
+    if not trained:
+        return out
+    _rate(out, "reward/unscorable", sum(ro.reward is None for ro in trained), len(trained))
+    scored = [ro for ro in trained if ro.reward is not None]
+    corr = pearson([float(ro.reward) for ro in scored], [float(ro.tokens) for ro in scored])  # type: ignore[arg-type]
+    if corr is not None:
+        out["reward/length_corr"] = corr
+    return out
+
+
+def step_diagnostics(records: Sequence[RunRecord], task: str) -> dict[str, Any]:
+    """Everything a training step reports about its teacher."""
+    return {**reference_diagnostics(records, task=task), **reward_diagnostics(records)}
+
+
+__all__ = [
+    "majority_answer",
+    "pearson",
+    "reference_diagnostics",
+    "reward_diagnostics",
+    "same_answer",
+    "step_diagnostics",
+]
