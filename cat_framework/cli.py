@@ -2,6 +2,8 @@
 
 Every error a user can cause is a :class:`~cat_framework.errors.CatError` and is printed as one
 message with no traceback (``--debug`` shows it). Exit codes: 0 ok, 1 error, 2 invalid input.
+Anything else that escapes is blamed on whoever's code raised it: a third-party plugin (named
+with its distribution, so the report goes to its authors), a built-in plugin or the core.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import click
 
 from cat_framework import __version__
-from cat_framework.errors import CatError
+from cat_framework.errors import CatError, NotARunError
 from cat_framework.logs import configure_logging
 
 KIND_ALIASES = {
@@ -73,6 +75,8 @@ def plugins_cmd(table: bool, hook: str | None) -> None:
     for r in records:
         comps = "; ".join(f"{k}: {', '.join(v)}" for k, v in r["components"].items())
         status = r["status"] + ("".join(f"\n{e}" for e in r["errors"]))
+        if r["output"].strip():  # what it printed while loading, kept off stdout's JSON
+            status += f"\nprinted: {r['output'].strip()[:300]}"
         style = "red" if r["status"] == "failed" else "yellow" if r["status"] == "partial" else None
         t.add_row(
             r["name"] + (" (built-in)" if r["builtin"] else ""),
@@ -199,7 +203,12 @@ def run_cmd(
 
 @cli.command("report")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("-o", "--output", default=None, help="Where to write (default RUN_DIR/report.html).")
+@click.option(
+    "-o",
+    "--output",
+    default=None,
+    help="Where to write (default RUN_DIR/report.html; a directory gets report.html inside).",
+)
 @click.option(
     "--max-prompts", default=24, show_default=True, help="Prompts in the browsable sample."
 )
@@ -207,9 +216,42 @@ def report_cmd(run_dir: str, output: str | None, max_prompts: int) -> None:
     """Write the self-contained HTML report of RUN_DIR (any mode, finished or not)."""
     from cat_framework.report import write_report
 
-    if not Path(run_dir).is_dir():
-        raise CatError(f"{run_dir}: no such run directory")
+    _require_run_dir(run_dir)
     click.echo(str(write_report(run_dir, output, max_prompts=max_prompts)))
+
+
+def _require_run_dir(run_dir: str) -> None:
+    """Refuse a directory no run wrote: its "report" would be a page of "missing" notes."""
+    from cat_framework.rundir import RUN_OUTPUTS, is_run_dir
+
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise NotARunError(f"{run_dir}: no such run directory")
+    if is_run_dir(path):
+        return
+    if not (path / "config.yaml").is_file():
+        runs = sorted(p.name for p in path.iterdir() if is_run_dir(p))[:5]
+        hint = f" It holds runs: {', '.join(runs)}; pass one of them." if runs else ""
+        raise NotARunError(
+            f"{run_dir} is not a run directory: it has no config.yaml (every run writes one)."
+            f"{hint or ' Pass the directory `cat-framework run` printed.'}"
+        )
+    raise NotARunError(
+        f"{run_dir} is not a run directory yet: it has a config.yaml but none of "
+        f"{', '.join(RUN_OUTPUTS)} (the run never started); rerun it with `cat-framework run`."
+    )
+
+
+def _blame(exc: BaseException) -> Any:
+    """The plugin whose code raised ``exc``, or None (core code, or the lookup failed)."""
+    try:
+        from cat_framework.plugin_guard import find_culprit
+        from cat_framework.plugins import default_plugins
+
+        loaded = default_plugins() if default_plugins.cache_info().currsize else None
+        return find_culprit(exc, loaded)
+    except Exception:  # the last-resort handler must never fail itself
+        return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -220,6 +262,12 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=args, prog_name="cat-framework", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except SystemExit as exc:  # the commands' own exits pass; a plugin's sys.exit() is blamed
+        culprit = None if debug else _blame(exc)
+        if culprit is None:
+            raise
+        click.echo(culprit.message(exc), err=True)
+        sys.exit(1)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
@@ -237,9 +285,14 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         if debug:
             raise
+        culprit = _blame(exc)
+        if culprit is not None:
+            click.echo(culprit.message(exc), err=True)
+            sys.exit(1)
         click.echo(
             f"error: {type(exc).__name__}: {exc}\n"
-            "(an unexpected error; rerun with --debug for the traceback and please report it)",
+            "(an unexpected error in cat-framework; rerun with --debug for the traceback and "
+            "please report it to cat-framework)",
             err=True,
         )
         sys.exit(1)

@@ -42,5 +42,15 @@ class BackendError(CatError):
     """A backend failed in a way the user can act on (dead server, missing package...)."""
 
 
+class OutputError(CatError):
+    """A file the user asked for cannot be written (read-only folder, a file in the way...)."""
+
+
+class NotARunError(CatError):
+    """A directory given as a run holds none (see :func:`cat_framework.rundir.is_run_dir`)."""
+
+    exit_code = 2
+
+
 class NotSupportedError(CatError):
     """A component does not implement an optional capability (e.g. ``update_weights``)."""

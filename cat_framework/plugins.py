@@ -2,10 +2,13 @@
 
 ``load_plugins()`` builds everything; nothing is loaded at import time. Built-in plugins go
 through the same ``pm.register`` path as third-party ones, so a name clash blames the newcomer.
-Each entry point is loaded on its own: an import error, a duplicate entry-point name, a misspelled
-hook or a clash is recorded on that plugin (and shown by ``cat-framework plugins``) while the rest
-keep working. ``CAT_STRICT_PLUGINS=1`` turns any such problem into an error;
-``CAT_LOAD_PLUGINS=a,b`` loads only the named third-party plugins (empty: none).
+Each entry point is loaded on its own: an import error (or a ``sys.exit()``), a duplicate
+entry-point name, a misspelled hook or a clash is recorded on that plugin (and shown by
+``cat-framework plugins``) while the rest keep working; a clash drops only the clashing name, not
+the plugin's other components. What a plugin prints while loading is kept on its record, never
+on stdout, where it would corrupt the commands' JSON. ``CAT_STRICT_PLUGINS=1`` turns any such
+problem into an error; ``CAT_LOAD_PLUGINS=a,b`` loads only the named third-party plugins (empty:
+none). :meth:`Plugins.blame` names the plugin whose code an exception came from.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import functools
 import importlib
 import importlib.metadata as md
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,6 +27,7 @@ import structlog
 from cat_framework import hookspecs
 from cat_framework.components import COMPONENT_KINDS, Component
 from cat_framework.errors import ComponentClashError, PluginLoadError
+from cat_framework.plugin_guard import Culprit, capture_stdout, describe_failure, find_culprit
 from cat_framework.registry import Provenance, Registry, suggest
 
 log = structlog.get_logger("cat_framework.plugins")
@@ -58,6 +62,7 @@ class PluginRecord:
     errors: list[str] = field(default_factory=list)
     hooks: list[str] = field(default_factory=list)
     components: dict[str, list[str]] = field(default_factory=dict)
+    output: str = ""  # what the plugin printed to stdout while loading (kept off the stdout)
 
     def fail(self, message: str, *, partial: bool = False) -> None:
         self.errors.append(message)
@@ -65,6 +70,10 @@ class PluginRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def keep_output(self, text: str) -> None:
+        """Keep what the plugin printed (``cat-framework plugins`` shows it), off stdout."""
+        self.output += text
 
 
 def _env_flag(name: str) -> bool:
@@ -154,35 +163,70 @@ class Plugins:
                     _rec: PluginRecord = record,
                     _kind: str = kind,
                 ) -> None:
-                    if name is None:
-                        name = getattr(component, "name", None)
-                        if isinstance(component, str) or not name:
-                            raise ValueError(
-                                f"{_kind} {component!r} has no 'name'; pass register(obj, name=...)"
-                            )
-                    _reg.add(name, component, _src)
-                    _rec.components.setdefault(_kind, []).append(name)
+                    # A rejected registration is recorded and returns normally: raising here
+                    # would end the plugin's hook and silently drop its later components.
+                    try:
+                        if name is None:
+                            name = getattr(component, "name", None)
+                            if isinstance(component, str) or not name:
+                                raise ValueError(
+                                    f"{_kind} {component!r} has no 'name'; "
+                                    "pass register(obj, name=...)"
+                                )
+                        _reg.add(name, component, _src)
+                    except ComponentClashError as exc:
+                        _rec.fail(str(exc), partial=True)
+                    except (TypeError, ValueError) as exc:
+                        _rec.fail(str(exc), partial=True)
+                    else:
+                        _rec.components.setdefault(_kind, []).append(name)
 
-                try:
-                    impl.function(**{arg: register for arg in impl.argnames})
-                except ComponentClashError as exc:
-                    record.fail(str(exc), partial=True)
-                except Exception as exc:
-                    record.fail(f"{hook_name} raised {type(exc).__name__}: {exc}", partial=True)
+                with capture_stdout() as printed:
+                    try:
+                        impl.function(**{arg: register for arg in impl.argnames})
+                    except KeyboardInterrupt:
+                        raise
+                    except BaseException as exc:  # sys.exit() in a hook must not end the command
+                        record.fail(f"{hook_name} failed: {describe_failure(exc)}", partial=True)
+                record.keep_output(printed.text)
+
+    def blame(self, exc: BaseException) -> Culprit | None:
+        """The plugin (and component) whose code ``exc`` escaped from, if any."""
+        return find_culprit(exc, self)
 
     def notify(self, hook_name: str, **kwargs: Any) -> None:
         """Call an observer hook on every plugin; one failing observer never stops a run."""
         for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
             try:
                 impl.function(**{a: kwargs[a] for a in impl.argnames if a in kwargs})
-            except Exception as exc:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # an observer's sys.exit() must not end the run either
                 if self.strict:
                     raise PluginLoadError(
-                        f"plugin {impl.plugin_name!r} failed in {hook_name}: {exc}"
+                        f"plugin {impl.plugin_name!r} failed in {hook_name}: "
+                        f"{describe_failure(exc)}"
                     ) from exc
                 log.warning(
-                    "observer failed", plugin=impl.plugin_name, hook=hook_name, error=str(exc)
+                    "observer failed",
+                    plugin=impl.plugin_name,
+                    hook=hook_name,
+                    error=describe_failure(exc),
                 )
+
+
+def _guarded_import(record: PluginRecord, load: Callable[[], object]) -> object | None:
+    """``load()`` with its stdout kept on ``record``; any failure (even an exit) fails it."""
+    with capture_stdout() as printed:
+        try:
+            obj = load()
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a plugin's sys.exit() at import must not end the command
+            record.fail(f"import failed: {describe_failure(exc)}")
+            obj = None
+    record.keep_output(printed.text)
+    return obj
 
 
 def _load_builtins(plugins: Plugins, modules: Sequence[str]) -> None:
@@ -194,11 +238,9 @@ def _load_builtins(plugins: Plugins, modules: Sequence[str]) -> None:
         record = PluginRecord(
             module_name, builtin=True, distribution="cat-framework", version=version
         )
-        try:
-            module = importlib.import_module(module_name)
-        except Exception as exc:
+        module = _guarded_import(record, functools.partial(importlib.import_module, module_name))
+        if module is None:
             plugins.records.append(record)
-            record.fail(f"import failed: {type(exc).__name__}: {exc}")
             continue
         plugins.register_plugin(module, record)
 
@@ -237,11 +279,9 @@ def _load_entry_points(plugins: Plugins, selection: set[str] | None) -> None:
             )
             continue
         seen[ep.name] = record
-        try:
-            obj = ep.load()
-        except Exception as exc:
+        obj = _guarded_import(record, ep.load)
+        if obj is None:
             plugins.records.append(record)
-            record.fail(f"import failed: {type(exc).__name__}: {exc}")
             continue
         plugins.register_plugin(obj, record)
     if selection:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from cat_framework.errors import ComponentClashError, UnknownComponentError
+from cat_framework.plugin_guard import capture_stdout, describe_failure
 
 T = TypeVar("T")
 
@@ -120,15 +122,25 @@ class Registry(Generic[T]):
         if not isinstance(entry.target, str):
             return entry.target
         module_name, _, attr = entry.target.partition(":")
-        try:
-            obj: object = importlib.import_module(module_name)
-            for part in attr.split("."):
-                obj = getattr(obj, part)
-        except Exception as exc:  # import errors of optional deps are the common case
+        # the import runs plugin code: its prints go to stderr (stdout may carry JSON), and
+        # neither an error nor a sys.exit() in it ends the command
+        with capture_stdout() as printed:
+            try:
+                obj: object = importlib.import_module(module_name)
+                for part in attr.split("."):
+                    obj = getattr(obj, part)
+                failure = None
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # import errors of optional deps are the common case
+                failure = exc
+        if printed.text:
+            sys.stderr.write(printed.text)
+        if failure is not None:
             raise UnknownComponentError(
                 f"{self.kind} {entry.name!r} ({entry.target}, from {entry.source}) could not be "
-                f"imported: {type(exc).__name__}: {exc}"
-            ) from exc
+                f"imported: {describe_failure(failure)}"
+            ) from failure
         if not (isinstance(obj, type) and issubclass(obj, self.base)):
             raise UnknownComponentError(
                 f"{self.kind} {entry.name!r}: {entry.target} is not a {self.base.__name__} subclass"

@@ -220,3 +220,112 @@ def test_example_plugin_listed_and_usable(example_plugin_installed, tmp_path):
     assert none.returncode == 2 and "confidence_vote" in none.stderr
     only = json.loads(cli("plugins", env={"CAT_LOAD_PLUGINS": "cat-agg-confidence"}).stdout)
     assert next(r for r in only if r["name"] == "confidence_vote")["status"] == "loaded"
+
+
+# -- plugins stay isolated and blamed correctly ---------------------------------------------------
+
+
+def _site(tmp_path: Path, dist: str, ep: str, modules: dict[str, str]) -> Path:
+    """A throw-away installed distribution (dist-info with a real entry point) under tmp/site."""
+    site = tmp_path / "site"
+    info = site / f"{dist.replace('-', '_')}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[cat_framework]\n{ep}\n")
+    for name, source in modules.items():
+        (site / f"{name}.py").write_text(textwrap.dedent(source))
+    return site
+
+
+def test_plugin_exiting_or_printing_at_import_keeps_every_command_working(tmp_path):
+    _site(tmp_path, "cat-quit", "quit = cat_quit", {"cat_quit": "import sys\nsys.exit(3)\n"})
+    site = _site(
+        tmp_path, "cat-chatty", "chatty = cat_chatty", {"cat_chatty": "print('Welcome!')\n"}
+    )
+    env = {"PYTHONPATH": str(site)}
+    res = cli("plugins", env=env)
+    assert res.returncode == 0, res.stderr
+    by_name = {r["name"]: r for r in json.loads(res.stdout)}  # the print did not corrupt it
+    assert by_name["quit"]["status"] == "failed"
+    assert by_name["quit"]["errors"] == ["import failed: called sys.exit(3)"]
+    assert by_name["chatty"]["status"] == "loaded" and by_name["chatty"]["output"] == "Welcome!\n"
+    assert "Welcome!" in cli("plugins", "--table", env=env).stdout
+    components = cli("components", "datasets", "--json", env=env)
+    assert components.returncode == 0 and json.loads(components.stdout)["dataset"]
+    good = cli("validate", str(REPO / "pipelines" / "quickstart.yaml"), env=env)
+    assert good.returncode == 0, good.stderr
+    strict = cli("components", env={**env, "CAT_STRICT_PLUGINS": "1"})
+    assert strict.returncode == 1 and "Traceback" not in strict.stderr
+    assert "plugin 'quit': import failed: called sys.exit(3)" in strict.stderr
+
+
+BOOM_DATASET = """
+from cat_framework import Dataset, hookimpl
+
+class BoomData(Dataset):
+    \"\"\"Fails to load.\"\"\"
+    name = "boom_data"
+    def load(self):
+        raise ValueError("the shard index is corrupt")
+
+@hookimpl
+def register_datasets(register):
+    register(BoomData)
+"""
+
+
+def test_error_inside_a_plugin_component_is_blamed_on_its_distribution(tmp_path):
+    site = _site(tmp_path, "cat-boom", "boom = cat_boom", {"cat_boom": BOOM_DATASET})
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "name: boom\nmode: evaluate\nmodels:\n  policy: default\n"
+        "data:\n  eval: {dataset: boom_data}\neval:\n  aggregators: [majority]\n"
+    )
+    res = cli("run", str(path), "--run-dir", str(tmp_path / "run"), env={"PYTHONPATH": str(site)})
+    assert res.returncode == 1, res.stderr
+    assert (
+        "error in plugin cat-boom (dataset boom_data): ValueError: the shard index is corrupt"
+        in res.stderr
+    )
+    assert "report it to that plugin's authors" in res.stderr
+    assert "please report it to cat-framework" not in res.stderr and "Traceback" not in res.stderr
+
+
+# -- report: bad run directories and outputs ----------------------------------------------------
+
+
+def _run_dir(root: Path) -> Path:
+    root.mkdir(parents=True)
+    (root / "config.yaml").write_text("name: tiny\nmode: evaluate\n")
+    (root / "log.jsonl").write_text('{"event": "run start", "level": "info"}\n')
+    return root
+
+
+def test_report_refuses_a_directory_that_is_not_a_run(tmp_path):
+    runs = tmp_path / "runs"
+    _run_dir(runs / "tiny-1")
+    res = cli("report", str(runs))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"{runs} is not a run directory: it has no config.yaml" in res.stderr
+    assert "It holds runs: tiny-1; pass one of them." in res.stderr
+    assert not (runs / "report.html").exists()
+    (runs / "config.yaml").write_text("name: x\n")
+    res = cli("report", str(runs))
+    assert res.returncode == 2 and "the run never started" in res.stderr
+    assert cli("report", str(runs / "tiny-1")).returncode == 0
+
+
+def test_report_to_an_unwritable_output_is_a_clear_error(tmp_path):
+    run = _run_dir(tmp_path / "run")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    res = cli("report", str(run), "-o", str(blocker / "report.html"))
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert f"error: cannot write the report to {blocker / 'report.html'}" in res.stderr
+    assert f"{blocker} is a file, not a folder; choose a writable path with -o/--output" in (
+        res.stderr
+    )
+    assert "unexpected" not in res.stderr
+    into_dir = cli("report", str(run), "-o", str(tmp_path))
+    assert into_dir.returncode == 0, into_dir.stderr
+    assert (tmp_path / "report.html").is_file()

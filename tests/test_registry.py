@@ -106,3 +106,22 @@ def test_rejects_non_component_and_malformed_lazy_target():
         reg.add("x", dict, Provenance("p"))
     with pytest.raises(ValueError, match="module:Class"):
         reg.add("x", "no_colon", Provenance("p"))
+
+
+def test_lazy_import_that_prints_or_exits_is_contained(tmp_path, monkeypatch, capfd):
+    (tmp_path / "cat_lazy_chatty.py").write_text(
+        "import os\nprint('loading weights...')\nos.write(1, b'from C\\n')\n"
+        "from cat_framework import Aggregator\nclass Chatty(Aggregator):\n    name = 'chatty'\n"
+    )
+    (tmp_path / "cat_lazy_quit.py").write_text("import sys\nsys.exit(7)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg = make_registry()
+    reg.add("chatty", "cat_lazy_chatty:Chatty", Provenance("p"))
+    reg.add("quit", "cat_lazy_quit:Quit", Provenance("p", "cat-quit", "1.0"))
+    assert reg.get("chatty").__name__ == "Chatty"
+    out, err = capfd.readouterr()
+    assert out == "" and "loading weights...\nfrom C\n" in err
+    with pytest.raises(UnknownComponentError, match=r"could not be imported: called sys.exit\(7\)"):
+        reg.get("quit")
+    for name in ("cat_lazy_chatty", "cat_lazy_quit"):
+        sys.modules.pop(name, None)

@@ -14,6 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from cat_framework.errors import OutputError
 from cat_framework.report.html import render_page
 from cat_framework.report.load import LogSummary, RunData, load_run
 from cat_framework.report.plots import Plot, evaluate_plots, training_plots
@@ -31,13 +32,19 @@ def build_plots(run: RunData) -> list[Plot]:
 
 
 def render_report(
-    run_dir: str | os.PathLike[str], *, max_prompts: int = 24, status: str | None = None
+    run_dir: str | os.PathLike[str],
+    *,
+    max_prompts: int = 24,
+    status: str | None = None,
+    error: str | None = None,
 ) -> str:
     """The report of ``run_dir`` as an HTML string (see :func:`write_report`)."""
     run = load_run(run_dir, max_prompts=max_prompts)
     if status is not None:
         run.log = run.log or LogSummary()
         run.log.status = status
+    if error:
+        run.error = error
     try:
         plots = build_plots(run)
     except Exception as exc:  # plots are optional: the rest of the report still helps
@@ -58,6 +65,7 @@ def write_report(
     *,
     max_prompts: int = 24,
     status: str | None = None,
+    error: str | None = None,
 ) -> Path:
     """Write ``report.html`` for a run directory and return its path.
 
@@ -65,23 +73,53 @@ def write_report(
     :param output: where to write; default ``<run_dir>/report.html``.
     :param max_prompts: how many records the browsable sample shows (spread over steps).
     :param status: the run's outcome (``completed``, ``failed``, ``interrupted``) when the caller
-        knows it before ``log.jsonl`` has its ``run end`` event; default: read from the log.
+        knows it before ``log.jsonl`` has its ``run end`` event; default: ``status.json``, else
+        the log.
+    :param error: why the run failed, shown at the top of the page; default: ``status.json``'s
+        ``error``, else the ``error`` of the log's ``run end`` event.
     :raises FileNotFoundError: when ``run_dir`` is not a directory. Missing or malformed files
         inside it never raise: the report says what is missing.
+    :raises OutputError: when the report cannot be written where asked (``output`` an existing
+        directory gets ``report.html`` inside it).
     """
-    page = render_report(run_dir, max_prompts=max_prompts, status=status)
+    page = render_report(run_dir, max_prompts=max_prompts, status=status, error=error)
     target = Path(output) if output is not None else Path(run_dir) / REPORT_NAME
+    if target.is_dir():
+        target = target / REPORT_NAME
+    try:
+        _write_atomically(target, page)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write the report to {target}: {_why_unwritable(target, exc)}; "
+            "choose a writable path with -o/--output"
+        ) from exc
+    return target
+
+
+def _why_unwritable(target: Path, exc: OSError) -> str:
+    """The cause in the user's terms: a file in the way, a read-only folder, else the OS's."""
+    ancestor = target.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"{ancestor} is a file, not a folder"
+    if not os.access(ancestor, os.W_OK):
+        return f"folder {ancestor} is not writable"
+    return exc.strerror or str(exc)
+
+
+def _write_atomically(target: Path, text: str) -> None:
+    """Write via a temp file + rename, so a reader never sees half a report."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
+            f.write(text)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is for reading
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return target
 
 
 __all__ = ["REPORT_NAME", "render_report", "write_report"]

@@ -39,6 +39,8 @@ tr.best td{font-weight:600}
 code{font:12.5px ui-monospace,"DejaVu Sans Mono",monospace;background:var(--soft);padding:0 4px;border-radius:4px}
 .muted{color:var(--muted)} .missing{color:var(--muted);font-style:italic}
 .problems{background:var(--warn);border:1px solid var(--warnline);border-radius:8px;padding:8px 14px}
+.failure{background:#ffebe9;border:1px solid var(--bad);border-radius:8px;padding:8px 14px;margin:12px 0}
+.failure b{color:var(--bad)}
 .plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:16px}
 figure{margin:0} figure.wide{grid-column:1/-1}
 figure img{width:100%;height:auto;border:1px solid #eaeef2;border-radius:6px}
@@ -323,6 +325,19 @@ def _headline(run: RunData) -> str:
     return f'<div class="meta">{" ".join(bits)} · report generated {esc(stamp)}</div>'
 
 
+def failure_banner(run: RunData) -> str:
+    """Why a failed run failed, at the top of the page: the first thing its reader needs."""
+    status = run.log.status if run.log else None
+    if not run.error and status != "failed":
+        return ""
+    why = (
+        f'<pre class="text">{esc(run.error)}</pre>'
+        if run.error
+        else '<p class="missing">No error message was recorded; see the Log section.</p>'
+    )
+    return f'<div class="failure" id="failure"><b>This run failed</b>{why}</div>'
+
+
 def render_page(run: RunData, plots: Sequence[Plot], views: Sequence[PromptView]) -> str:
     """The whole page as one string."""
     problems = (
@@ -351,5 +366,5 @@ def render_page(run: RunData, plots: Sequence[Plot], views: Sequence[PromptView]
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{esc(run.name)} · cat-framework report</title><style>{CSS}</style></head>"
         f"<body><main><header><h1>{esc(run.name)}</h1>{_headline(run)}</header><nav>{nav}</nav>"
-        f"{problems}{body}</main></body></html>\n"
+        f"{failure_banner(run)}{problems}{body}</main></body></html>\n"
     )

@@ -34,6 +34,7 @@ class LogSummary:
     ended: str | None = None
     levels: dict[str, int] = field(default_factory=dict)
     notable: list[dict[str, Any]] = field(default_factory=list)  # warnings and errors
+    error: str | None = None  # why the run failed (``error=`` of the ``run end`` event)
 
 
 @dataclass
@@ -52,6 +53,7 @@ class RunData:
     log: LogSummary | None = None
     files: list[tuple[str, int]] = field(default_factory=list)  # (relative path, bytes)
     problems: list[str] = field(default_factory=list)
+    error: str | None = None  # why the run failed: status.json, else the log's ``run end``
 
     @property
     def mode(self) -> str:
@@ -154,6 +156,8 @@ def load_log(path: Path, problems: list[str], max_notable: int = 50) -> LogSumma
             summary.ended = stamp
         if event.get("event") == "run end" and isinstance(event.get("status"), str):
             summary.status = event["status"]
+            error = event.get("error")
+            summary.error = str(error) if error not in (None, "") else None
         notable = level in ("warning", "error", "critical", "exception")
         if notable and len(summary.notable) < max_notable:
             summary.notable.append(event)
@@ -273,5 +277,32 @@ def load_run(run_dir: str | Path, *, max_prompts: int = 24, max_steps: int = 4) 
         )
     if (root / "log.jsonl").is_file():
         run.log = load_log(root / "log.jsonl", run.problems)
+    _apply_status_file(run, root / "status.json")
     run.files = _list_files(root)
     return run
+
+
+def _apply_status_file(run: RunData, path: Path) -> None:
+    """``status.json`` (``{"status": ..., "error": ...}``), written at the end of every run.
+
+    It outlives a cut ``log.jsonl`` and holds the failure message in one place, so it wins
+    over the log's ``run end`` event; the log is the fallback for runs that predate it.
+    """
+    text = _read_text(path, run.problems)
+    data: Any = None
+    if text is not None:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            run.problems.append("status.json: not valid JSON")
+        if data is not None and not isinstance(data, dict):
+            run.problems.append("status.json: not a JSON object")
+    data = data if isinstance(data, dict) else {}
+    status, error = data.get("status"), data.get("error")
+    if isinstance(status, str) and status:
+        run.log = run.log or LogSummary()
+        run.log.status = status
+    if error not in (None, ""):
+        run.error = str(error)
+    elif run.log is not None and run.log.error:
+        run.error = run.log.error
