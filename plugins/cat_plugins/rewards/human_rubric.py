@@ -12,8 +12,12 @@ negative); ``None`` when there are no positive points. The benchmark number is t
 [0, 1] (:func:`healthbench_benchmark_score`).
 
 Differences from simple-evals, all deliberate: the grader is greedy by default (simple-evals
-samples at 0.5) and retries are bounded (simple-evals retries until it gets a bool). A criterion
-whose verdict stays unparsed is left out of both sums (``met=None``, counted in details).
+samples at 0.5) and retries are bounded (simple-evals retries until it gets a bool). A verdict
+that stays unparsed, or whose request failed, is *unscorable* (``met=None``). A text with
+unscorable verdicts gets no score (``None``) unless their share of its criteria is at most
+``max_unscorable_share`` (default 0); under it they are left out of both sums, recorded as
+``n_scored < n_criteria``. A ``None`` score is a ``None`` reward in training and, as
+``eval.scorer``, an unscored reference that the evaluation counts, never a silent 0.
 """
 
 from __future__ import annotations
@@ -41,12 +45,15 @@ from cat_framework import (
 )
 from cat_plugins.prompts import render
 from cat_plugins.rewards.judging import (
+    Assessment,
     JudgeAnswer,
-    JudgeParams,
+    ScorableParams,
     ask_batched,
+    assess,
     chat,
     check_template,
     format_conversation,
+    verdict_record,
 )
 from cat_plugins.rewards.length_penalty import LengthPenalty, count_tokens, penalize, penalized
 from cat_plugins.rewards.xml_parsing import strip_fences
@@ -65,7 +72,9 @@ _BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False}
 def healthbench_score(points: Sequence[float], met: Sequence[bool | None]) -> float | None:
     """simple-evals' ``calculate_score``: Σ points of met items / Σ positive points.
 
-    Items with ``met=None`` (unparsed) count in neither sum. ``None`` without positive points.
+    Items with ``met=None`` (unscorable) count in neither sum: callers decide first whether the
+    text is scorable at all (:func:`~cat_plugins.rewards.judging.assess`). ``None`` without
+    positive points.
     """
     if len(points) != len(met):
         raise ValueError(f"{len(points)} criteria but {len(met)} verdicts")
@@ -133,14 +142,32 @@ def parse_grader_json(text: str) -> tuple[bool | None, str | None]:
 
 @dataclass(frozen=True)
 class Graded:
-    """One text graded against a physician rubric."""
+    """One text graded against a physician rubric. ``score is None``: unscorable (too many
+    unscorable verdicts, or no positive points among the scored criteria)."""
 
     score: float | None
     verdicts: tuple[Verdict, ...]
     n_retried: int
+    assessment: Assessment
+    records: tuple[dict[str, Any], ...] = ()
+
+    def details(self) -> dict[str, Any]:
+        """The grading as recorded per rollout (or per graded reference in evaluation)."""
+        reason = None
+        if self.score is None:
+            reason = "verdicts" if self.assessment.unscorable else "no_positive_points"
+        return {
+            "score": self.score,
+            "n_met": sum(1 for v in self.verdicts if v.met is True),
+            **self.assessment.details(),
+            "unscorable": self.score is None,
+            "unscorable_reason": reason,
+            "n_retried": self.n_retried,
+            "verdicts": list(self.records),
+        }
 
 
-class HumanRubricParams(JudgeParams):
+class HumanRubricParams(ScorableParams):
     judge_max_new_tokens: int = Field(
         512, ge=1, description="Token budget of one grader reply (an explanation plus JSON)."
     )
@@ -217,13 +244,29 @@ class HumanRubricReward(RewardDeriver):
         graded = []
         for pairs in per_item:
             verdicts = tuple(Verdict(c, a.value, a.raw) for c, a in pairs)
-            score = healthbench_score(
-                [v.criterion.points for v in verdicts], [v.met for v in verdicts]
+            check = assess([a for _, a in pairs], p.max_unscorable_share)
+            score = None
+            if not check.unscorable:
+                score = healthbench_score(
+                    [v.criterion.points for v in verdicts], [v.met for v in verdicts]
+                )
+            graded.append(
+                Graded(
+                    score,
+                    verdicts,
+                    sum(1 for _, a in pairs if a.attempts > 1),
+                    check,
+                    tuple(verdict_record(c, a) for c, a in pairs),
+                )
             )
-            graded.append(Graded(score, verdicts, sum(1 for _, a in pairs if a.attempts > 1)))
-        unparsed = sum(1 for a in answers if a.value is None)
-        if unparsed:
-            log.warning("human_rubric unparsed verdicts", unparsed=unparsed, total=len(answers))
+        unscorable = sum(1 for a in answers if a.value is None)
+        if unscorable:
+            log.warning(
+                "human_rubric unscorable verdicts",
+                unparsed=unscorable - sum(1 for a in answers if a.failed),
+                failed=sum(1 for a in answers if a.failed),
+                total=len(answers),
+            )
         return graded
 
     def derive(
@@ -238,15 +281,10 @@ class HumanRubricReward(RewardDeriver):
             for rollout in group.rollouts:
                 result = next(graded)
                 n_tokens, exact = count_tokens(rollout)
-                base = 0.0 if result.score is None else result.score
-                values.append(penalize(base, n_tokens, p.length_penalty))
+                values.append(penalize(result.score, n_tokens, p.length_penalty))
                 details.append(
                     {
-                        "score": result.score,
-                        "n_met": sum(1 for v in result.verdicts if v.met is True),
-                        "n_unparsed": sum(1 for v in result.verdicts if v.met is None),
-                        "n_retried": result.n_retried,
-                        "verdicts": [v.to_dict() for v in result.verdicts],
+                        **result.details(),
                         "n_tokens": n_tokens,
                         "tokens_exact": exact,
                         "length_penalized": penalized(n_tokens, p.length_penalty),

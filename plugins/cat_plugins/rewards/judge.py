@@ -3,9 +3,10 @@
 The paper's holistic alternative to rubrics: "π_J checks whether an output is semantically
 equivalent to the estimated reference response to provide a binary reward". Its prompt is not
 published; ``equivalence_judge`` is ours. Every rollout of the batch goes to the judge in one
-batched call; unparsed answers are re-asked (batched, bounded) and then score 0 with
-``met=None`` in the details. A group whose reference is empty scores 0 without judge calls
-(``no_reference: true``). Works for math and free-form tasks alike.
+batched call; unparsed answers are re-asked (batched, bounded). A rollout whose verdict stays
+unparsed, or whose request failed after the backend's retries, is *unscorable*: reward ``None``
+(``met=None`` in the details), never a made-up 0. So is every rollout of a group whose reference
+is empty (``no_reference: true``; no judge calls). Works for math and free-form tasks alike.
 """
 
 from __future__ import annotations
@@ -23,17 +24,18 @@ from cat_framework import (
     Rewards,
     Roles,
     RolloutGroup,
-    Verdict,
 )
 from cat_plugins.prompts import render
 from cat_plugins.rewards.judging import (
     PROMPT_TAGS,
     JudgeParams,
     ask_batched,
+    assess,
     chat,
     check_template,
     conversation_block,
     neutralize_tags,
+    verdict_record,
 )
 from cat_plugins.rewards.length_penalty import LengthPenalty, count_tokens, penalize, penalized
 from cat_plugins.rewards.xml_parsing import parse_verdict
@@ -125,18 +127,20 @@ class JudgeReward(RewardDeriver):
             values, details = [], []
             for r, rollout in enumerate(group.rollouts):
                 answer = judged.get((g, r))
+                check = assess([answer] if answer else [])
                 met = answer.value if answer else None
-                score = 1.0 if met is True else 0.0
+                score = None if check.unscorable else float(met is True)
                 n_tokens, exact = count_tokens(rollout)
                 values.append(penalize(score, n_tokens, p.length_penalty))
-                verdicts = [Verdict(EQUIVALENCE, met, answer.raw).to_dict()] if answer else []
+                reason = None if score is not None else "verdicts" if answer else "no_reference"
                 details.append(
                     {
                         "score": score,
                         "n_met": int(met is True),
-                        "n_unparsed": int(answer is not None and met is None),
+                        **check.details(),
+                        "unscorable_reason": reason,
                         "n_retried": int(answer is not None and answer.attempts > 1),
-                        "verdicts": verdicts,
+                        "verdicts": [verdict_record(EQUIVALENCE, answer)] if answer else [],
                         "no_reference": answer is None,
                         "n_tokens": n_tokens,
                         "tokens_exact": exact,
@@ -144,9 +148,14 @@ class JudgeReward(RewardDeriver):
                     }
                 )
             out.append(Rewards(values, details))
-        unparsed = sum(1 for a in answers if a.value is None)
-        if unparsed:
-            log.warning("judge reward unparsed verdicts", unparsed=unparsed, total=len(answers))
+        unscorable = sum(1 for a in answers if a.value is None)
+        if unscorable:
+            log.warning(
+                "judge reward unscorable verdicts",
+                unparsed=unscorable - sum(1 for a in answers if a.failed),
+                failed=sum(1 for a in answers if a.failed),
+                total=len(answers),
+            )
         return out
 
 

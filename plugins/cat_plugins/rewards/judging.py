@@ -6,6 +6,12 @@ at a time wastes the accelerator. Outputs that cannot be parsed are re-asked, ag
 batched call for all of them, at most ``max_judge_retries`` times; whatever is still unparsed
 comes back as ``None`` (the caller records it as ``met=None``). Retries sample at
 ``retry_temperature`` with a seed: re-asking a greedy judge would only repeat its answer.
+
+A request that fails for good (a remote judge's :class:`PartialBatchError`, raised after the
+backend's own retries) costs only itself: the answers that did arrive are kept, the failed item
+comes back ``failed`` (``value=None``, ``error`` set) and is not re-asked here. Either way such an
+item is *unscorable*; :func:`assess` applies the rewards' rule for a rollout with unscorable
+verdicts (see "Unscorable rewards" in ``docs/concepts.md``).
 """
 
 from __future__ import annotations
@@ -14,12 +20,24 @@ import re
 import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
+import structlog
 from pydantic import Field
 
-from cat_framework import Backend, BackendError, ComponentParams, ConfigError, GenerationRequest
+from cat_framework import (
+    Backend,
+    BackendError,
+    ComponentParams,
+    ConfigError,
+    Criterion,
+    GenerationRequest,
+    Verdict,
+)
+from cat_plugins.backends.openai_wire import PartialBatchError
 from cat_plugins.prompts import load_template
+
+log = structlog.get_logger("cat_plugins.rewards")
 
 V = TypeVar("V")
 
@@ -45,12 +63,32 @@ class JudgeParams(ComponentParams):
     )
 
 
+class ScorableParams(JudgeParams):
+    """Judge settings of the rewards that score a rollout over several criteria."""
+
+    max_unscorable_share: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Largest share of a rollout's criteria that may be unscorable (unparsed or "
+        "failed verdicts) and still score it, over the scorable ones; above it the rollout "
+        "gets no reward (None). 0: any unscorable verdict makes the rollout unscorable.",
+    )
+
+
 @dataclass(frozen=True)
 class JudgeAnswer(Generic[V]):
-    """One judged item: the parsed value (``None`` = unparsed) and every raw output, in order."""
+    """One judged item: the parsed value (``None`` = unscorable), every raw output in order, and
+    ``error`` when the request failed for good (then ``value`` is ``None``)."""
 
     value: V | None
     raws: tuple[str, ...]
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        """The request failed after the backend's retries (no output, vs unparsed output)."""
+        return self.error is not None
 
     @property
     def raw(self) -> str:
@@ -79,9 +117,11 @@ def ask_batched(
     retry_temperature: float = 0.7,
     seed: int = 0,
 ) -> list[JudgeAnswer[V]]:
-    """Ask every conversation once, batched; re-ask only the unparsed ones, batched again."""
+    """Ask every conversation once, batched; re-ask only the unparsed ones, batched again.
+    Requests that fail for good come back ``failed``; nothing that was answered is lost."""
     raws: list[list[str]] = [[] for _ in conversations]
     values: list[V | None] = [None] * len(conversations)
+    errors: list[str | None] = [None] * len(conversations)
     pending = list(range(len(conversations)))
     for attempt in range(max_retries + 1):
         if not pending:
@@ -97,20 +137,96 @@ def ask_batched(
             )
             for i in pending
         ]
-        outputs = backend.generate(requests)
-        if len(outputs) != len(requests):
-            raise BackendError(
-                f"judge backend {backend.name!r} returned {len(outputs)} results "
-                f"for {len(requests)} requests"
-            )
+        outputs, failures = _generate(backend, requests)
         still = []
-        for i, out in zip(pending, outputs, strict=True):
+        for i, out, failure in zip(pending, outputs, failures, strict=True):
+            if failure is not None:
+                errors[i] = failure  # the backend already retried it: not re-asked here
+                continue
             raws[i].append(out[0].text if out else "")
             values[i] = parse(raws[i][-1])
             if values[i] is None:
                 still.append(i)
         pending = still
-    return [JudgeAnswer(v, tuple(r)) for v, r in zip(values, raws, strict=True)]
+    return [JudgeAnswer(v, tuple(r), e) for v, r, e in zip(values, raws, errors, strict=True)]
+
+
+def _generate(
+    backend: Backend, requests: list[GenerationRequest]
+) -> tuple[list[Any], list[str | None]]:
+    """``(outputs, failures)``: a failed request has output ``None`` and its error message."""
+    try:
+        outputs: list[Any] = list(backend.generate(requests))
+        failures: list[str | None] = [None] * len(outputs)
+    except PartialBatchError as exc:
+        outputs = list(exc.results)
+        errs = exc.errors if len(exc.errors) == len(outputs) else [None] * len(outputs)
+        failures = [
+            str(errs[i] or exc) if i in exc.failed or out is None else None
+            for i, out in enumerate(outputs)
+        ]
+        log.warning(
+            "judge requests failed after their retries; those items are unscorable",
+            backend=backend.name,
+            failed=sum(f is not None for f in failures),
+            total=len(requests),
+            error=next((f for f in failures if f is not None), str(exc)),
+        )
+    if len(outputs) != len(requests):
+        raise BackendError(
+            f"judge backend {backend.name!r} returned {len(outputs)} results "
+            f"for {len(requests)} requests"
+        )
+    return outputs, failures
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """Whether a rollout judged on several criteria can be scored, and how many could not."""
+
+    n_criteria: int
+    n_unparsed: int
+    n_failed: int
+    unscorable: bool
+
+    @property
+    def n_unscorable(self) -> int:
+        return self.n_unparsed + self.n_failed
+
+    @property
+    def n_scored(self) -> int:
+        """Criteria the reward is computed over (all of them unless some were unscorable)."""
+        return 0 if self.unscorable else self.n_criteria - self.n_unscorable
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "n_criteria": self.n_criteria,
+            "n_scored": self.n_scored,
+            "n_unparsed": self.n_unparsed,
+            "n_failed": self.n_failed,
+            "n_unscorable": self.n_unscorable,
+            "unscorable": self.unscorable,
+        }
+
+
+def assess(answers: Sequence[JudgeAnswer[Any]], max_unscorable_share: float = 0.0) -> Assessment:
+    """The rule for a rollout's verdicts: unscorable when it has none, when none is scorable, or
+    when the unscorable share exceeds ``max_unscorable_share``; never re-normalised silently."""
+    n = len(answers)
+    failed = sum(1 for a in answers if a.failed)
+    unparsed = sum(1 for a in answers if a.value is None and not a.failed)
+    bad = failed + unparsed
+    unscorable = n == 0 or bad == n or bad / n > max_unscorable_share
+    return Assessment(n, unparsed, failed, unscorable)
+
+
+def verdict_record(criterion: Criterion, answer: JudgeAnswer[bool]) -> dict[str, Any]:
+    """A verdict as recorded in reward details: ``failed`` tells a failed request (no output,
+    ``error`` says why) from an unparsed output (``met=None`` with its ``raw``)."""
+    record = {**Verdict(criterion, answer.value, answer.raw).to_dict(), "failed": answer.failed}
+    if answer.error is not None:
+        record["error"] = answer.error
+    return record
 
 
 def format_conversation(messages: Sequence[Mapping[str, str]]) -> str:
@@ -167,13 +283,17 @@ def check_template(name_or_path: str, *, required: set[str], allowed: set[str], 
 
 __all__ = [
     "PROMPT_TAGS",
+    "Assessment",
     "JudgeAnswer",
     "JudgeParams",
+    "ScorableParams",
     "ask_batched",
+    "assess",
     "chat",
     "check_template",
     "conversation_block",
     "format_conversation",
     "neutralize_tags",
     "template_fields",
+    "verdict_record",
 ]

@@ -8,6 +8,7 @@ Whether that -1 replaces the rubric reward or is added to it is not published, s
 - ``replace``: ``reward = penalty`` for a long rollout, whatever its score: every long rollout
   ties at the bottom of its group.
 
+The penalty applies only to scorable rewards: an unscorable rollout (``None``) stays unscorable.
 "Longer than" is strict: exactly ``max_tokens`` tokens is not penalised. The token count is
 ``len(completion.token_ids)``; a completion without token ids (a server that returns none) counts
 its whitespace-separated words instead, an under-estimate that is recorded as such.
@@ -49,9 +50,12 @@ def penalized(n_tokens: int, config: LengthPenalty | None) -> bool:
     return config is not None and n_tokens > config.max_tokens
 
 
-def penalize(score: float, n_tokens: int, config: LengthPenalty | None) -> float:
-    """The reward after the length penalty (``score`` unchanged when off or short enough)."""
-    if config is None or not penalized(n_tokens, config):
+def penalize(score: float | None, n_tokens: int, config: LengthPenalty | None) -> float | None:
+    """The reward after the length penalty (``score`` unchanged when off or short enough).
+
+    An unscorable ``None`` stays ``None``, even in ``replace`` mode: a penalty alone would turn a
+    rollout the teacher could not score into a made-up reward."""
+    if score is None or config is None or not penalized(n_tokens, config):
         return score
     return score + config.penalty if config.mode == "add" else config.penalty
 

@@ -6,15 +6,21 @@
    can be parsed, those groups are re-asked (batched, at most ``max_retries`` times, sampled at
    ``retry_temperature``). Then, with ``fallback: partial`` (default) the attempt with the most
    criteria is used if it has any (``rubric_status: partial``); otherwise, or with
-   ``fallback: zero``, the group has no rubric (``rubric_status: failed``) and every rollout scores
-   0: equal rewards give the group zero GRPO advantage, i.e. no made-up learning signal. A generic
-   rubric was rejected as a fallback: criteria not derived from ``s`` would reward style, not
-   content. At most ``max_criteria`` criteria are kept (bounding the judge's cost).
+   ``fallback: unscorable``, the group has no rubric (``rubric_status: failed``) and every rollout
+   is *unscorable* (reward ``None``: GRPO gives the group no advantage, i.e. no made-up learning
+   signal, and metrics count it). A generic rubric was rejected as a fallback: criteria not
+   derived from ``s`` would reward style, not content. At most ``max_criteria`` criteria are kept
+   (bounding the judge's cost).
 2. **Judging.** The judge answers yes/no for every (rollout, criterion) pair: all pairs of the batch
    in one batched call, greedy, a few tokens each; unparsed answers are re-asked (batched, bounded)
-   and then recorded as ``met=None``.
-3. **Reward** = criteria met / criteria with a parsed verdict (the paper's ``R_rub``), 0.0 when no
-   verdict parsed; then the optional length penalty (:mod:`.length_penalty`: add or replace).
+   and then recorded as ``met=None``; a request that failed after the backend's retries is
+   recorded ``met=None, failed=true``. Both are *unscorable* verdicts.
+3. **Reward** = criteria met / criteria (the paper's ``R_rub``). A rollout with unscorable
+   verdicts is itself unscorable (``None``) unless their share is at most
+   ``max_unscorable_share`` (default 0): then the reward is met / scorable criteria, recorded as
+   ``n_scored < n_criteria``. Never "no" for an unscorable verdict, never a silent
+   re-normalisation. Then the optional length penalty (:mod:`.length_penalty`: add or replace),
+   on scorable rewards only.
 
 Whether the paper's judge saw the question is not published: ``judge_sees_question`` (default
 off) shows it the conversation (``prompt.messages``), never ``gold_answer`` or ``rubric``.
@@ -30,23 +36,26 @@ import structlog
 from pydantic import Field, model_validator
 
 from cat_framework import (
+    Completion,
     Criterion,
     Reference,
     RewardDeriver,
     Rewards,
     Roles,
     RolloutGroup,
-    Verdict,
 )
 from cat_plugins.prompts import render
 from cat_plugins.rewards.judging import (
     PROMPT_TAGS,
-    JudgeParams,
+    JudgeAnswer,
+    ScorableParams,
     ask_batched,
+    assess,
     chat,
     check_template,
     conversation_block,
     neutralize_tags,
+    verdict_record,
 )
 from cat_plugins.rewards.length_penalty import LengthPenalty, count_tokens, penalize, penalized
 from cat_plugins.rewards.xml_parsing import RubricMethod, RubricParse, parse_rubric, parse_verdict
@@ -54,6 +63,7 @@ from cat_plugins.rewards.xml_parsing import RubricMethod, RubricParse, parse_rub
 log = structlog.get_logger("cat_plugins.rewards")
 
 RubricStatus = Literal["ok", "partial", "failed"]
+RubricFallback = Literal["partial", "unscorable"]
 
 
 @dataclass(frozen=True)
@@ -66,17 +76,7 @@ class ProposedRubric:
     method: RubricMethod = "none"
     n_dropped: int = 0
     raw: str = ""
-
-
-def fraction_met(met: Sequence[bool | None]) -> tuple[float, int, int]:
-    """``(reward, n_met, n_unparsed)``: the share of parsed verdicts that are "yes".
-
-    Unparsed verdicts (``None``) leave the denominator; with none parsed the reward is 0.0.
-    """
-    n_met = sum(1 for m in met if m is True)
-    n_unparsed = sum(1 for m in met if m is None)
-    parsed = len(met) - n_unparsed
-    return (n_met / parsed if parsed else 0.0), n_met, n_unparsed
+    error: str | None = None  # the anchor's request failed after its retries
 
 
 def choose_rubric(
@@ -102,7 +102,7 @@ def _enough(parsed: RubricParse, min_criteria: int) -> RubricParse | None:
     return parsed if len(parsed.criteria) >= min_criteria else None
 
 
-class RubricParams(JudgeParams):
+class RubricParams(ScorableParams):
     min_criteria: int = Field(
         5, ge=1, description="Fewest criteria a proposal must have (paper: n >= 5)."
     )
@@ -112,10 +112,10 @@ class RubricParams(JudgeParams):
     max_retries: int = Field(
         1, ge=0, description="Extra anchor calls for a group whose proposal had too few criteria."
     )
-    fallback: Literal["partial", "zero"] = Field(
+    fallback: RubricFallback = Field(
         "partial",
         description="After the retries: 'partial' uses a short rubric if it has any criterion; "
-        "'zero' gives the group reward 0 (no signal). Either way it is counted in details.",
+        "'unscorable' gives the group no reward (None: no signal). Counted in details.",
     )
     proposal_template: str = Field(
         "rubric_proposal",
@@ -210,7 +210,9 @@ class RubricReward(RewardDeriver):
                 max_criteria=p.max_criteria,
                 fallback=p.fallback,
             )
-            rubrics[i] = chosen if chosen.status == "ok" else replace(chosen, raw=answer.raw)
+            if chosen.status != "ok":
+                chosen = replace(chosen, raw=answer.raw, error=answer.error)
+            rubrics[i] = chosen
         return rubrics
 
     # ------------------------------------------------------------------------------ judging
@@ -259,48 +261,59 @@ class RubricReward(RewardDeriver):
         judged = dict(zip(keys, answers, strict=True))
         out = []
         for g, group in enumerate(groups):
-            rubric = rubrics[g]
-            values, details = [], []
-            for r, rollout in enumerate(group.rollouts):
-                asked = [judged[(g, r, c)] for c in range(len(rubric.criteria))]
-                verdicts = [
-                    Verdict(Criterion(text), a.value, a.raw)
-                    for text, a in zip(rubric.criteria, asked, strict=True)
-                ]
-                score, n_met, n_unparsed = fraction_met([v.met for v in verdicts])
-                n_tokens, exact = count_tokens(rollout)
-                reward = penalize(score, n_tokens, p.length_penalty)
-                values.append(reward)
-                details.append(
-                    {
-                        "score": score,
-                        "n_met": n_met,
-                        "n_unparsed": n_unparsed,
-                        "n_retried": sum(1 for a in asked if a.attempts > 1),
-                        "verdicts": [v.to_dict() for v in verdicts],
-                        "rubric": list(rubric.criteria),
-                        "rubric_status": rubric.status,
-                        "rubric_attempts": rubric.attempts,
-                        "rubric_method": rubric.method,
-                        "rubric_dropped": rubric.n_dropped,
-                        **({"rubric_raw": rubric.raw} if rubric.status != "ok" else {}),
-                        "n_tokens": n_tokens,
-                        "tokens_exact": exact,
-                        "length_penalized": penalized(n_tokens, p.length_penalty),
-                    }
-                )
-            out.append(Rewards(values, details))
+            n = len(rubrics[g].criteria)
+            scored = [
+                self._score(rubrics[g], rollout, [judged[(g, r, c)] for c in range(n)])
+                for r, rollout in enumerate(group.rollouts)
+            ]
+            out.append(Rewards([v for v, _ in scored], [d for _, d in scored]))
         self._log_batch(rubrics, answers)
         return out
 
+    def _score(
+        self, rubric: ProposedRubric, rollout: Completion, asked: Sequence[JudgeAnswer[bool]]
+    ) -> tuple[float | None, dict[str, Any]]:
+        """One rollout's reward and details from its verdicts (module docstring, step 3)."""
+        p = self.params
+        check = assess(asked, p.max_unscorable_share)
+        n_met = sum(1 for a in asked if a.value is True)
+        score = None if check.unscorable else n_met / check.n_scored
+        n_tokens, exact = count_tokens(rollout)
+        reason = None
+        if check.unscorable:
+            reason = "rubric_failed" if not rubric.criteria else "verdicts"
+        details = {
+            "score": score,
+            "n_met": n_met,
+            **check.details(),
+            "unscorable_reason": reason,
+            "n_retried": sum(1 for a in asked if a.attempts > 1),
+            "verdicts": [
+                verdict_record(Criterion(text), a)
+                for text, a in zip(rubric.criteria, asked, strict=True)
+            ],
+            "rubric": list(rubric.criteria),
+            "rubric_status": rubric.status,
+            "rubric_attempts": rubric.attempts,
+            "rubric_method": rubric.method,
+            "rubric_dropped": rubric.n_dropped,
+            **({"rubric_raw": rubric.raw} if rubric.status != "ok" else {}),
+            **({"rubric_error": rubric.error} if rubric.error else {}),
+            "n_tokens": n_tokens,
+            "tokens_exact": exact,
+            "length_penalized": penalized(n_tokens, p.length_penalty),
+        }
+        return penalize(score, n_tokens, p.length_penalty), details
+
     def _log_batch(self, rubrics: Sequence[ProposedRubric], answers: Sequence[Any]) -> None:
         fallbacks = sum(1 for r in rubrics if r.status != "ok")
-        unparsed = sum(1 for a in answers if a.value is None)
-        if fallbacks or unparsed:
+        unscorable = sum(1 for a in answers if a.value is None)
+        if fallbacks or unscorable:
             log.warning(
                 "rubric reward fallbacks",
                 rubric_partial=sum(1 for r in rubrics if r.status == "partial"),
                 rubric_failed=sum(1 for r in rubrics if r.status == "failed"),
-                verdicts_unparsed=unparsed,
+                verdicts_unparsed=sum(1 for a in answers if a.value is None and not a.failed),
+                verdicts_failed=sum(1 for a in answers if a.failed),
                 verdicts_total=len(answers),
             )

@@ -181,6 +181,7 @@ def test_one_batched_grader_call_with_exact_scores() -> None:
         "criterion": {"text": "D", "points": -6.0},
         "met": True,
         "raw": '```json\n{"explanation": "checked D", "criteria_met": true}\n```',
+        "failed": False,
     }
 
 
@@ -198,21 +199,25 @@ def test_grader_request_matches_simple_evals() -> None:
     assert (request.temperature, request.max_new_tokens) == (0.0, 512)
 
 
-def test_unparsed_grades_are_retried_then_left_out() -> None:
+@pytest.mark.parametrize(("share", "expected"), [(0.0, (None, None)), (0.25, (17 / 17, 0 / 17))])
+def test_unparsed_grades_are_retried_then_unscorable(
+    share: float, expected: tuple[float | None, ...]
+) -> None:
     def grader(req: GenerationRequest, i: int) -> str:
         return "I refuse" if "[5] B" in req.messages[-1]["content"] else letter_grader(req, i)
 
-    reward, judge = make_reward(grader, max_judge_retries=1)
+    reward, judge = make_reward(grader, max_judge_retries=1, max_unscorable_share=share)
     (out,) = reward.derive([group(make_prompt("p"), "AC", "B")], [REF])
     assert [len(c) for c in judge.calls] == [8, 2]
-    assert out.values == (17 / 17, 0 / 17)
+    assert out.values == expected
+    assert out.details[0]["n_scored"] == (0 if share == 0.0 else 3)
     assert out.details[0]["n_unparsed"] == 1 and out.details[0]["verdicts"][1]["met"] is None
 
 
-def test_only_negative_items_give_zero_reward_and_none_score() -> None:
+def test_only_negative_items_are_unscorable() -> None:
     reward, _ = make_reward()
     (out,) = reward.derive([group(make_prompt("p", [Criterion("D", -3)]), "D")], [REF])
-    assert out.values == (0.0,) and out.details[0]["score"] is None
+    assert out.values == (None,) and out.details[0]["score"] is None
 
 
 def test_missing_rubric_is_a_clear_error() -> None:

@@ -65,13 +65,20 @@ def test_binary_rewards_from_one_batched_call() -> None:
     assert out[0].details[0] == {
         "score": 1.0,
         "n_met": 1,
+        "n_criteria": 1,
+        "n_scored": 1,
         "n_unparsed": 0,
+        "n_failed": 0,
+        "n_unscorable": 0,
+        "unscorable": False,
+        "unscorable_reason": None,
         "n_retried": 0,
         "verdicts": [
             {
                 "criterion": {"text": "equivalent to the reference", "points": 1.0},
                 "met": True,
                 "raw": "<answer>yes</answer>",
+                "failed": False,
             }
         ],
         "no_reference": False,
@@ -101,23 +108,23 @@ def test_gold_fields_are_never_even_read(sees_question: bool) -> None:
     assert out.values == (1.0,)
 
 
-def test_unparsed_answers_are_retried_then_score_zero() -> None:
+def test_unparsed_answers_are_retried_then_unscorable() -> None:
     def judge(req: GenerationRequest, i: int) -> str:
         return "unsure" if "<response>\n41" in content(req) else same_number(req, i)
 
     reward, backend = make_reward(judge, max_judge_retries=2)
     (out,) = reward.derive([make_group("42", "41")], [Reference(text="42", method="t")])
     assert [len(c) for c in backend.calls] == [2, 1, 1]
-    assert out.values == (1.0, 0.0)
+    assert out.values == (1.0, None)
     assert out.details[1]["n_unparsed"] == 1 and out.details[1]["n_retried"] == 1
     assert out.details[1]["verdicts"][0]["met"] is None
 
 
-def test_empty_reference_scores_zero_without_judge_calls() -> None:
+def test_empty_reference_is_unscorable_without_judge_calls() -> None:
     reward, judge = make_reward()
     (out,) = reward.derive([make_group("42", "43")], [Reference(text="", method="t")])
     assert judge.calls == []
-    assert out.values == (0.0, 0.0)
+    assert out.values == (None, None)
     assert out.details[0]["no_reference"] is True and out.details[0]["verdicts"] == []
 
 

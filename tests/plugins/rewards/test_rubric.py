@@ -24,7 +24,6 @@ from cat_plugins.rewards.rubric import (
     ProposedRubric,
     RubricReward,
     choose_rubric,
-    fraction_met,
 )
 from cat_plugins.rewards.xml_parsing import RubricParse
 from tests.helpers.echo_backend import EchoBackend
@@ -104,7 +103,9 @@ def test_all_pairs_of_a_batch_go_to_the_judge_in_one_call() -> None:
         "criterion": {"text": "Mentions salt", "points": 1.0},
         "met": True,
         "raw": "<answer>yes</answer>",
+        "failed": False,
     }
+    assert (detail["unscorable"], detail["n_scored"], detail["n_failed"]) == (False, 5, 0)
     assert detail["length_penalized"] is False and detail["n_tokens"] == 10
 
 
@@ -153,22 +154,27 @@ def test_rollout_text_cannot_close_its_slot() -> None:
 # ------------------------------------------------------------------------------ judge retries
 
 
-def test_unparsed_verdicts_are_retried_batched_then_excluded() -> None:
+@pytest.mark.parametrize(("share", "expected"), [(0.0, (None, None)), (0.2, (0.25, 0.25))])
+def test_unparsed_verdicts_are_retried_batched_then_unscorable(
+    share: float, expected: tuple[float | None, ...]
+) -> None:
     def judge(req: GenerationRequest, i: int) -> str:
         return "hmm, hard to say" if "Mentions sleep" in content(req) else keyword_judge(req, i)
 
-    reward, _, backend = make_reward(judge_script=judge)
+    reward, _, backend = make_reward(judge_script=judge, max_unscorable_share=share)
     (out,) = reward.derive([make_group("a", "salt sleep", "exercise")], [REF])
     assert [len(c) for c in backend.calls] == [10, 2, 2]
     retry = backend.calls[1][0]
     assert (retry.temperature, retry.seed) == (0.7, 1)
     assert backend.calls[2][0].seed == 2
-    assert out.values == (0.25, 0.25)
+    assert out.values == expected
     assert out.details[0]["n_unparsed"] == 1 and out.details[0]["n_retried"] == 1
+    assert out.details[0]["unscorable"] is (share == 0.0)
     assert out.details[0]["verdicts"][3] == {
         "criterion": {"text": "Mentions sleep", "points": 1.0},
         "met": None,
         "raw": "hmm, hard to say",
+        "failed": False,
     }
 
 
@@ -183,11 +189,13 @@ def test_a_retry_that_parses_counts() -> None:
     assert out.details[0]["n_retried"] == 5 and out.details[0]["n_unparsed"] == 0
 
 
-def test_all_verdicts_unparsed_gives_zero_without_crashing() -> None:
-    reward, _, backend = make_reward(judge_script=lambda req, i: "", max_judge_retries=0)
+def test_all_verdicts_unparsed_is_unscorable_whatever_the_share() -> None:
+    reward, _, backend = make_reward(
+        judge_script=lambda req, i: "", max_judge_retries=0, max_unscorable_share=1.0
+    )
     (out,) = reward.derive([make_group("a", "salt")], [REF])
     assert len(backend.calls) == 1
-    assert out.values == (0.0,) and out.details[0]["n_unparsed"] == 5
+    assert out.values == (None,) and out.details[0]["n_unparsed"] == 5
 
 
 # ------------------------------------------------------------------------------ proposal
@@ -222,12 +230,12 @@ def test_partial_fallback_uses_the_best_attempt() -> None:
     assert len(judge.calls[0]) == 6
 
 
-def test_zero_fallback_gives_the_group_no_signal() -> None:
+def test_unscorable_fallback_gives_the_group_no_reward() -> None:
     reward, _, judge = make_reward(
-        anchor_script=lambda req, i: rubric_xml(KEYWORDS[:3]), fallback="zero"
+        anchor_script=lambda req, i: rubric_xml(KEYWORDS[:3]), fallback="unscorable"
     )
     (out,) = reward.derive([make_group("a", "salt", "doctor")], [REF])
-    assert out.values == (0.0, 0.0)
+    assert out.values == (None, None)
     assert out.details[0]["rubric_status"] == "failed" and out.details[0]["rubric"] == []
     assert judge.calls == []
 
@@ -236,7 +244,7 @@ def test_unparseable_rubric_fails_after_bounded_retries() -> None:
     reward, backend, judge = make_reward(anchor_script=lambda req, i: "Sorry.", max_retries=2)
     (out,) = reward.derive([make_group("a", "salt")], [REF])
     assert len(backend.calls) == 3 and judge.calls == []
-    assert out.values == (0.0,)
+    assert out.values == (None,)
     d = out.details[0]
     assert (d["rubric_status"], d["rubric_attempts"], d["rubric_method"]) == ("failed", 3, "none")
 
@@ -246,7 +254,7 @@ def test_empty_reference_is_not_sent_to_the_anchor() -> None:
     groups = [make_group("a", "salt"), make_group("b", "salt")]
     out = reward.derive(groups, [Reference(text="  ", method="t"), REF])
     assert [len(c) for c in backend.calls] == [1]
-    assert out[0].values == (0.0,) and out[0].details[0]["rubric_attempts"] == 0
+    assert out[0].values == (None,) and out[0].details[0]["rubric_attempts"] == 0
     assert out[1].values == (0.2,)
 
 
@@ -297,12 +305,6 @@ def test_penalty_math_and_token_counting_fallback() -> None:
 # ------------------------------------------------------------------------------ pure functions
 
 
-def test_fraction_met() -> None:
-    assert fraction_met([True, False, True, None]) == (2 / 3, 2, 1)
-    assert fraction_met([None, None]) == (0.0, 0, 2)
-    assert fraction_met([]) == (0.0, 0, 0)
-
-
 def test_choose_rubric() -> None:
     three = RubricParse(("a", "b", "c"), "xml")
     one = RubricParse(("a",), "list")
@@ -314,7 +316,7 @@ def test_choose_rubric() -> None:
     assert choose_rubric([one, empty], fallback="partial", **kw) == ProposedRubric(
         ("a",), "partial", 2, "list", 0
     )
-    assert choose_rubric([one], fallback="zero", **kw).status == "failed"
+    assert choose_rubric([one], fallback="unscorable", **kw).status == "failed"
     assert choose_rubric([empty], fallback="partial", **kw) == ProposedRubric(
         (), "failed", 1, "none"
     )
@@ -331,6 +333,10 @@ def test_params_are_validated() -> None:
         RubricReward({"judge_tempature": 0.0})
     with pytest.raises(ValidationError):
         RubricReward({"length_penalty": {"mode": "multiply"}})
+    with pytest.raises(ValidationError, match="max_unscorable_share"):
+        RubricReward({"max_unscorable_share": 1.5})
+    with pytest.raises(ValidationError, match="'partial' or 'unscorable'"):
+        RubricReward({"fallback": "zero"})
     assert all(f.description for f in RubricReward.Params.model_fields.values())
 
 
