@@ -184,15 +184,28 @@ def validate_cmd(pipelines: tuple[str, ...], overrides: tuple[str, ...]) -> None
     type=click.Path(file_okay=False),
     help="Write the run here instead of output.dir/<name>-<time>.",
 )
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace the run already in the run directory (its run files only; never other files).",
+)
 def run_cmd(
-    pipeline: str, overrides: tuple[str, ...], resume: str | None, run_dir: str | None
+    pipeline: str,
+    overrides: tuple[str, ...],
+    resume: str | None,
+    run_dir: str | None,
+    overwrite: bool,
 ) -> None:
     """Validate PIPELINE, then run it according to its mode."""
     from cat_framework.engine.runner import is_main_process, run_pipeline
     from cat_framework.pipeline import load_pipeline
 
+    if resume and (run_dir or overwrite):
+        raise click.UsageError("--resume continues a run in place: drop --run-dir/--overwrite")
     loaded = load_pipeline(pipeline, overrides, plugins=_plugins())
-    result = run_pipeline(loaded, plugins=_plugins(), run_dir=run_dir, resume=resume)
+    result = run_pipeline(
+        loaded, plugins=_plugins(), run_dir=run_dir, resume=resume, overwrite=overwrite
+    )
     if not is_main_process():
         return
     click.echo(f"run finished: {result['run_dir']}")

@@ -1,9 +1,19 @@
-"""What a run directory is, defined once for ``report``, ``run --resume`` and fresh-run checks."""
+"""What a run directory is and what may happen to one, defined once for ``report``,
+``run --resume`` and fresh runs: which files a run owns, when a fresh run may use a directory,
+which config changes a resume accepts, and how secrets are kept out of what a run writes."""
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cat_framework.errors import CatError
 
 #: every run writes ``config.yaml`` first, then at least one of these
 RUN_OUTPUTS: tuple[str, ...] = ("log.jsonl", "records.jsonl", "metrics.json", "metrics.jsonl")
@@ -21,4 +31,148 @@ def is_run_dir(path: str | os.PathLike[str]) -> bool:
     return any((root / name).is_file() for name in RUN_OUTPUTS)
 
 
-__all__ = ["RUN_OUTPUTS", "is_run_dir"]
+#: everything a run writes directly under its directory (``--overwrite`` removes these only)
+RUN_FILES: tuple[str, ...] = (
+    "config.yaml",
+    "log.jsonl",
+    "records.jsonl",
+    "metrics.json",
+    "metrics.jsonl",
+    "status.json",
+    "report.html",
+)
+RUN_FOLDERS: tuple[str, ...] = ("checkpoints", "eval", "final", "tensorboard")
+
+#: resolved-config keys a resume may change: they extend or re-present a run, never alter what
+#: it computes (``trainer.steps`` extends training; the rest is bookkeeping)
+RESUME_SAFE: tuple[str, ...] = (
+    "name",
+    "description",
+    "requires",
+    "output",
+    "trainer.steps",
+    "trainer.save_every",
+    "trainer.keep_checkpoints",
+    "eval.bootstrap",
+    "eval.confidence",
+)
+#: extra keys safe to change when resuming ``mode: evaluate`` (seeds depend on prompt ids only)
+RESUME_SAFE_EVALUATE: tuple[str, ...] = ("eval.limit", "eval.batch_size")
+
+SECRET_KEYS = re.compile(r"(api[_-]?key|token|secret|password|passwd|authorization)", re.I)
+REDACTED = "**********"
+
+
+def redact(value: Any) -> Any:
+    """A config with every secret-looking value masked (``api_key``, ``token``, ...), as a second
+    line of defence behind pydantic ``SecretStr`` fields: a config is written to ``config.yaml``,
+    shown in the report and sent to observers (TensorBoard), never with a key in it."""
+    if isinstance(value, Mapping):
+        return {
+            k: (REDACTED if SECRET_KEYS.search(str(k)) and v not in (None, "") else redact(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists are leaves)."""
+    if isinstance(value, Mapping) and value:
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: value}
+
+
+def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Keys whose value differs between two resolved configs: ``key -> (old, new)``."""
+    a, b = flatten(old), flatten(new)
+    missing = object()
+    return {
+        k: (a.get(k), b.get(k))
+        for k in sorted(set(a) | set(b))
+        if a.get(k, missing) != b.get(k, missing)
+    }
+
+
+def unsafe_changes(changes: Mapping[str, Any], mode: str) -> list[str]:
+    safe = RESUME_SAFE + (RESUME_SAFE_EVALUATE if mode == "evaluate" else ())
+    return [k for k in changes if not any(k == s or k.startswith(s + ".") for s in safe)]
+
+
+def check_fresh(path: Path, overwrite: bool) -> None:
+    """A fresh run never deletes what it did not write: an empty or new directory is used; a
+    run's directory only with ``overwrite`` (its run files are removed, nothing else); any other
+    non-empty directory is refused."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise CatError(f"run directory {path} exists and is not a directory: pick another name")
+    if not any(path.iterdir()):
+        return
+    if not is_run_dir(path) and not (path / "config.yaml").is_file():
+        raise CatError(
+            f"{path} is not empty and holds no run: a run never writes into (or deletes from) a "
+            "folder it did not create. Pick another output.run_name or --run-dir."
+        )
+    if not overwrite:
+        raise CatError(
+            f"{path} already holds a run. Continue it with `--resume {path}`, pick another "
+            "output.run_name (or --run-dir), or replace it with --overwrite."
+        )
+    for name in RUN_FILES:
+        (path / name).unlink(missing_ok=True)
+    for name in RUN_FOLDERS:
+        shutil.rmtree(path / name, ignore_errors=True)
+
+
+def read_run_config(path: Path) -> dict[str, Any]:
+    """The resolved config a run was started with (for ``--resume``)."""
+    if not path.is_dir():
+        raise CatError(f"--resume {path}: no such run directory")
+    if not is_run_dir(path):
+        raise CatError(
+            f"--resume {path}: not a run directory (a run has config.yaml and log.jsonl); "
+            "pass the directory of the run to continue"
+        )
+    try:
+        data = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise CatError(f"--resume {path}: config.yaml is unreadable ({exc})") from None
+    if not isinstance(data, dict):
+        raise CatError(f"--resume {path}: config.yaml does not hold a pipeline config")
+    return data
+
+
+def check_resume(path: Path, config: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Refuse to resume with a pipeline that would change the run's results; return the safe
+    changes (the caller records them and rewrites ``config.yaml``)."""
+    old = read_run_config(path)
+    changes = config_changes(old, config)
+    unsafe = unsafe_changes(changes, str(config.get("mode")))
+    if unsafe:
+        shown = "; ".join(f"{k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in unsafe[:8])
+        more = f" (and {len(unsafe) - 8} more)" if len(unsafe) > 8 else ""
+        raise CatError(
+            f"--resume {path}: the pipeline differs from the run's config.yaml in keys that "
+            f"change results: {shown}{more}. Resume with the run's own settings, or start a "
+            f"new run. Safe to change on resume: {', '.join(RESUME_SAFE)}."
+        )
+    return changes
+
+
+__all__ = [
+    "RESUME_SAFE",
+    "RUN_FILES",
+    "RUN_FOLDERS",
+    "RUN_OUTPUTS",
+    "check_fresh",
+    "check_resume",
+    "config_changes",
+    "is_run_dir",
+    "read_run_config",
+    "redact",
+]

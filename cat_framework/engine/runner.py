@@ -1,7 +1,8 @@
 """``run_pipeline``: one run directory per run, then dispatch on the pipeline's ``mode``.
 
-The run directory holds the resolved config (``config.yaml``), structured logs (``log.jsonl``)
-and whatever the mode writes (records, metrics, checkpoints, report). Observer plugins hear
+The run directory holds the resolved config (``config.yaml``, secrets masked), structured logs
+(``log.jsonl``), ``status.json`` (how the run ended, and why if it failed) and whatever the mode
+writes (records, metrics, checkpoints, report); see ``docs/run_directories.md``. Observer plugins hear
 ``on_run_start`` / ``on_run_end`` whatever the outcome.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import importlib
 import importlib.util
+import json
 import os
 import re
 from collections.abc import Callable
@@ -20,10 +22,12 @@ import structlog
 import yaml
 
 from cat_framework import __version__
+from cat_framework.engine.files import atomic_write_text
 from cat_framework.errors import CatError, ModeNotAvailableError
 from cat_framework.logs import attach_run_log, detach_run_log
 from cat_framework.pipeline import Pipeline
 from cat_framework.plugins import Plugins
+from cat_framework.rundir import check_fresh, check_resume, redact
 
 log = structlog.get_logger("cat_framework.run")
 
@@ -53,14 +57,23 @@ def _mode_runner(mode: str) -> Callable[..., dict[str, Any]]:
 
 
 def new_run_dir(pipeline: Pipeline, run_dir: str | None) -> Path:
+    """The directory of a fresh run: ``--run-dir`` as given, else ``output.dir/run_name`` (or
+    ``name-time``), which must stay inside ``output.dir`` (``validate`` refuses separators and
+    ``..`` in ``run_name``; this is the second line of defence)."""
     if run_dir:
         return Path(run_dir)
     out = pipeline.config.output
-    if out.run_name:
-        return Path(out.dir) / out.run_name
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", pipeline.config.name).strip("-") or "run"
-    return Path(out.dir) / f"{slug}-{stamp}"
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", pipeline.config.name).strip("-.") or "run"
+    name = out.run_name or f"{slug}-{stamp}"
+    parent = Path(out.dir).resolve()
+    path = (parent / name).resolve()
+    if path.parent != parent:
+        raise CatError(
+            f"output.run_name {name!r} must be a plain directory name inside output.dir "
+            f"({out.dir}): no path separators or '..'"
+        )
+    return Path(out.dir) / name
 
 
 def run_pipeline(
@@ -68,20 +81,37 @@ def run_pipeline(
     plugins: Plugins,
     run_dir: str | None = None,
     resume: str | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Run a validated pipeline; returns the mode's summary (also passed to ``on_run_end``)."""
+    """Run a validated pipeline; returns the mode's summary (also passed to ``on_run_end``).
+
+    A fresh run starts in a new or empty directory (a previous run's only with ``overwrite``);
+    ``resume`` continues a run whose ``config.yaml`` matches this pipeline in every key that
+    changes results. Whatever happens, ``status.json`` and the ``run end`` log line say how the
+    run ended and why."""
     runner = _mode_runner(pipeline.config.mode)
-    path = Path(resume) if resume else new_run_dir(pipeline, run_dir)
-    if resume and not path.is_dir():
-        raise CatError(f"--resume {resume}: no such run directory")
+    config = redact(pipeline.resolved())
+    changes: dict[str, Any] = {}
+    if resume:
+        path = Path(resume)
+        changes = check_resume(path, config)
+    else:
+        path = new_run_dir(pipeline, run_dir)
+        if is_main_process():
+            check_fresh(path, overwrite)
     path.mkdir(parents=True, exist_ok=True)
-    config = pipeline.resolved()
-    (path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    if is_main_process() and (not resume or changes):
+        atomic_write_text(path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     attach_run_log(path / "log.jsonl")
     loaded = [f"{r.name}=={r.version}" for r in plugins.records if r.status == "loaded"]
     log.info("run start", run_dir=str(path), mode=pipeline.config.mode, plugins=loaded)
+    if changes:
+        log.info(
+            "resume with changed settings",
+            changes={k: [old, new] for k, (old, new) in changes.items()},
+        )
     plugins.notify("on_run_start", run_dir=str(path.resolve()), config=config)
-    status, summary = "failed", {"run_dir": str(path)}
+    status, summary, error = "failed", {"run_dir": str(path)}, None
     try:
         summary = {
             **summary,
@@ -90,16 +120,42 @@ def run_pipeline(
         status = "completed"
         return summary
     except KeyboardInterrupt:
-        status = "interrupted"
+        status, error = "interrupted", "interrupted (KeyboardInterrupt)"
+        raise
+    except BaseException as exc:
+        error = failure_message(exc)
         raise
     finally:
         if is_main_process():
+            _write_status(path, status, error)
             report = _write_report(path, status)
             if report is not None:
                 summary["report"] = str(report)
-        log.info("run end", status=status, run_dir=str(path))
+        if error:
+            log.info("run end", status=status, run_dir=str(path), error=error)
+        else:
+            log.info("run end", status=status, run_dir=str(path))
         plugins.notify("on_run_end", run_dir=str(path.resolve()), summary=summary, status=status)
         detach_run_log()
+
+
+def failure_message(exc: BaseException) -> str:
+    """What a failed run records: a framework error's own message, else the exception type and
+    its message (the traceback goes to the log only with --debug)."""
+    if isinstance(exc, CatError):
+        return str(exc)
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _write_status(run_dir: Path, status: str, error: str | None) -> None:
+    row: dict[str, Any] = {"status": status, "finished": _dt.datetime.now().isoformat()}
+    if error:
+        row["error"] = error
+    try:
+        atomic_write_text(run_dir / "status.json", json.dumps(row, indent=2))
+    except OSError as exc:  # a full disk must not hide the run's own error
+        log.warning("status.json not written", error=repr(exc))
 
 
 def is_main_process() -> bool:

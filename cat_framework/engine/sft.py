@@ -82,9 +82,6 @@ def run_sft(
     cfg = pipeline.config
     tc = cfg.trainer
     acc, prompts = start_training(pipeline)
-    if not resume and acc.is_main_process:
-        (run_dir / "records.jsonl").unlink(missing_ok=True)
-    acc.wait_for_everyone()
     pool = BackendPool()
     # references come from pi_0 before any update: the policy itself is pi_0 then
     policy = build_policy(pipeline, plugins, pool, acc.device, need_frozen=False)

@@ -4,7 +4,6 @@ schedule, run files, resume point, the final model, and a replica-agreement chec
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,6 @@ import torch
 
 from cat_framework.components import Dataset
 from cat_framework.engine.checkpoint import (
-    CHECKPOINTS,
     latest_checkpoint,
     save_checkpoint,
     truncate_jsonl,
@@ -139,14 +137,9 @@ def resume_point(
     files: tuple[str, ...] = ("metrics.jsonl", "records.jsonl"),
 ) -> Any:
     """The checkpoint to continue from (None for a fresh run); drops the lines of ``files``
-    logged after it (those steps are redone), or the whole files for a fresh run."""
+    logged after it (those steps are redone; the rewrite is atomic). A fresh run's directory is
+    new or emptied by the runner (``--overwrite``), so nothing is deleted here."""
     if not resume:
-        if accelerator.is_main_process:  # a fresh run in a used directory: no stale state
-            for name in files:
-                (run_dir / name).unlink(missing_ok=True)
-            for name in (CHECKPOINTS, "eval", "final"):
-                shutil.rmtree(run_dir / name, ignore_errors=True)
-        accelerator.wait_for_everyone()
         return None
     ckpt = latest_checkpoint(run_dir)
     if accelerator.is_main_process:

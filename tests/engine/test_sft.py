@@ -19,7 +19,10 @@ def sft_pipeline(tmp, model, data):
     text = (
         path.read_text()
         .replace("mode: train", "mode: sft")
-        .replace("aggregator: majority", "aggregator: {name: synthesis, max_new_tokens: 12}")
+        .replace(
+            "aggregator: {name: majority, fallback: number}",
+            "aggregator: {name: synthesis, max_new_tokens: 12}",
+        )
     )
     eval_data = f'  eval: {{dataset: jsonl, path: "{data}", answer_field: answer, id_field: id}}'
     text = text.replace("data:\n", f"data:\n{eval_data}\n").replace("reward: programmatic\n", "")

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from cat_framework import hookimpl, load_plugins
 from cat_framework.engine.checkpoint import latest_checkpoint
 from cat_framework.engine.runner import run_pipeline
+from cat_framework.errors import CatError
 from cat_framework.pipeline import load_pipeline
 
 
@@ -34,7 +35,8 @@ def write_pipeline(tmp: Path, model: Path, data: Path, trainer: str, extra: str 
         data:
           train: {{dataset: jsonl, path: "{data}", answer_field: answer, id_field: id}}
         rollouts: {{n: 4, temperature: 1.0, max_new_tokens: 10}}
-        aggregator: majority
+        # a tiny random model commits to no answer: its last numbers vote (a signal to train on)
+        aggregator: {{name: majority, fallback: number}}
         reward: programmatic
         trainer: {trainer}
         """)
@@ -45,7 +47,9 @@ def write_pipeline(tmp: Path, model: Path, data: Path, trainer: str, extra: str 
     return path
 
 
-def run(pipeline: Path, run_dir: Path, *extra: Any, resume: bool = False) -> dict[str, Any]:
+def run(
+    pipeline: Path, run_dir: Path, *extra: Any, resume: bool = False, overwrite: bool = False
+) -> dict[str, Any]:
     plugins = load_plugins(entry_points=False, extra=list(extra))
     pipe = load_pipeline(pipeline, plugins=plugins)
     return run_pipeline(
@@ -53,6 +57,7 @@ def run(pipeline: Path, run_dir: Path, *extra: Any, resume: bool = False) -> dic
         plugins=plugins,
         run_dir=None if resume else str(run_dir),
         resume=str(run_dir) if resume else None,
+        overwrite=overwrite,
     )
 
 
@@ -66,23 +71,31 @@ def initial_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def test_two_full_steps_change_every_parameter(tmp_path, tiny_policy, toy_data, captured):
     trainer = (
-        "{steps: 2, prompts_per_step: 3, micro_batch_size: 5, learning_rate: 0.01, beta: 0.01}"
+        "{steps: 3, prompts_per_step: 3, micro_batch_size: 5, learning_rate: 0.01, beta: 0.01}"
     )
     run(write_pipeline(tmp_path, tiny_policy, toy_data, trainer), tmp_path / "run")
     metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
-    assert [m["step"] for m in metrics] == [1, 2]
+    assert [m["step"] for m in metrics] == [1, 2, 3]
     for m in metrics:
         assert math.isfinite(m["loss"]) and math.isfinite(m["kl"])
-        assert 0 <= m["frac_reward_zero_std"] < 1  # some group carried signal
-        for key in ("reward/mean", "entropy", "clip_fraction", "time/teacher", "time/training"):
+        assert 0 <= m["frac_reward_zero_std"] <= 1
+        for key in ("entropy", "clip_fraction", "time/teacher", "time/training"):
             assert key in m
-    assert metrics[1]["kl"] > 0  # the policy moved away from pi_0 after step 1
+        # the teacher's diagnostics, every step: groups whose majority has no answer are counted
+        assert m["reference/no_answer/total"] == 3
+        assert 0 <= m["reward/unscorable"] <= 1
+    assert min(m["frac_reward_zero_std"] for m in metrics) < 1  # some group carried signal
+    assert metrics[-1]["kl"] > 0  # the policy moved away from pi_0
     records = read_jsonl(tmp_path / "run" / "records.jsonl")
-    assert len(records) == 2 * 3
+    assert len(records) == 3 * 3
     for rec in records:
-        assert len(rec["rollouts"]) == len(rec["rewards"]) == len(rec["advantages"]) == 4
-        assert rec["reference"]["method"] == "majority"
-        assert abs(sum(rec["advantages"])) < 1e-4  # group-relative
+        assert len(rec["rollouts"]) == 4 and all(ro["trained"] for ro in rec["rollouts"])
+        assert rec["primary"] == "majority" and rec["mode"] == "train"
+        advantages = [ro["advantage"] for ro in rec["rollouts"]]
+        assert abs(sum(advantages)) < 1e-4  # group-relative
+        if rec["references"]["majority"]["answer"] is None:  # no reference: no signal
+            assert [ro["reward"] for ro in rec["rollouts"]] == [None] * 4
+            assert advantages == [0.0] * 4
     before = initial_weights(tiny_policy)
     after = captured[0].model.state_dict()
     unchanged = [n for n, t in before.items() if torch.equal(t, after[n])]
@@ -92,7 +105,7 @@ def test_two_full_steps_change_every_parameter(tmp_path, tiny_policy, toy_data, 
     assert all(torch.equal(t, frozen[n]) for n, t in before.items())
     final = load_file(str(tmp_path / "run" / "final" / "model.safetensors"))
     assert all(torch.equal(final[n], after[n]) for n in final)
-    assert latest_checkpoint(tmp_path / "run").step == 2
+    assert latest_checkpoint(tmp_path / "run").step == 3
 
 
 def test_lora_changes_only_adapters_and_keeps_one_base_copy(
@@ -173,12 +186,17 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, tiny_policy, toy_data, ca
     assert r_straight == read_jsonl(tmp_path / "cut" / "records.jsonl")
 
 
-def test_fresh_run_in_a_used_directory_drops_stale_checkpoints(tmp_path, tiny_policy, toy_data):
+def test_fresh_run_in_a_used_directory_is_refused_or_overwritten(tmp_path, tiny_policy, toy_data):
     trainer = "{steps: 2, prompts_per_step: 2, learning_rate: 0.01, save_every: 1}"
     run(write_pipeline(tmp_path, tiny_policy, toy_data, trainer), tmp_path / "run")
     assert latest_checkpoint(tmp_path / "run").step == 2
+    (tmp_path / "run" / "notes.txt").write_text("mine")  # not the run's: never deleted
     shorter = "{steps: 1, prompts_per_step: 2, learning_rate: 0.01, save_every: 1}"
-    run(write_pipeline(tmp_path, tiny_policy, toy_data, shorter), tmp_path / "run")
+    with pytest.raises(CatError, match=r"already holds a run.*--resume"):
+        run(write_pipeline(tmp_path, tiny_policy, toy_data, shorter), tmp_path / "run")
+    assert latest_checkpoint(tmp_path / "run").step == 2  # the refused run touched nothing
+    run(write_pipeline(tmp_path, tiny_policy, toy_data, shorter), tmp_path / "run", overwrite=True)
     # the old step-2 checkpoint must not outlive the new run (a --resume would load it)
     assert latest_checkpoint(tmp_path / "run").step == 1
     assert [m["step"] for m in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1]
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
