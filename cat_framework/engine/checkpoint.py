@@ -1,9 +1,21 @@
-"""Checkpoints a crash cannot corrupt, and resuming from the latest one.
+"""Checkpoints a crash cannot corrupt, whose loading never runs code, and resuming from the newest
+valid one.
 
 A checkpoint is ``checkpoints/step-NNNNNN/`` holding the *trainable* tensors (all weights, or only
 the LoRA adapters), the optimizer and scheduler states, every process's RNG states and
-``state.json``. It is written under a temporary name and renamed into place once complete, so the
-latest ``step-*`` directory is always whole; ``state.json`` is written last and marks it valid.
+``state.json``. Nothing in it is a pickle: a run directory may come from someone else, and
+unpickling runs whatever code the file names. Each state is a safetensors file (see
+:mod:`cat_framework.engine.safe_state`).
+
+Writing: everything goes into ``.tmp-step-NNNNNN/``, is fsynced, and the directory is renamed
+into place, so a ``step-*`` directory is always whole. Pruning first renames a doomed checkpoint
+to ``.trash-step-NNNNNN`` (atomic) and only then deletes it, so a kill never leaves a
+half-deleted ``step-*``. Leftover ``.tmp-*``/``.trash-*`` directories are removed at the next
+save (and by :func:`tidy_checkpoints` at a resume).
+
+Reading: :func:`latest_checkpoint` validates a checkpoint fully (state.json, every safetensors
+header, every state file) before choosing it, and falls back to the previous one, with a
+warning naming what it skipped and why.
 """
 
 from __future__ import annotations
@@ -15,14 +27,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from cat_framework.engine.files import atomic_write_json, fsync_dir, fsync_file, rewrite_jsonl
+from cat_framework.engine.safe_state import check_state, load_state, save_state
 from cat_framework.errors import CatError
+
+log = structlog.get_logger("cat_framework.checkpoint")
 
 CHECKPOINTS = "checkpoints"
 WEIGHTS = "trainable.safetensors"
 STATE = "state.json"
+OPTIMIZER = "optimizer.safetensors"
+SCHEDULER = "scheduler.safetensors"
+PREFIX = "step-"
+TMP = ".tmp-"
+TRASH = ".trash-"
+
+
+def rng_file(process_index: int) -> str:
+    return f"rng-{process_index}.safetensors"
 
 
 @dataclass
@@ -30,6 +57,10 @@ class Checkpoint:
     path: Path
     step: int
     state: dict[str, Any]
+
+
+class InvalidCheckpoint(CatError):
+    """A checkpoint directory that cannot be resumed from (the message says why)."""
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -40,15 +71,16 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def rng_state() -> dict[str, Any]:
+    """This process's random streams as plain data (numpy's key array becomes a list of ints)."""
     state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     try:
         import numpy as np
-
-        state["numpy"] = np.random.get_state()
     except ImportError:  # pragma: no cover - numpy comes with torch's usual installs
-        pass
+        return state
+    kind, key, pos, has_gauss, cached = np.random.get_state()
+    state["numpy"] = [str(kind), [int(k) for k in key], int(pos), int(has_gauss), float(cached)]
     return state
 
 
@@ -60,7 +92,48 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if "numpy" in state:
         import numpy as np
 
-        np.random.set_state(state["numpy"])
+        kind, key, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, np.asarray(key, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def step_of(path: Path) -> int | None:
+    """The step a ``step-NNNNNN`` directory holds (None for any other name)."""
+    digits = path.name.removeprefix(PREFIX)
+    return int(digits) if path.name.startswith(PREFIX) and digits.isdigit() else None
+
+
+def checkpoint_dirs(root: Path) -> list[Path]:
+    """The ``step-*`` directories under ``root``, oldest first (by step number, not by name)."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and step_of(p) is not None]
+    return sorted(found, key=lambda p: step_of(p) or 0)
+
+
+def tidy_checkpoints(run_dir: Path) -> None:
+    """Finish what a killed save or prune left: delete ``.trash-*`` (already doomed) and
+    ``.tmp-*`` (never completed) directories. Main process only, while no save is running."""
+    root = run_dir / CHECKPOINTS
+    if not root.is_dir():
+        return
+    for path in root.iterdir():
+        if path.name.startswith((TMP, TRASH)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _discard(paths: list[Path]) -> None:
+    """Delete checkpoint directories so that a kill at any moment leaves each either whole under
+    its name or gone: rename all to ``.trash-*`` first, then delete."""
+    trashed = []
+    for path in paths:
+        trash = path.with_name(TRASH + path.name)
+        shutil.rmtree(trash, ignore_errors=True)
+        path.rename(trash)
+        trashed.append(trash)
+    if trashed:
+        fsync_dir(paths[0].parent)
+    for trash in trashed:
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def save_checkpoint(
@@ -73,52 +146,111 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int,
 ) -> Path | None:
-    """Write ``step-NNNNNN`` atomically (all processes call this); prune to ``keep`` newest.
+    """Write ``step-NNNNNN`` atomically (all processes call this: each writes its RNG streams);
+    prune to the ``keep`` newest. Checkpoints of later steps are dropped too: they belong to
+    the timeline a resume abandoned.
 
     Returns the checkpoint path on the main process, None elsewhere."""
     root = run_dir / CHECKPOINTS
-    final = root / f"step-{step:06d}"
-    tmp = root / f".tmp-step-{step:06d}"
+    final = root / f"{PREFIX}{step:06d}"
+    tmp = root / f"{TMP}{final.name}"
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
+        tidy_checkpoints(run_dir)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    torch.save(rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
+    save_state(tmp / rng_file(accelerator.process_index), rng_state())
     if accelerator.is_main_process:
         save_file(trainable_state(model), str(tmp / WEIGHTS))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        fsync_file(tmp / WEIGHTS)
+        save_state(tmp / OPTIMIZER, optimizer.state_dict())
+        save_state(tmp / SCHEDULER, scheduler.state_dict())
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         accelerator.wait_for_everyone()
         return None
-    (tmp / STATE).write_text(json.dumps({"step": step, **state}, indent=2), encoding="utf-8")
+    atomic_write_json(tmp / STATE, {"step": step, "processes": accelerator.num_processes, **state})
+    fsync_dir(tmp)
     if final.exists():  # a resumed run redoing a step: replace it
-        shutil.rmtree(final)
+        _discard([final])
     tmp.rename(final)
-    for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    fsync_dir(root)
+    kept = [p for p in checkpoint_dirs(root) if (step_of(p) or 0) <= step]
+    later = [p for p in checkpoint_dirs(root) if (step_of(p) or 0) > step]
+    _discard(kept[:-keep] + later)
     accelerator.wait_for_everyone()
     return final
 
 
-def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
-    """The newest complete checkpoint (temporary directories and ones without state are ignored)."""
-    root = run_dir / CHECKPOINTS
-    for path in sorted(root.glob("step-*"), reverse=True):
+def check_checkpoint(path: Path) -> Checkpoint:
+    """Validate everything a resume will read, without loading the tensors: ``state.json``, the
+    weights' safetensors header and every state file. Raises :class:`InvalidCheckpoint`."""
+    try:
+        state = json.loads((path / STATE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidCheckpoint(f"{STATE} is missing") from None
+    except (OSError, ValueError) as e:
+        raise InvalidCheckpoint(f"{STATE} is not readable JSON ({e})") from None
+    if not isinstance(state, dict) or state.get("step") != step_of(path):
+        raise InvalidCheckpoint(f"{STATE} does not say step {step_of(path)}")
+    processes = state.get("processes", 1)
+    if not isinstance(processes, int) or processes < 1:
+        raise InvalidCheckpoint(f"{STATE} has an invalid 'processes' ({processes!r})")
+    try:
+        with safe_open(str(path / WEIGHTS), "pt"):
+            pass
+    except FileNotFoundError:
+        raise InvalidCheckpoint(f"{WEIGHTS} is missing") from None
+    except Exception as e:  # SafetensorError: truncated or not a safetensors file
+        raise InvalidCheckpoint(f"{WEIGHTS} is damaged ({e})") from None
+    for name in (OPTIMIZER, SCHEDULER, *(rng_file(i) for i in range(processes))):
+        file = path / name
+        if not file.exists():
+            pickle = file.with_suffix(".pt")
+            if pickle.exists():
+                raise InvalidCheckpoint(
+                    f"it holds {pickle.name} instead of {name}: a pickle (written by an older "
+                    "version, or planted), and pickles are never loaded because loading one "
+                    "can run arbitrary code"
+                )
+            raise InvalidCheckpoint(f"{name} is missing")
         try:
-            state = json.loads((path / STATE).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+            check_state(file)
+        except CatError as e:
+            raise InvalidCheckpoint(str(e)) from None
+    return Checkpoint(path, state["step"], state)
+
+
+def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
+    """The newest valid checkpoint; None when there is none at all. Invalid ones are skipped
+    with a warning naming each and why; if every checkpoint is invalid, a :class:`CatError`."""
+    root = run_dir / CHECKPOINTS
+    skipped: list[str] = []
+    for path in reversed(checkpoint_dirs(root)):
+        try:
+            ckpt = check_checkpoint(path)
+        except InvalidCheckpoint as e:
+            log.warning("skipping an unusable checkpoint", checkpoint=str(path), reason=str(e))
+            skipped.append(f"{path.name}: {e}")
             continue
-        if (path / WEIGHTS).exists():
-            return Checkpoint(path, int(state["step"]), state)
+        if skipped:
+            log.warning(
+                "resuming from an older checkpoint", checkpoint=str(path), skipped=len(skipped)
+            )
+        return ckpt
+    if skipped:
+        raise CatError(
+            f"no usable checkpoint in {root}: " + "; ".join(skipped) + ". Start the run again "
+            "without --resume (that replaces this directory's checkpoints), or restore a "
+            "checkpoint from a copy."
+        )
     return None
 
 
 def load_checkpoint(
     ckpt: Checkpoint, model: torch.nn.Module, optimizer: Any, scheduler: Any, process_index: int
 ) -> None:
-    """Restore weights, optimizer, scheduler and this process's RNG streams."""
+    """Restore weights, optimizer, scheduler and this process's RNG streams (no file is
+    unpickled)."""
     tensors = load_file(str(ckpt.path / WEIGHTS))
     expected = {n for n, p in model.named_parameters() if p.requires_grad}
     if set(tensors) != expected:
@@ -131,34 +263,41 @@ def load_checkpoint(
     with torch.no_grad():
         for name, tensor in tensors.items():
             params[name].copy_(tensor.to(params[name].device, params[name].dtype))
-    optimizer.load_state_dict(torch.load(ckpt.path / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(ckpt.path / "scheduler.pt", weights_only=False))
-    rng = ckpt.path / f"rng-{process_index}.pt"
+    optimizer.load_state_dict(load_state(ckpt.path / OPTIMIZER))
+    scheduler.load_state_dict(load_state(ckpt.path / SCHEDULER))
+    rng = ckpt.path / rng_file(process_index)
     if rng.exists():
-        set_rng_state(torch.load(rng, weights_only=False))
+        set_rng_state(load_state(rng))
+    else:
+        log.warning(
+            "no random state for this process in the checkpoint (was the process count "
+            "changed?): it keeps its seeded streams",
+            checkpoint=str(ckpt.path),
+            process=process_index,
+        )
 
 
 def truncate_jsonl(path: Path, max_step: int) -> None:
-    """Keep the lines of steps <= ``max_step`` (the rest are redone after a resume); a line cut
-    by a crash is dropped."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and int(row.get("step", 0)) <= max_step:
-            kept.append(line + "\n")
-    path.write_text("".join(kept), encoding="utf-8")
+    """Keep the lines of steps <= ``max_step`` (the rest are redone after a resume), atomically;
+    a last line cut by a crash is dropped."""
+
+    def keep(row: dict[str, Any]) -> bool:
+        step = row.get("step", 0)
+        if not isinstance(step, int) or isinstance(step, bool):
+            raise CatError(f"'step' is {step!r}, not an integer")
+        return step <= max_step
+
+    rewrite_jsonl(path, keep)
 
 
 __all__ = [
     "Checkpoint",
+    "InvalidCheckpoint",
+    "check_checkpoint",
     "latest_checkpoint",
     "load_checkpoint",
     "save_checkpoint",
+    "tidy_checkpoints",
     "trainable_state",
     "truncate_jsonl",
 ]

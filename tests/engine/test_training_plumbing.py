@@ -1,13 +1,11 @@
-"""Run plumbing without models: process-count checks, schedules, resume truncation."""
+"""Run plumbing without models: process-count checks, schedules (resume truncation: test_files)."""
 
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 
 import pytest
 
-from cat_framework.engine.checkpoint import truncate_jsonl
 from cat_framework.engine.schedule import derive_seed, shard, step_prompts
 from cat_framework.engine.training import check_processes
 from cat_framework.errors import CatError
@@ -38,16 +36,6 @@ def test_derive_seed_is_stable_and_distinct():
     assert derive_seed(1, "rollouts", 2, 3) == derive_seed(1, "rollouts", 2, 3)
     assert len({derive_seed(0, s) for s in range(1000)}) == 1000
     assert 0 <= derive_seed("x") < 2**62
-
-
-def test_truncate_keeps_checkpointed_steps_and_drops_cut_lines(tmp_path):
-    path = tmp_path / "metrics.jsonl"
-    rows = [{"step": s, "v": s} for s in range(0, 5)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 5, "v"')
-    truncate_jsonl(path, 2)
-    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [0, 1, 2]
-    truncate_jsonl(path, -1)  # no checkpoint: even the step-0 evaluation is redone
-    assert path.read_text() == ""
 
 
 def test_sharded_weight_launch_modes_are_refused_clearly(monkeypatch):
