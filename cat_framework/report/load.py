@@ -220,7 +220,7 @@ def load_records(
     run.n_records = len(index)
     steps = sorted({s for _, s in index if s is not None})
     run.record_steps = steps
-    if steps:
+    if steps and (run.config or {}).get("mode") != "evaluate":  # evaluate records are step 0
         chosen = _pick_evenly(steps, max_steps)
         per_step = max(1, math.ceil(max_prompts / len(chosen)))
         by_step: dict[int, list[int]] = {s: [] for s in chosen}

@@ -28,8 +28,10 @@ TIME = re.compile(r"^time/[^/]+$")
 TIME_TOTAL = re.compile(r"^time/(step|total|wall|step_total)$")
 #: x-axis-like keys never drawn as metrics
 AXES = {"step", "epoch", "global_step", "samples", "timestamp", "time"}
+#: the teacher's diagnostics (rates; see cat_framework.engine.diagnostics)
+DIAGNOSTIC = re.compile(r"^(eval/[^/]+/)?(reference/[a-z_]+|reward/(unscorable|length_corr))$")
 #: companions of a plotted metric, never drawn on their own
-COMPANION = re.compile(r"^eval/.+/(n|ci_low|ci_high)$")
+COMPANION = re.compile(r"^eval/.+/(n|ci_low|ci_high|unscorable)$|/(count|total)$")
 MAX_OTHER = 12
 
 Rows = Sequence[Mapping[str, float]]
@@ -226,6 +228,29 @@ def _eval_over_steps(rows: Rows, keys: Sequence[str], used: set[str]) -> Plot | 
     return Plot("Accuracy and evaluation scores", to_uri(fig), "shaded: confidence interval")
 
 
+def _diagnostics(rows: Rows, keys: Sequence[str], used: set[str]) -> Plot | None:
+    """Reference diagnostics over steps: no-answer, disagreement, audit rates, unscorable."""
+    chosen = [k for k in _match(keys, DIAGNOSTIC, used) if not k.startswith("eval/")]
+    if not chosen:
+        return None
+    used.update(chosen)
+    fig, axes = _figure()
+    ax = axes[0, 0]
+    for i, key in enumerate(chosen[:8]):
+        xs, ys = series(rows, key)
+        ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.2, color=PALETTE[i % 8], label=key)
+    ax.legend(fontsize=7, frameon=False)
+    ax.set_xlabel("step", fontsize=8)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    return Plot(
+        "Teacher diagnostics",
+        to_uri(fig),
+        "rates per step (counts in metrics.jsonl): references without an answer, disagreeing "
+        "with the rollouts' majority, right when disagreeing / when all rollouts are wrong "
+        "(gold audit), unscorable rollouts, reward-length correlation",
+    )
+
+
 def _other(rows: Rows, keys: Sequence[str], used: set[str]) -> Plot | None:
     rest = [
         k for k in keys if k not in used and not COMPANION.match(k) and len(series(rows, k)[0]) >= 2
@@ -260,10 +285,11 @@ def training_plots(rows: Rows) -> list[Plot]:
             "tokens per rollout",
             exclude=lambda k: (
                 k.startswith(("eval/", "time/"))
-                or any(w in k for w in ("penal", "frac", "ratio", "clipped", "trunc"))
+                or any(w in k for w in ("penal", "frac", "ratio", "clipped", "trunc", "corr"))
             ),
         ),
         _eval_over_steps(rows, keys, used),
+        _diagnostics(rows, keys, used),
         _time_split(rows, keys, used),
     ]
     plots.append(_other(rows, keys, used))

@@ -97,6 +97,8 @@ def test_answerless_reference_gives_its_group_no_signal_and_is_counted(
     assert "reference/disagree_majority/total" in m
     assert "reference/correct_when_all_wrong/total" in m  # toy data has gold: audited
     assert math.isfinite(m["loss"])
+    page = (run_dir / "report.html").read_text()
+    assert "Teacher diagnostics" in page and "reference/no_answer" in page
 
 
 def test_reference_n_builds_the_reference_from_more_rollouts_than_trained(
