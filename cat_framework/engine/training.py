@@ -14,6 +14,7 @@ from cat_framework.components import Dataset
 from cat_framework.engine.checkpoint import (
     latest_checkpoint,
     save_checkpoint,
+    tidy_checkpoints,
     truncate_jsonl,
 )
 from cat_framework.engine.evaluate import load_prompts
@@ -141,6 +142,9 @@ def resume_point(
     new or emptied by the runner (``--overwrite``), so nothing is deleted here."""
     if not resume:
         return None
+    if accelerator.is_main_process:  # finish a prune or a save a kill interrupted
+        tidy_checkpoints(run_dir)
+    accelerator.wait_for_everyone()
     ckpt = latest_checkpoint(run_dir)
     if accelerator.is_main_process:
         for name in files:

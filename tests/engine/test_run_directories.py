@@ -1,0 +1,137 @@
+"""Run directories a user can trust (issue 9): resume checks, secrets, failures recorded, and
+evaluation that resumes exactly and equals the trainer's step-0 evaluation."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cat_framework import Aggregator, Reference, RolloutGroup, hookimpl, load_plugins
+from cat_framework.engine.runner import run_pipeline
+from cat_framework.errors import CatError
+from cat_framework.pipeline import load_pipeline
+from tests.helpers.echo_backend import EchoBackend
+
+
+class Boom(Aggregator):
+    name = "boom"
+
+    def aggregate(self, groups: Sequence[RolloutGroup]) -> list[Reference]:
+        raise ValueError("the vote exploded")
+
+
+class TestPlugin:
+    @hookimpl
+    def register_backends(self, register):
+        register(EchoBackend)
+
+    @hookimpl
+    def register_aggregators(self, register):
+        register(Boom)
+
+
+@pytest.fixture
+def plugins():
+    return load_plugins(entry_points=False, extra=[("testplugin", TestPlugin())])
+
+
+def evaluate_yaml(data: Path, extra: str = "", aggregators: str = "[single, majority]") -> str:
+    return (
+        textwrap.dedent(f"""\
+        name: rundirs
+        mode: evaluate
+        seed: 1
+        models:
+          policy: {{backend: echo, replies: ["\\\\boxed{{4}}", "\\\\boxed{{5}}"]}}
+        data:
+          eval: {{dataset: jsonl, path: "{data}", answer_field: answer, id_field: id}}
+        rollouts: {{n: 2, max_new_tokens: 8}}
+        eval: {{aggregators: {aggregators}, batch_size: 2, bootstrap: 10}}
+        """)
+        + extra
+    )
+
+
+def start(tmp: Path, text: str, plugins, overrides=(), **kw):
+    path = tmp / "p.yaml"
+    path.write_text(text)
+    pipe = load_pipeline(path, overrides, plugins=plugins)
+    return run_pipeline(pipe, plugins=plugins, **kw)
+
+
+def test_resume_refuses_a_directory_that_is_not_a_run(tmp_path, plugins, toy_data):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"\xff\xd8")
+    with pytest.raises(CatError, match="not a run directory"):
+        start(tmp_path, evaluate_yaml(toy_data), plugins, resume=str(tmp_path / "photos"))
+    assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["cat.jpg"]
+
+
+def test_fresh_run_refuses_a_non_empty_folder_that_is_not_a_run(tmp_path, plugins, toy_data):
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "final").mkdir()  # a name a run would write: still not ours to delete
+    with pytest.raises(CatError, match="holds no run"):
+        start(tmp_path, evaluate_yaml(toy_data), plugins, overwrite=True, run_dir=str(target))
+    assert (target / "final").is_dir() and not (target / "config.yaml").exists()
+
+
+def test_resume_refuses_a_changed_pipeline_and_accepts_safe_changes(tmp_path, plugins, toy_data):
+    run_dir = tmp_path / "run"
+    text = evaluate_yaml(toy_data)
+    start(tmp_path, text, plugins, run_dir=str(run_dir))
+    before = (run_dir / "config.yaml").read_text()
+    with pytest.raises(CatError) as err:
+        start(
+            tmp_path, text, plugins,
+            overrides=("seed=99", "rollouts.temperature=0.5"), resume=str(run_dir),
+        )  # fmt: skip
+    message = str(err.value)
+    assert "seed: 1 -> 99" in message and "rollouts.temperature: 1.0 -> 0.5" in message
+    assert (run_dir / "config.yaml").read_text() == before  # nothing rewritten
+    # more prompts (seeds depend on prompt ids only) and more bootstrap resamples are safe
+    start(tmp_path, text, plugins, overrides=("eval.bootstrap=20",), resume=str(run_dir))
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["eval"]["bootstrap"] == 20
+    log = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
+    changed = [e for e in log if e["event"] == "resume with changed settings"]
+    assert changed and changed[-1]["changes"] == {"eval.bootstrap": [10, 20]}
+
+
+def test_secrets_never_reach_run_files(tmp_path, plugins, toy_data):
+    secret = "sk-THIS-IS-SECRET-42"
+    judge = textwrap.dedent(f"""\
+        models:
+          policy: {{backend: echo, replies: ["\\\\boxed{{4}}"]}}
+          judge: {{backend: openai, model: m, base_url: "http://127.0.0.1:9/v1", api_key: {secret}}}
+        """)
+    text = evaluate_yaml(toy_data).replace(
+        'models:\n  policy: {backend: echo, replies: ["\\\\boxed{4}", "\\\\boxed{5}"]}\n', judge
+    )
+    assert secret in text
+    run_dir = tmp_path / "run"
+    start(tmp_path, text, plugins, run_dir=str(run_dir))
+    written = [p for p in run_dir.rglob("*") if p.is_file()]
+    assert any(p.name == "report.html" for p in written)
+    assert any("tfevents" in p.name for p in written)  # the TensorBoard observer ran
+    for p in written:
+        assert secret.encode() not in p.read_bytes(), p
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["models"]["judge"]["api_key"]
+
+
+def test_a_failed_run_records_why(tmp_path, plugins, toy_data):
+    run_dir = tmp_path / "run"
+    with pytest.raises(ValueError, match="exploded"):
+        start(
+            tmp_path, evaluate_yaml(toy_data, aggregators="[boom]"), plugins, run_dir=str(run_dir)
+        )
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "failed"
+    assert status["error"] == "ValueError: the vote exploded"
+    end = json.loads((run_dir / "log.jsonl").read_text().splitlines()[-1])
+    assert end["event"] == "run end" and end["error"] == "ValueError: the vote exploded"
+    assert "the vote exploded" in (run_dir / "report.html").read_text()
