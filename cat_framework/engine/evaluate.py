@@ -142,6 +142,7 @@ class Evaluation:
                 "evaluate", 0, g, {lab: refs[lab][i] for lab in refs}, None,
                 scores={lab: scores[lab][i] for lab in refs},
                 grading={lab: grading[lab][i] for lab in refs},
+                n_trained=cfg.rollouts.n,
             ).to_dict()
             for i, g in enumerate(groups)
         ]  # fmt: skip
@@ -188,7 +189,9 @@ def summarize(
     }
     if task != "math":
         return out
-    correct = [[bool(ro.correct) for ro in r.rollouts] for r in parsed]
+    # the policy's own accuracy over the G = n rollouts GRPO would train on (with
+    # ``rollouts.reference_n`` the extra samples only feed the references)
+    correct = [[bool(ro.correct) for ro in r.rollouts if ro.trained] for r in parsed]
     pass_g = [any(c) for c in correct]
     out["rollouts"] = {
         "accuracy": mean([mean([float(x) for x in c]) for c in correct if c]),

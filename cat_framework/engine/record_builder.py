@@ -45,13 +45,16 @@ def build_record(
     advantages: Sequence[float] | None = None,
     scores: Mapping[str, float | None] | None = None,
     grading: Mapping[str, Mapping[str, Any]] | None = None,
+    n_trained: int | None = None,
 ) -> RunRecord:
     """One record: ``rewards``/``advantages`` cover the trained rollouts (the first
-    ``len(rewards.values)``); the rest were sampled only for the reference."""
+    ``len(rewards.values)``, or ``n_trained``); the rest were sampled only for the reference
+    (``rollouts.reference_n``)."""
     p = group.prompt
     math_task = task_of(group) == "math"
     gold = p.gold_answer if math_task else None
-    n_trained = len(rewards.values) if rewards is not None else len(group.rollouts)
+    if n_trained is None:
+        n_trained = len(rewards.values) if rewards is not None else len(group.rollouts)
     rollouts = []
     for i, c in enumerate(group.rollouts):
         trained = i < n_trained

@@ -140,3 +140,64 @@ def test_summarize_freeform_clips_mean():
     out = summarize(recs, ["x"], "freeform", 0, 0.95)
     assert out["aggregators"]["x"]["score"] == 1.0
     assert labels_for(["x"]) == ["x"]
+
+
+def test_reference_n_feeds_every_aggregator_more_rollouts_than_g(tmp_path, plugins):
+    data = write_data(tmp_path)
+    path = tmp_path / "p.yaml"
+    replies = ["\\boxed{4}", "\\boxed{5}", "\\boxed{4}", "\\boxed{4}"]
+    text = pipeline_text(data, replies).replace("{n: 3,", "{n: 2, reference_n: 4,")
+    path.write_text(text)
+    run_dir = tmp_path / "run"
+    run_pipeline(load_pipeline(path, plugins=plugins), plugins=plugins, run_dir=str(run_dir))
+    records = [json.loads(x) for x in (run_dir / "records.jsonl").read_text().splitlines()]
+    for rec in records:
+        assert [ro["trained"] for ro in rec["rollouts"]] == [True, True, False, False]
+        votes = rec["references"]["majority"]["details"]["votes"]
+        assert votes[0]["count"] == 3  # all four samples voted, not only the first two
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    # rollout accuracy is the policy's over its G = n samples ("4", "5"): a and b half right;
+    # over all four samples it would be (3/4 + 1/4 + 0) / 3
+    assert metrics["rollouts"]["accuracy"] == pytest.approx((1 / 2 + 1 / 2 + 0) / 3)
+
+
+def test_initial_policy_judge_is_the_policy_at_test_time(tmp_path, plugins):
+    """``initial-policy`` means pi_0 in every mode: at test time that is the policy, even when
+    the anchor is another model (it used to bind to the anchor)."""
+    from cat_framework.pipeline.build import BackendPool, build_roles
+
+    data = write_data(tmp_path)
+    path = tmp_path / "p.yaml"
+    text = pipeline_text(data, ["\\boxed{4}"]).replace(
+        "models:\n",
+        "models:\n  anchor: {backend: echo, replies: [other]}\n  judge: initial-policy\n",
+    )
+    path.write_text(text)
+    pool = BackendPool()
+    roles = build_roles(load_pipeline(path, plugins=plugins), pool)
+    assert roles.judge is roles.policy and roles.anchor is not roles.policy
+    pool.close()
+
+
+def test_minppl_ranks_by_the_policy_by_default(tmp_path, plugins):
+    from cat_framework.pipeline.build import BackendPool, build_roles
+    from cat_plugins.aggregators.minppl import MinPPLAggregator
+
+    data = write_data(tmp_path)
+    path = tmp_path / "p.yaml"
+    text = pipeline_text(data, ["\\boxed{4}"]).replace(
+        "models:\n", "models:\n  anchor: {backend: echo, replies: [other]}\n"
+    )
+    path.write_text(text)
+    pool = BackendPool()
+    roles = build_roles(load_pipeline(path, plugins=plugins), pool)
+    from cat_framework import Completion, Prompt, RolloutGroup
+
+    group = RolloutGroup(
+        Prompt("q", [{"role": "user", "content": "?"}]), [Completion("a b"), Completion("a")]
+    )
+    MinPPLAggregator({}, roles=roles).aggregate([group])
+    assert roles.policy.score_calls and not roles.anchor.score_calls  # the paper's minPPL
+    MinPPLAggregator({"scorer": "anchor"}, roles=roles).aggregate([group])
+    assert roles.anchor.score_calls
+    pool.close()
