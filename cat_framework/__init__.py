@@ -24,6 +24,12 @@ from cat_framework.errors import (
 )
 from cat_framework.hookspecs import hookimpl, hookspec
 from cat_framework.plugins import Plugins, default_plugins, load_plugins
+from cat_framework.records import (
+    ReferenceRecord,
+    RolloutRecord,
+    RunRecord,
+    read_records,
+)
 from cat_framework.registry import Provenance, Registry
 from cat_framework.types import (
     Completion,
@@ -57,11 +63,14 @@ __all__ = [
     "Prompt",
     "Provenance",
     "Reference",
+    "ReferenceRecord",
     "Registry",
     "RewardDeriver",
     "Rewards",
     "Roles",
     "RolloutGroup",
+    "RolloutRecord",
+    "RunRecord",
     "UnknownComponentError",
     "Verdict",
     "__version__",
@@ -69,4 +78,5 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "load_plugins",
+    "read_records",
 ]
