@@ -18,6 +18,9 @@ For each rate ``name`` the metrics carry ``name`` (the rate, absent when nothing
 * ``reward/unscorable``: trained rollouts the teacher could not score, over trained rollouts.
 * ``reward/length_corr``: Pearson correlation of reward and length over scorable rollouts
   (the known length hack shows up as a large positive value).
+* ``judge/failed``, ``judge/unparsed`` (judge-based rewards, whose details count verdicts): the
+  (rollout, criterion) requests that failed after their retries, or whose answer could not be
+  parsed, over all verdicts asked.
 """
 
 from __future__ import annotations
@@ -119,6 +122,11 @@ def reward_diagnostics(records: Sequence[RunRecord]) -> dict[str, float]:
     if not trained:
         return out
     _rate(out, "reward/unscorable", sum(ro.reward is None for ro in trained), len(trained))
+    judged = [ro.details for ro in trained if "n_criteria" in ro.details]
+    if judged:  # a judge-based reward: its (rollout, criterion) verdicts
+        total = sum(int(d.get("n_criteria") or 0) for d in judged)
+        _rate(out, "judge/failed", sum(int(d.get("n_failed") or 0) for d in judged), total)
+        _rate(out, "judge/unparsed", sum(int(d.get("n_unparsed") or 0) for d in judged), total)
     scored = [ro for ro in trained if ro.reward is not None]
     corr = pearson([float(ro.reward) for ro in scored], [float(ro.tokens) for ro in scored])  # type: ignore[arg-type]
     if corr is not None:

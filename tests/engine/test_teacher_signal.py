@@ -8,10 +8,18 @@ from __future__ import annotations
 import json
 import math
 import textwrap
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from cat_framework import Aggregator, Reference, RolloutGroup, hookimpl, load_plugins
+from cat_framework import (
+    Aggregator,
+    Completion,
+    Reference,
+    RolloutGroup,
+    hookimpl,
+    load_plugins,
+)
 from cat_framework.engine.runner import run_pipeline
 from cat_framework.pipeline import load_pipeline
 from cat_framework.records import read_records
@@ -124,3 +132,71 @@ def test_reference_fallback_replaces_an_answerless_reference(tmp_path, tiny_poli
         assert rec.reference.details["fallback_from"]["text"] == "...first take 3"
     kept = [r for r in records if r.reference.method == "half_answer"]
     assert [r.reference.answer for r in kept] == ["7", "7"]
+
+
+class ScriptedJudge(EchoBackend):
+    """Anchor and judge in one: proposes a 5-criterion rubric; as a judge, answers yes or no by
+    a hash of the response, and garbage for criterion C3 on half of the responses."""
+
+    name = "scripted_judge"
+
+    def generate(self, requests):
+        out = []
+        for req in requests:
+            prompt = req.messages[-1]["content"]
+            if "satisfy the criterion" in prompt:
+                response = prompt.split("<response>")[1].split("</response>")[0]
+                criterion = prompt.split("<criterion>")[1].split("</criterion>")[0].strip()
+                h = zlib.crc32(response.encode())
+                if criterion == "C3" and h % 2 == 0:
+                    text = "hmm, hard to say"
+                else:
+                    text = "<answer>yes</answer>" if (h >> 1) % 2 else "<answer>no</answer>"
+            else:  # the synthesis, then the rubric proposal from it
+                crits = "".join(f"<criterion>C{i}</criterion>" for i in range(1, 6))
+                text = f"<rubric>{crits}</rubric>"
+            out.append([Completion(text=text, token_ids=[1]) for _ in range(req.n)])
+        return out
+
+
+class JudgePlugin:
+    @hookimpl
+    def register_backends(self, register):
+        register(ScriptedJudge)
+
+
+def test_garbage_verdicts_exclude_rollouts_instead_of_inflating_them(
+    tmp_path, tiny_policy, toy_data
+):
+    text = textwrap.dedent(f"""\
+        name: judged
+        mode: train
+        seed: 2
+        models:
+          policy: {{backend: transformers, model: "{tiny_policy}", device: cpu}}
+          anchor: {{backend: scripted_judge}}
+        data:
+          train: {{dataset: jsonl, task: freeform, path: "{toy_data}", id_field: id}}
+        rollouts: {{n: 4, temperature: 1.0, max_new_tokens: 6}}
+        aggregator: synthesis
+        reward: {{name: rubric, max_judge_retries: 0}}
+        trainer: {{steps: 1, prompts_per_step: 6, learning_rate: 0.01, beta: 0.0}}
+        """)
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    plugins = load_plugins(entry_points=False, extra=[("judge", JudgePlugin())])
+    run_dir = tmp_path / "run"
+    run_pipeline(load_pipeline(path, plugins=plugins), plugins=plugins, run_dir=str(run_dir))
+    rollouts = [ro for rec in read_records(run_dir / "records.jsonl") for ro in rec.rollouts]
+    garbage = [ro for ro in rollouts if ro.details["n_unparsed"]]
+    clean = [ro for ro in rollouts if not ro.details["n_unparsed"]]
+    assert garbage and clean
+    for ro in garbage:  # 4 parsed verdicts + 1 garbage: no reward (not 4/4 or 0/4 re-normalised)
+        assert ro.reward is None and ro.advantage == 0.0
+    for ro in clean:
+        met = sum(v["met"] for v in ro.details["verdicts"])
+        assert ro.reward == met / 5
+    m = metrics_of(run_dir)
+    assert m["judge/unparsed/count"] == len(garbage)
+    assert m["judge/unparsed/total"] == 5 * len(rollouts)
+    assert m["reward/unscorable"] == len(garbage) / len(rollouts)
