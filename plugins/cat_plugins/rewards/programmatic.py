@@ -8,7 +8,13 @@ from typing import Literal
 from pydantic import Field
 
 from cat_framework import ComponentParams, Reference, RewardDeriver, Rewards, RolloutGroup
-from cat_framework.answers import answers_equivalent, extract_answer, normalize_answer
+from cat_framework.answers import (
+    Answer,
+    Fallback,
+    answers_equivalent,
+    normalize_answer,
+    read_answer,
+)
 
 
 class ProgrammaticParams(ComponentParams):
@@ -20,18 +26,25 @@ class ProgrammaticParams(ComponentParams):
     )
     fallback: Literal["none", "phrase", "number"] = Field(
         "number",
-        description="Answer extraction when a text has no \\boxed{} or '#### n': none, phrase "
-        "('the answer is X'), or number (the phrase, else the last number).",
+        description="What counts as a rollout's answer: none (\\boxed{} or '#### n' only), phrase "
+        "(also 'the final answer is X'), or number (also the last number or expression). The "
+        "reference text never goes beyond phrase: a reference must commit to its answer.",
     )
+
+
+def _reference_level(fallback: Fallback) -> Fallback:
+    return "none" if fallback == "none" else "phrase"
 
 
 class ProgrammaticReward(RewardDeriver):
     """1.0 when a rollout's final answer is equivalent to the reference's, else 0.0 (math only).
 
-    The reference's answer is ``reference.answer`` when set, else extracted from its text; the
-    prompt's gold answer is never read (CaT is label-free). A reference without an answer gives
-    every rollout 0.0, flagged ``reference_has_answer: False`` in each rollout's details so runs
-    can count such groups. Details per rollout: ``answer``, ``match``, ``reference_answer``,
+    The reference's answer is ``reference.answer`` when set (an aggregator chose it), else the
+    answer its text *commits* to: a box, ``#### n`` or an explicit "final answer is X", never its
+    last number. A reference without one is no reference: every rollout of the group is
+    unscorable (``None``, flagged ``reference_has_answer: False``), since scoring against a
+    guessed target would train on noise. The prompt's gold answer is never read (CaT is
+    label-free). Details per rollout: ``answer``, ``match``, ``reference_answer``,
     ``reference_has_answer``.
     """
 
@@ -48,23 +61,31 @@ class ProgrammaticReward(RewardDeriver):
             raise ValueError(f"{len(groups)} groups but {len(references)} references")
         return [self._score(g, ref) for g, ref in zip(groups, references, strict=True)]
 
+    def _target(self, reference: Reference) -> Answer | None:
+        if reference.answer is not None:
+            if not normalize_answer(reference.answer):
+                return None
+            return Answer.of(reference.answer)
+        return read_answer(reference.text, fallback=_reference_level(self.params.fallback))
+
     def _score(self, group: RolloutGroup, reference: Reference) -> Rewards:
-        fallback = self.params.fallback
-        target = reference.answer
-        if target is None:
-            target = extract_answer(reference.text, fallback=fallback)
-        has_answer = target is not None and normalize_answer(target) != ""
-        values, details = [], []
+        target = self._target(reference)
+        values: list[float | None] = []
+        details = []
         for rollout in group.rollouts:
-            answer = extract_answer(rollout.text, fallback=fallback)
-            match = has_answer and answers_equivalent(answer, target, self.params.mode)
-            values.append(1.0 if match else 0.0)
+            answer = read_answer(rollout.text, fallback=self.params.fallback)
+            if target is None:
+                match = None
+                values.append(None)
+            else:
+                match = answers_equivalent(answer, target, self.params.mode)
+                values.append(1.0 if match else 0.0)
             details.append(
                 {
-                    "answer": answer,
+                    "answer": answer.text if answer is not None else None,
                     "match": match,
-                    "reference_answer": target,
-                    "reference_has_answer": has_answer,
+                    "reference_answer": target.text if target is not None else None,
+                    "reference_has_answer": target is not None,
                 }
             )
         return Rewards(values=values, details=details)

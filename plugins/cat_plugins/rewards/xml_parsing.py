@@ -17,11 +17,14 @@ Rubric rules (:func:`parse_rubric`), in order:
    (``<b>``); ones without a letter or digit (an echoed ``...`` placeholder) and
    case-insensitive duplicates are dropped.
 
-Verdict rules (:func:`parse_verdict`): the first word after every ``<answer>`` tag is read, closed
-or not (yes/no/true/false, any case, markup and punctuation ignored); if they all agree that is the verdict, if they disagree (a judge that
-echoed "answer <answer>yes</answer> or <answer>no</answer>") it is ``None``. Without a tag, a
-reply that *starts* with yes/no (after markup such as ``**``) or a final "answer: yes" phrase
-counts. Anything else is ``None`` (unparsed), never a guess.
+Verdict rules (:func:`parse_verdict`), following the judge template ("reply with
+``<answer>yes</answer>`` or ``<answer>no</answer>``"): the first word after every ``<answer>``
+tag is read, closed or not (yes/no/true/false, any case, markup and punctuation ignored); if they
+all agree that is the verdict, if they disagree (a judge that echoed "answer
+<answer>yes</answer> or <answer>no</answer>") it is ``None``. Without a tag, a reply that
+*starts* with yes/no (after markup such as ``**``), else an "answer is: yes" / "verdict: no"
+phrase, counts. A verdict whose own sentence (or tag) also holds the opposite word ("Yes and
+no") is ambiguous. Anything ambiguous is ``None`` (unscorable), never a guess.
 """
 
 from __future__ import annotations
@@ -47,14 +50,18 @@ _INLINE_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9_-]*\s*/?>")
 _EDGE_MARKUP = re.compile(r"^[*_`]+|[*_`]+$")
 
 #: the first word after each opening <answer> tag (closed or not: a reply cut by max_new_tokens)
-_ANSWER_TAG = re.compile(r"<\s*answer\s*>[\s*_`\"']*([A-Za-z]*)", re.IGNORECASE)
+_ANSWER_TAG = re.compile(r"<\s*answer\s*>[\s*_`\"']*([A-Za-z]*)([^<\n]*)", re.IGNORECASE)
 _YES = frozenset({"yes", "true"})
 _NO = frozenset({"no", "false"})
 _LEADING_WORD = re.compile(r"^[\s*_`#>\"'(\[]*(?:answer\s*[:=-]?\s*)?([A-Za-z]+)\b", re.IGNORECASE)
 _ANSWER_PHRASE = re.compile(
-    r"\b(?:final\s+)?(?:answer|verdict|judg(?:e)?ment)\s*(?:is|:|=)\s*[*_`\"']*\s*(yes|no)\b",
+    r"\b(?:final\s+)?(?:answer|verdict|judg(?:e)?ment)\s*(?:is\s*[:=]?|:|=)\s*[*_`\"']*\s*"
+    r"(yes|no|true|false)\b",
     re.IGNORECASE,
 )
+_WORD = re.compile(r"[A-Za-z]+")
+#: the rest of a verdict's sentence: up to a sentence end (". " / "!" / "?") or the line end
+_SENTENCE_END = re.compile(r"[.!?](?:\s|$)|\n")
 
 
 @dataclass(frozen=True)
@@ -140,20 +147,36 @@ def _word_verdict(word: str) -> bool | None:
     return None
 
 
+def _contradicted(verdict: bool, rest: str) -> bool:
+    """Whether the rest of the verdict's sentence also says the opposite ("yes and no")."""
+    end = _SENTENCE_END.search(rest)
+    words = _WORD.findall(rest[: end.start()] if end else rest)
+    return any(_word_verdict(w) is (not verdict) for w in words)
+
+
+def _read(word: str, rest: str) -> bool | None:
+    verdict = _word_verdict(word)
+    if verdict is None or _contradicted(verdict, rest):
+        return None
+    return verdict
+
+
+def _agreed(verdicts: list[bool | None]) -> bool | None:
+    found = set(verdicts)
+    return found.pop() if len(found) == 1 else None
+
+
 def parse_verdict(text: str) -> bool | None:
     """A judge's yes/no: ``True``, ``False``, or ``None`` when it cannot be read unambiguously."""
     text = strip_fences(text or "")
     tags = _ANSWER_TAG.findall(text)
     if tags:
-        verdicts = {_word_verdict(t) for t in tags}
-        return verdicts.pop() if len(verdicts) == 1 else None
+        return _agreed([_read(word, rest) for word, rest in tags])
     lead = _LEADING_WORD.match(text)
-    if lead is not None:
-        verdict = _word_verdict(lead.group(1))
-        if verdict is not None:
-            return verdict
-    phrases = _ANSWER_PHRASE.findall(text)
-    return _word_verdict(phrases[-1]) if phrases else None
+    if lead is not None and _word_verdict(lead.group(1)) is not None:
+        return _read(lead.group(1), text[lead.end() :])
+    phrases = [_read(m.group(1), text[m.end() :]) for m in _ANSWER_PHRASE.finditer(text)]
+    return _agreed(phrases) if phrases else None
 
 
 __all__ = ["RubricParse", "clean_criterion", "parse_rubric", "parse_verdict", "strip_fences"]

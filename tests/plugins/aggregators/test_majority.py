@@ -28,53 +28,76 @@ def vote(*texts: str, **params: Any) -> Reference:
 def test_equivalent_answers_share_a_cluster() -> None:
     ref = vote("so \\boxed{1/2}", "\\boxed{0.5}", "\\boxed{3}", "thus \\boxed{\\frac{1}{2}}")
     assert ref.method == "majority"
-    assert ref.text == "so \\boxed{1/2}"
-    assert ref.answer == "1/2"
+    # the cluster's reference is its smallest normalised answer ("0.5"), not the first sampled
+    assert (ref.text, ref.answer) == ("\\boxed{0.5}", "0.5")
     assert ref.details == {
         "answers": ["1/2", "0.5", "3", "\\frac{1}{2}"],
         "votes": [
-            {"answer": "1/2", "count": 3, "members": [0, 1, 3]},
+            {"answer": "0.5", "count": 3, "members": [0, 1, 3]},
             {"answer": "3", "count": 1, "members": [2]},
         ],
         "no_answer": 0,
         "tie": False,
-        "index": 0,
+        "index": 1,
     }
 
 
 def test_equivalence_beats_string_plurality() -> None:
     """String equality alone would pick "7" (2 votes); equivalence finds 3 votes for one half."""
-    ref = vote("\\boxed{7}", "\\boxed{0.5}", "\\boxed{\\frac12}", "\\boxed{7}", "\\boxed{2/4}")
+    texts = ("\\boxed{7}", "\\boxed{0.5}", "\\boxed{\\frac12}", "\\boxed{7}", "\\boxed{2/4}")
+    ref = vote(*texts)
     assert ref.answer == "0.5"
     assert ref.details["index"] == 1
     assert [v["count"] for v in ref.details["votes"]] == [3, 2]
-    string = vote(
-        "\\boxed{7}",
-        "\\boxed{0.5}",
-        "\\boxed{\\frac12}",
-        "\\boxed{7}",
-        "\\boxed{2/4}",
-        mode="string",
-    )
+    string = vote(*texts, mode="string")
     assert string.answer == "7"
     assert [v["count"] for v in string.details["votes"]] == [2, 1, 1, 1]
 
 
-def test_tie_goes_to_the_cluster_seen_first() -> None:
-    ref = vote("\\boxed{2}", "\\boxed{3}", "\\boxed{3}", "\\boxed{2}")
-    assert (ref.answer, ref.details["index"], ref.details["tie"]) == ("2", 0, True)
-    ref = vote("no idea", "\\boxed{5}", "\\boxed{7}", "\\boxed{7}", "\\boxed{5}", fallback="none")
-    assert (ref.answer, ref.details["index"], ref.details["tie"]) == ("5", 1, True)
+def test_tie_is_broken_by_the_answer_not_the_order() -> None:
+    ref = vote("\\boxed{3}", "\\boxed{2}", "\\boxed{2}", "\\boxed{3}")
+    assert (ref.answer, ref.details["index"], ref.details["tie"]) == ("2", 1, True)
+    ref = vote("no idea", "\\boxed{7}", "\\boxed{5}", "\\boxed{5}", "\\boxed{7}", fallback="none")
+    assert (ref.answer, ref.details["index"], ref.details["tie"]) == ("5", 2, True)
     assert ref.details["no_answer"] == 1
     assert ref.details["votes"] == [
-        {"answer": "5", "count": 2, "members": [1, 4]},
-        {"answer": "7", "count": 2, "members": [2, 3]},
+        {"answer": "5", "count": 2, "members": [2, 3]},
+        {"answer": "7", "count": 2, "members": [1, 4]},
     ]
 
 
-def test_all_distinct_answers_pick_the_first() -> None:
-    ref = vote("\\boxed{1}", "\\boxed{2}", "\\boxed{3}")
-    assert (ref.answer, ref.details["index"], ref.details["tie"]) == ("1", 0, True)
+def test_all_distinct_answers_pick_the_smallest() -> None:
+    ref = vote("\\boxed{3}", "\\boxed{1}", "\\boxed{2}")
+    assert (ref.answer, ref.details["index"], ref.details["tie"]) == ("1", 1, True)
+
+
+ORDER_SENSITIVE = (
+    # math-verify is asymmetric: verify(gold="-2<=x<=7", pred="x in [-2,7]") holds, the reverse
+    # does not. Keyed on a cluster's first member as gold, the first two shared a cluster (and
+    # won the tie against 5) only when the inequality was sampled first.
+    "so \\boxed{-2 \\le x \\le 7}",
+    "\\boxed{x \\in [-2,7]}",
+    "\\boxed{5}",
+    "The final answer is $5$.",
+    "I am not sure.",
+    "hmm",
+)
+
+
+def test_winner_does_not_depend_on_rollout_order() -> None:
+    import itertools
+
+    base = vote(*ORDER_SENSITIVE)
+    assert base.answer == "5"
+    for order in itertools.permutations(range(len(ORDER_SENSITIVE))):
+        ref = vote(*(ORDER_SENSITIVE[i] for i in order))
+        assert (ref.text, ref.answer) == (base.text, base.answer), order
+        assert [v["count"] for v in ref.details["votes"]] == [2, 1, 1]
+
+
+def test_equivalence_for_votes_is_symmetric() -> None:
+    ref = vote("\\boxed{-2 \\le x \\le 7}", "\\boxed{x \\in [-2,7]}")
+    assert [v["count"] for v in ref.details["votes"]] == [1, 1]
 
 
 def test_rollouts_without_answers_do_not_vote() -> None:
@@ -83,6 +106,15 @@ def test_rollouts_without_answers_do_not_vote() -> None:
     assert ref.details["answers"] == [None, "4", None, None]
     assert ref.details["no_answer"] == 3
     assert ref.details["tie"] is False
+
+
+def test_uncommitted_last_numbers_do_not_vote_by_default() -> None:
+    """Before: the default ``number`` fallback let "we get 7" and "so 7" outvote a boxed 3."""
+    ref = vote("\\boxed{3}", "we get 7 apples", "so 7", "\\boxed{3}", "hmm 7 or so")
+    assert ref.answer == "3"
+    assert ref.details["answers"] == ["3", None, None, "3", None]
+    assert ref.details["no_answer"] == 3
+    assert vote("we get 7", "so 7", "\\boxed{3}", fallback="number").answer == "7"
 
 
 def test_no_answer_at_all_gives_an_empty_reference() -> None:
@@ -102,14 +134,20 @@ def test_no_answer_at_all_gives_an_empty_reference() -> None:
 
 
 def test_fallback_extraction_and_gsm8k_numbers() -> None:
-    ref = vote("The answer is 1,000.", "#### 1000", "\\boxed{999}", "so 1000 in total")
+    texts = ("The answer is 1,000.", "#### 1000", "\\boxed{999}", "so 1000 in total")
+    ref = vote(*texts, fallback="number")
     assert ref.answer == "1000"
     assert ref.details["answers"] == ["1000", "1000", "999", "1000"]
     assert ref.details["votes"][0] == {"answer": "1000", "count": 3, "members": [0, 1, 3]}
-    phrase_only = vote(
-        "The answer is 1,000.", "\\boxed{999}", "so 1000 in total", fallback="phrase"
-    )
+    phrase_only = vote("The answer is 1,000.", "\\boxed{999}", "so 1000 in total")
     assert phrase_only.details["answers"] == ["1000", "999", None]
+
+
+def test_several_boxes_are_one_answer() -> None:
+    """ "\\boxed{2} and \\boxed{5}" answers the set {2, 5}; only the last box was read before."""
+    ref = vote("\\boxed{2} and \\boxed{5}", "$\\{5, 2\\}$ so \\boxed{\\{2,5\\}}", "\\boxed{5}")
+    assert ref.details["answers"][0] == "2, 5"
+    assert [v["count"] for v in ref.details["votes"]] == [2, 1]
 
 
 def test_batches_keep_group_order() -> None:

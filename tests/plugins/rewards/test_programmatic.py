@@ -25,7 +25,7 @@ def test_equivalent_answers_earn_one() -> None:
     g = group("so \\boxed{0.5}", "\\boxed{\\frac{1}{2}}", "\\boxed{2}", "no answer", "1/2")
     ref = Reference(text="... \\boxed{\\dfrac{1}{2}}", method="synthesis")
     rewards = derive(g, ref, fallback="none")
-    assert rewards.values == (1.0, 1.0, 0.0, 0.0, 0.0)
+    assert rewards.values == (1.0, 1.0, 0.0, 0.0, 0.0)  # no answer is the rollout's miss: 0.0
     assert [d["answer"] for d in rewards.details] == ["0.5", "\\frac{1}{2}", "2", None, None]
     assert [d["match"] for d in rewards.details] == [True, True, False, False, False]
     assert all(d["reference_answer"] == "\\dfrac{1}{2}" for d in rewards.details)
@@ -62,27 +62,70 @@ def test_answer_forms(rollout: str, reference: str, expected: float) -> None:
     assert derive(group(rollout), ref).values == (expected,)
 
 
-def test_reference_without_answer_gives_zeros_and_is_flagged() -> None:
+def test_reference_without_answer_is_unscorable_and_flagged() -> None:
+    """No committed reference answer is no reference: None (unscorable), never 0.0."""
     g = group("\\boxed{1}", "no answer either")
     ref = Reference(text="I am not sure.", method="synthesis")
     rewards = derive(g, ref, fallback="none")
-    assert rewards.values == (0.0, 0.0)
+    assert rewards.values == (None, None)
     assert rewards.details == (
-        {"answer": "1", "match": False, "reference_answer": None, "reference_has_answer": False},
-        {"answer": None, "match": False, "reference_answer": None, "reference_has_answer": False},
+        {"answer": "1", "match": None, "reference_answer": None, "reference_has_answer": False},
+        {"answer": None, "match": None, "reference_answer": None, "reference_has_answer": False},
     )
     blank = Reference(text="\\boxed{1}", method="majority", answer="  ")
-    assert derive(g, blank).values == (0.0, 0.0)
+    assert derive(g, blank).values == (None, None)
     assert derive(g, blank).details[0]["reference_has_answer"] is False
 
 
-def test_fallback_applies_to_reference_and_rollouts() -> None:
+@pytest.mark.parametrize("fallback", ["none", "phrase", "number"])
+def test_reference_never_falls_back_to_its_last_number(fallback: str) -> None:
+    """Before: with the default fallback a reference's last number ("12") became its answer."""
+    g = group("The answer is 12.", "it is 12", "\\boxed{3}")
+    ref = Reference(text="Total: 12 apples, or maybe 3", method="synthesis")
+    rewards = derive(g, ref, fallback=fallback)
+    assert rewards.values == (None, None, None)
+    assert all(d["reference_has_answer"] is False for d in rewards.details)
+
+
+def test_reference_commits_with_a_box_gsm8k_line_or_final_answer_phrase() -> None:
+    g = group("The answer is 12.", "it is 12", "\\boxed{3}")
+    for text in ("so \\boxed{12}", "#### 12", "The final answer is $12$.", "The answer is 12."):
+        ref = Reference(text=text, method="synthesis")
+        assert derive(g, ref).values == (1.0, 1.0, 0.0), text  # rollouts: last number allowed
+        assert derive(g, ref, fallback="phrase").values == (1.0, 0.0, 0.0), text
+
+
+def test_final_answer_after_intermediate_boxes() -> None:
+    """Before: only the last box was read, so an intermediate \\boxed{4} was the answer."""
+    text = "First $y = \\boxed{3}$, then $z = \\boxed{4}$. The final answer is $7$."
+    ref = Reference(text="", method="synthesis", answer="7")
+    assert derive(group(text), ref).values == (1.0,)
+    assert derive(group(text), ref).details[0]["answer"] == "7"
+
+
+@pytest.mark.parametrize(
+    ("rollout", "reference", "expected"),
+    [
+        ("so \\boxed{2} and \\boxed{5}", "\\{2, 5\\}", 1.0),  # several boxes: one set
+        ("so \\boxed{2} and \\boxed{5}", "5", 0.0),
+        ("The answer is 1,22.", "1.22", 1.0),  # a decimal comma is not the set {1, 22}
+        ("\\boxed{32, 349}", "32, 349", 1.0),
+        ("\\boxed{32349}", "32, 349", 0.0),  # a list is not a thousands separator
+    ],
+)
+def test_multiple_boxes_and_commas(rollout: str, reference: str, expected: float) -> None:
+    ref = Reference(text="", method="synthesis", answer=reference)
+    assert derive(group(rollout), ref).values == (expected,)
+
+
+def test_fallback_applies_to_rollouts() -> None:
     g = group("The answer is 12.", "it is 12")
-    ref = Reference(text="Total: 12 apples", method="synthesis")
+    ref = Reference(text="\\boxed{12}", method="synthesis")
     assert derive(g, ref).values == (1.0, 1.0)  # default "number"
     phrase = derive(g, ref, fallback="phrase")
-    assert phrase.values == (0.0, 0.0)
-    assert phrase.details[0]["reference_has_answer"] is False
+    assert phrase.values == (1.0, 0.0)
+    assert phrase.details[1]["answer"] is None
+    assert derive(g, ref, fallback="none").values == (0.0, 0.0)
 
 
 def test_batches_align_groups_and_references() -> None:

@@ -143,6 +143,15 @@ def test_strip_fences() -> None:
         ("Answer: yes", True),
         ("The criterion is satisfied. Final answer: no", False),
         ("My verdict is yes", True),
+        # before: unparsed ("is:" was not a phrase) and "yes" (only the first word was read)
+        ("The answer is: no", False),
+        ("The answer is: **Yes**.", True),
+        ("Yes and no", None),
+        ("No, yes.", None),
+        ("<answer>yes and no</answer>", None),
+        ("Yes. No other criterion matters here.", True),  # the next sentence is not the verdict
+        ("The answer is yes; final answer: yes", True),
+        ("The verdict is yes. Final answer: no", None),  # two explicit verdicts disagree
         ("Not at all.", None),
         ("Nothing in the response addresses it.", None),
         ("I think there is no mention of it.", None),
