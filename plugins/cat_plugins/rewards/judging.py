@@ -166,7 +166,7 @@ def _generate(
             for i, out in enumerate(outputs)
         ]
         log.warning(
-            "judge requests failed after their retries; those items are unscorable",
+            "requests failed after their retries; those items are unscorable",
             backend=backend.name,
             failed=sum(f is not None for f in failures),
             total=len(requests),
