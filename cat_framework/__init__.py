@@ -19,6 +19,7 @@ from cat_framework.errors import (
     ComponentClashError,
     ConfigError,
     NotSupportedError,
+    PartialBatchError,
     PluginLoadError,
     UnknownComponentError,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "Dataset",
     "GenerationRequest",
     "NotSupportedError",
+    "PartialBatchError",
     "PluginLoadError",
     "Plugins",
     "Prompt",

@@ -6,6 +6,8 @@ traceback unless ``--debug``) and exits with its ``exit_code``.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class CatError(Exception):
     """Base of all user-facing errors; ``exit_code`` is what the CLI returns."""
@@ -41,6 +43,25 @@ class ModeNotAvailableError(CatError):
 class BackendError(CatError):
     """A backend failed in a way the user can act on (dead server, missing package...)."""
 
+
+
+class PartialBatchError(BackendError):
+    """Some requests of a batch failed for good (after the backend's own retries).
+    ``results[i]`` is request i's completions, or ``None`` where it failed (``failed`` lists
+    those indices, ``errors[i]`` says why), so finished work is not lost: judges keep the
+    verdicts that arrived and count the rest as unscorable. Any backend may raise it."""
+
+    def __init__(
+        self,
+        message: str,
+        results: list[Any],
+        failed: list[int],
+        errors: list[BaseException | None] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.results = results
+        self.failed = failed
+        self.errors = errors if errors is not None else [None] * len(results)
 
 class OutputError(CatError):
     """A file the user asked for cannot be written (read-only folder, a file in the way...)."""

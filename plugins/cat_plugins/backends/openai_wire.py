@@ -8,34 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from cat_framework import BackendError, Completion
+from cat_framework import BackendError, Completion, PartialBatchError
 
 #: the longest ``Retry-After`` honoured (s): a server asking for more is treated as asking this
 MAX_RETRY_AFTER = 120.0
 #: statuses that mean the configuration is wrong for every request (key, model, URL)
 CONFIG_STATUSES = frozenset({401, 403, 404})
-
-
-class PartialBatchError(BackendError):
-    """Some requests of a batch failed for good. ``results[i]`` is request i's completions, or
-    ``None`` where it failed (``failed`` lists those indices, ``errors[i]`` says why), so
-    finished work is not lost."""
-
-    def __init__(
-        self,
-        message: str,
-        results: list[Any],
-        failed: list[int],
-        errors: list[BaseException | None] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.results = results
-        self.failed = failed
-        self.errors = errors if errors is not None else [None] * len(results)
 
 
 class ServerConfigError(BackendError):
@@ -84,8 +66,8 @@ def retry_after(exc: Any) -> float | None:
             except (TypeError, ValueError, IndexError):
                 return None
             if when.tzinfo is None:
-                when = when.replace(tzinfo=UTC)
-            seconds = (when - datetime.now(UTC)).total_seconds()
+                when = when.replace(tzinfo=timezone.utc)
+            seconds = (when - datetime.now(timezone.utc)).total_seconds()
     if seconds != seconds:  # NaN
         return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
