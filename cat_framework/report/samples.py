@@ -42,10 +42,8 @@ def text_block(text: str, cls: str = "text") -> str:
 def _verdict_cell(v: VerdictView | None) -> str:
     if v is None:
         return '<td class="met-none">·</td>'
-    word, cls = {True: ("yes", "met-yes"), False: ("no", "met-no")}.get(
-        v.met, ("unparsed", "met-none")
-    )
-    return f'<td class="{cls}" title="{esc(v.raw)}">{word}</td>'
+    cls = {True: "met-yes", False: "met-no"}.get(v.met, "met-none")  # type: ignore[arg-type]
+    return f'<td class="{cls}" title="{esc(v.error or v.raw)}">{v.word}</td>'
 
 
 def rubric_matrix(pv: PromptView) -> str:
@@ -96,7 +94,7 @@ def _reference(ref: ReferenceView, primary: bool) -> str:
     grading = ""
     if ref.verdicts:
         items = "".join(
-            f'<li><span class="{_met_cls(v.met)}">{_met_word(v.met)}</span> '
+            f'<li><span class="{_met_cls(v.met)}" title="{esc(v.error)}">{v.word}</span> '
             f"{'' if v.points is None else f'({fmt(v.points)}) '}{esc(v.criterion)}</li>"
             for v in ref.verdicts
         )
@@ -109,10 +107,6 @@ def _reference(ref: ReferenceView, primary: bool) -> str:
         f'<div class="{cls}"><div class="meta">{" ".join(meta)}</div>'
         f"{text_block(ref.text)}{grading}</div>"
     )
-
-
-def _met_word(met: bool | None) -> str:
-    return {True: "yes", False: "no"}.get(met, "unparsed")  # type: ignore[arg-type]
 
 
 def _met_cls(met: bool | None) -> str:

@@ -25,6 +25,15 @@ class VerdictView:
     met: bool | None
     points: float | None = None
     raw: str = ""
+    failed: bool = False  # the judge request failed (vs. an answer that could not be parsed)
+    error: str = ""
+
+    @property
+    def word(self) -> str:
+        """yes / no / unparsed / failed: what a reader should see for this verdict."""
+        if self.met is not None:
+            return "yes" if self.met else "no"
+        return "failed" if self.failed else "unparsed"
 
 
 @dataclass
@@ -109,7 +118,14 @@ def _verdicts(raw: Any) -> list[VerdictView]:
             text, points = _text(crit), numeric(v.get("points"))
         met = v.get("met")
         out.append(
-            VerdictView(text, met if isinstance(met, bool) else None, points, _text(v.get("raw")))
+            VerdictView(
+                text,
+                met if isinstance(met, bool) else None,
+                points,
+                _text(v.get("raw")),
+                v.get("failed") is True,
+                _text(v.get("error")),
+            )
         )
     return out
 

@@ -238,3 +238,15 @@ def test_report_renders_in_headless_chromium(kind, eval_run, tmp_path):
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
     _keep(shot, f"{kind}-report.png")
     _keep(page, f"{kind}-report.html")
+
+
+def test_a_failed_judge_request_reads_failed_not_unparsed():
+    verdicts = [
+        {"criterion": {"text": "a"}, "met": None, "raw": "", "failed": True, "error": "HTTP 500"},
+        {"criterion": {"text": "b"}, "met": None, "raw": "hmm"},
+        {"criterion": {"text": "c"}, "met": True, "raw": "yes"},
+    ]
+    rec = {"prompt_id": "p", "rollouts": [{"text": "t", "details": {"verdicts": verdicts}}]}
+    view = prompt_view(rec)
+    assert [v.word for v in view.rollouts[0].verdicts] == ["failed", "unparsed", "yes"]
+    assert view.rollouts[0].verdicts[0].error == "HTTP 500"
