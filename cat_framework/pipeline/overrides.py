@@ -10,10 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import yaml
-
 from cat_framework.errors import ConfigError
-from cat_framework.pipeline.source import KeyPath, Source
+from cat_framework.pipeline.source import KeyPath, Source, parse_value
 
 
 def parse_override(text: str) -> tuple[KeyPath, Any]:
@@ -23,9 +21,10 @@ def parse_override(text: str) -> tuple[KeyPath, Any]:
     if not sep or not key or any(not p for p in key.split(".")):
         raise ConfigError(f"--set {text!r}: expected KEY.PATH=VALUE, e.g. --set rollouts.n=4")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {text!r}: the value is not valid YAML: {exc}") from None
+        value = parse_value(raw) if raw.strip() else ""
+    except ValueError as exc:
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise ConfigError(f"--set {shown!r}: {exc}") from None
     path: KeyPath = tuple(int(p) if p.isdigit() else p for p in key.split("."))
     return path, value
 

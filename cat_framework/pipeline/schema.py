@@ -4,10 +4,14 @@ A component is written as a mapping whose selector key names it (``backend:`` fo
 ``dataset:`` for data, ``name:`` for aggregators and rewards); every other key is a parameter
 validated by that component's ``Params``. A bare string is shorthand for ``{selector: string}``.
 Defaults follow the paper (../shared/research/paper.md): G=8, LR 5e-7, KL 1e-3.
+
+Every count has an upper bound far above any real run but far below what exhausts memory, so a
+typo such as ``n: 1000000000`` fails at ``validate`` instead of after the run directory exists.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -18,6 +22,16 @@ ROLE_CHOICES = {
     "anchor": ("initial-policy", "policy"),
     "judge": ("anchor", "policy", "initial-policy"),
 }
+
+
+#: upper bounds of sizes (see the module docstring)
+MAX_ROLLOUTS = 1024
+MAX_TOKENS = 262_144
+MAX_STEPS = 10_000_000
+MAX_BATCH = 1_000_000
+MAX_SEED = 2**32 - 1  # numpy's limit; torch and random accept it too
+#: what a run name may not contain: it would leave (or not name) a folder inside output.dir
+_NOT_PLAIN = re.compile(r"[/\\:\x00]|\.\.|^\s*\.?\s*$")
 
 
 class Strict(BaseModel):
@@ -100,19 +114,41 @@ class Data(Strict):
 class Rollouts(Strict):
     """Sampling of the G policy rollouts per prompt."""
 
-    n: int = Field(8, ge=1, description="G: rollouts per prompt (paper: 8).")
+    n: int = Field(8, ge=1, le=MAX_ROLLOUTS, description="G: rollouts per prompt (paper: 8).")
     temperature: float = Field(1.0, ge=0.0, description="Sampling temperature (0 = greedy).")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    top_k: int = Field(0, ge=0, description="Top-k sampling (0 = off).")
+    top_k: int = Field(0, ge=0, le=MAX_BATCH, description="Top-k sampling (0 = off).")
     max_new_tokens: int = Field(
-        1536, ge=1, description="Generation budget (paper: 1536 math, 1024 HealthBench)."
+        1536,
+        ge=1,
+        le=MAX_TOKENS,
+        description="Generation budget (paper: 1536 math, 1024 HealthBench).",
     )
     stop: list[str] = Field(default_factory=list, description="Extra stop strings.")
+    reference_n: int | None = Field(
+        None,
+        ge=1,
+        description="Rollouts the reference is built from (default: n). More than n samples "
+        "reference_n, builds the reference from all of them and trains on the first n.",
+    )
+
+    @field_validator("reference_n")
+    @classmethod
+    def _reference_n(cls, v: int | None, info: ValidationInfo) -> int | None:
+        n = info.data.get("n")
+        if v is not None and isinstance(n, int) and v < n:
+            raise ValueError(f"reference_n ({v}) must be >= n ({n}): GRPO trains on the first n")
+        return v
+
+    @property
+    def sampled(self) -> int:
+        """Rollouts sampled per prompt (``reference_n``, else ``n``)."""
+        return self.reference_n or self.n
 
 
 class Lora(Strict):
-    r: int = Field(16, ge=1, description="LoRA rank.")
-    alpha: int = Field(32, ge=1, description="LoRA alpha (scaling = alpha / r).")
+    r: int = Field(16, ge=1, le=65536, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, le=MAX_BATCH, description="LoRA alpha (scaling = alpha / r).")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Module names to adapt, or 'all-linear'."
@@ -122,14 +158,18 @@ class Lora(Strict):
 class Trainer(Strict):
     """GRPO (mode: train) and SFT (mode: sft) settings."""
 
-    steps: int = Field(1000, ge=1, description="Optimizer steps (paper: <= 1000).")
-    prompts_per_step: int = Field(32, ge=1, description="Prompts per step (x G rollouts).")
-    micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward pass.")
+    steps: int = Field(1000, ge=1, le=MAX_STEPS, description="Optimizer steps (paper: <= 1000).")
+    prompts_per_step: int = Field(
+        32, ge=1, le=MAX_BATCH, description="Prompts per step (x G rollouts)."
+    )
+    micro_batch_size: int = Field(
+        8, ge=1, le=MAX_BATCH, description="Sequences per forward/backward pass."
+    )
     learning_rate: float = Field(5e-7, gt=0.0, description="Paper: 5e-7, constant.")
     lr_scheduler: Literal["constant", "linear", "cosine"] = Field(
         "constant", description="Schedule."
     )
-    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    warmup_steps: int = Field(0, ge=0, le=MAX_STEPS, description="Linear warm-up steps.")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     max_grad_norm: float | None = Field(1.0, gt=0.0, description="Gradient clipping (None = off).")
     beta: float = Field(1e-3, ge=0.0, description="KL coefficient (0 = no reference forward).")
@@ -146,7 +186,7 @@ class Trainer(Strict):
         "group", description="Divide advantages by the group's std, the batch's std, or nothing."
     )
     num_iterations: int = Field(
-        1, ge=1, description="mu: optimisation passes per generation batch."
+        1, ge=1, le=1000, description="mu: optimisation passes per generation batch."
     )
     mask_truncated_completions: bool = Field(
         False, description="Drop truncated rollouts from loss."
@@ -157,13 +197,29 @@ class Trainer(Strict):
     lora: Lora | None = Field(None, description="Train LoRA adapters instead of all weights.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="accelerate setting.")
-    save_every: int = Field(50, ge=0, description="Checkpoint every N steps (0 = only at the end).")
-    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk.")
-    eval_every: int = Field(0, ge=0, description="Evaluate every N steps (0 = never).")
+    save_every: int = Field(
+        50, ge=0, le=MAX_STEPS, description="Checkpoint every N steps (0 = only at the end)."
+    )
+    keep_checkpoints: int = Field(2, ge=1, le=10_000, description="Checkpoints kept on disk.")
+    eval_every: int = Field(
+        0, ge=0, le=MAX_STEPS, description="Evaluate every N steps (0 = never)."
+    )
     eval_before: bool = Field(
         False, description="Evaluate before the first step too (step 0: the test-time baseline)."
     )
-    sft_epochs: int = Field(1, ge=1, description="Epochs over synthesized references (mode: sft).")
+    sft_epochs: int = Field(
+        1, ge=1, le=10_000, description="Epochs over synthesized references (mode: sft)."
+    )
+    reference_fallback: NamedSpec | None = Field(
+        None,
+        description="Aggregator whose reference replaces a math reference that commits to no "
+        "final answer (e.g. majority). Default: none, such a group gets no learning signal.",
+    )
+
+    @field_validator("reference_fallback", mode="before")
+    @classmethod
+    def _fallback(cls, v: Any) -> Any:
+        return _shorthand("name", v)
 
 
 class Eval(Strict):
@@ -171,6 +227,7 @@ class Eval(Strict):
 
     aggregators: list[NamedSpec] = Field(
         default_factory=lambda: [NamedSpec(name="single")],
+        min_length=1,
         description="Aggregators compared side by side on the same rollouts.",
     )
     scorer: NamedSpec | None = Field(
@@ -178,9 +235,15 @@ class Eval(Strict):
         description="Reward deriver that grades references against gold for freeform tasks "
         "(e.g. human_rubric); math answers are checked for equivalence with the gold answer.",
     )
-    limit: int | None = Field(None, ge=1, description="Evaluate on the first N prompts only.")
-    batch_size: int = Field(8, ge=1, description="Prompts sampled per policy generate call.")
-    bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for confidence intervals.")
+    limit: int | None = Field(
+        None, ge=1, le=MAX_BATCH * 1000, description="Evaluate on the first N prompts only."
+    )
+    batch_size: int = Field(
+        8, ge=1, le=MAX_BATCH, description="Prompts sampled per policy generate call."
+    )
+    bootstrap: int = Field(
+        1000, ge=0, le=1_000_000, description="Bootstrap resamples for confidence intervals."
+    )
     confidence: float = Field(0.95, gt=0.0, lt=1.0, description="Confidence level of intervals.")
 
     @field_validator("aggregators", mode="before")
@@ -196,7 +259,22 @@ class Eval(Strict):
 
 class Output(Strict):
     dir: str = Field("runs", description="Parent directory of run directories.")
-    run_name: str | None = Field(None, description="Run directory name (default: name + time).")
+    run_name: str | None = Field(
+        None,
+        description="Run directory name (default: name + time): a plain name, created inside "
+        "`dir` (no path separators or '..').",
+    )
+
+    @field_validator("run_name")
+    @classmethod
+    def _plain_name(cls, v: str | None) -> str | None:
+        # a name with a separator or '..' would write the run outside `dir`
+        if v is not None and _NOT_PLAIN.search(v):
+            raise ValueError(
+                f"run_name {v!r} must be a plain folder name (no '/', '\\', ':' or '..'): "
+                "the run is written inside output.dir; to write elsewhere, change output.dir"
+            )
+        return v
 
 
 class PipelineConfig(Strict):
@@ -205,7 +283,9 @@ class PipelineConfig(Strict):
     name: str = Field(description="Experiment name (used for the run directory).")
     description: str | None = Field(None, description="Free text.")
     mode: Mode = Field(description="evaluate (test-time CaT) | train (CaT-RL) | sft (CaT-SFT).")
-    seed: int = Field(0, description="Seeds sampling, shuffling and initialisation.")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="Seeds sampling, shuffling and initialisation."
+    )
     requires: list[str] = Field(
         default_factory=list, description="Plugins (distribution names) this pipeline needs."
     )

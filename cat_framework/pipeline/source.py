@@ -2,10 +2,16 @@
 
 ``yaml.safe_load`` semantics (no tags that build objects), but composed node by node so every
 error can point at the line the user wrote. Values set with ``--set`` point at the override.
+
+A pipeline is a small hand-written file, so anything else is refused with one message before it
+can cost time or memory: non-UTF-8 or binary files, files over :data:`MAX_FILE_BYTES`, nesting
+deeper than :data:`MAX_DEPTH`, and documents whose aliases expand to more than
+:data:`MAX_VALUES` values (a ten-line "billion laughs" file otherwise exhausts memory).
 """
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +22,13 @@ import yaml
 from cat_framework.pipeline.issues import Issue, PipelineValidationError
 
 KeyPath = tuple[str | int, ...]
+
+#: the largest pipeline file read (real ones are a few KiB)
+MAX_FILE_BYTES = 4 * 2**20
+#: the deepest nesting of mappings and lists (real pipelines use fewer than 6 levels)
+MAX_DEPTH = 64
+#: the most values (scalars, mappings, lists) a document may expand to through aliases
+MAX_VALUES = 100_000
 
 
 def format_path(path: Sequence[str | int]) -> str:
@@ -70,12 +83,82 @@ def _syntax_issue(file: str, exc: yaml.YAMLError) -> Issue:
 _PLAIN_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
 
 
+_TOO_DEEP = f"nested deeper than {MAX_DEPTH} levels; a pipeline needs only a few"
+
+
+class _ShapeError(Exception):
+    def __init__(self, node: yaml.Node, message: str) -> None:
+        super().__init__(message)
+        self.node = node
+
+
+def _check_shape(root: yaml.Node) -> None:
+    """Bound the size and depth of the document *after* alias expansion, without expanding it.
+
+    Each node's expanded size and height are memoised (aliases share nodes), so the check costs
+    one visit per distinct node; an alias to an enclosing anchor is a cycle and is refused.
+    """
+    done: dict[int, tuple[int, int]] = {}  # id -> (expanded size, height)
+    active: set[int] = set()
+
+    def visit(node: yaml.Node, depth: int) -> tuple[int, int]:
+        key = id(node)
+        if key in done:
+            size, height = done[key]
+        elif key in active:
+            raise _ShapeError(node, "an alias refers to a structure that contains it (a cycle)")
+        elif isinstance(node, yaml.ScalarNode):
+            return 1, 0
+        elif depth > MAX_DEPTH:
+            raise _ShapeError(node, _TOO_DEEP)
+        else:
+            active.add(key)
+            if isinstance(node, yaml.MappingNode):
+                children = [n for pair in node.value for n in pair]
+            else:
+                children = list(node.value)
+            size, height = 1, 0
+            for child in children:
+                child_size, child_height = visit(child, depth + 1)
+                size += child_size
+                height = max(height, child_height + 1)
+                if size > MAX_VALUES:
+                    raise _ShapeError(
+                        node,
+                        f"the document expands to more than {MAX_VALUES:,} values through "
+                        "aliases (*name): refused as a likely alias bomb; write the values out "
+                        "or use fewer nested aliases",
+                    )
+            active.discard(key)
+            done[key] = size, height
+        if depth + height > MAX_DEPTH:  # an alias to a deep structure, used deep down
+            raise _ShapeError(node, _TOO_DEEP)
+        return size, height
+
+    visit(root, 0)
+
+
 class _Builder:
     def __init__(self, file: str) -> None:
         self.file = file
         self.positions: dict[KeyPath, tuple[int, int]] = {}
         self.issues: list[Issue] = []
         self._constructor = yaml.SafeLoader("")  # only for scalar construction
+
+    def _issue(self, node: yaml.Node, path: KeyPath, message: str) -> None:
+        mark = node.start_mark
+        self.issues.append(
+            Issue(self.file, mark.line + 1, mark.column + 1, format_path(path), message)
+        )
+
+    def _scalar(self, node: yaml.Node, path: KeyPath) -> Any:
+        try:
+            return self._constructor.construct_object(node, deep=True)
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:  # e.g. "2020-13-45" as a date, "!!int 0xZZ"
+            self._issue(node, path, f"invalid value {node.value!r}: {exc}")
+            return None
 
     def build(self, node: yaml.Node, path: KeyPath) -> Any:
         self.positions.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
@@ -87,19 +170,18 @@ class _Builder:
             self._constructor.flatten_mapping(node)
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:
-                key = self._constructor.construct_object(key_node, deep=True)
+                if not isinstance(key_node, yaml.ScalarNode):
+                    self._issue(key_node, path, "a key must be a plain name, not a mapping or list")
+                    continue
+                key = self._scalar(key_node, path)
                 if not isinstance(key, (str, int, float, bool)) or key is None:
                     key = str(key)
                 child = (*path, key)
                 if key in out:
-                    self.issues.append(
-                        Issue(
-                            self.file,
-                            key_node.start_mark.line + 1,
-                            key_node.start_mark.column + 1,
-                            format_path(child),
-                            f"duplicate key {key!r} (the earlier value would be silently ignored)",
-                        )
+                    self._issue(
+                        key_node,
+                        child,
+                        f"duplicate key {key!r} (the earlier value would be silently ignored)",
                     )
                 # a key's own line is where users look for it
                 self.positions[child] = (
@@ -110,30 +192,132 @@ class _Builder:
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
-        return self._constructor.construct_object(node, deep=True)
+        return self._scalar(node, path)
+
+
+def _file_issue(file: str, message: str, line: int | None = None, col: int | None = None) -> Issue:
+    return Issue(file, line, col, "", message)
+
+
+def _read_text(path: str | Path) -> str:
+    """The file as text; one issue naming the file (and the offending byte) if it is not."""
+    file = str(path)
+    try:
+        size = Path(path).stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise PipelineValidationError(
+                file,
+                [
+                    _file_issue(
+                        file,
+                        f"{size:,} bytes is too large for a pipeline file "
+                        f"(at most {MAX_FILE_BYTES:,}); is this the right file?",
+                    )
+                ],
+            )
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise PipelineValidationError(file, [_file_issue(file, "file not found")]) from None
+    except IsADirectoryError:
+        raise PipelineValidationError(
+            file, [_file_issue(file, "is a folder; give the pipeline's .yaml file")]
+        ) from None
+    except OSError as exc:
+        raise PipelineValidationError(
+            file, [_file_issue(file, f"cannot read: {exc.strerror or exc}")]
+        ) from None
+    if data.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        raise PipelineValidationError(
+            file, [_file_issue(file, "UTF-32 text; save the file as UTF-8", 1)]
+        )
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise PipelineValidationError(
+            file, [_file_issue(file, "UTF-16 text; save the file as UTF-8", 1)]
+        )
+    if b"\x00" in data:
+        line = data[: data.index(b"\x00")].count(b"\n") + 1
+        raise PipelineValidationError(
+            file,
+            [_file_issue(file, "binary data (a NUL byte): a pipeline is a YAML text file", line)],
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise PipelineValidationError(
+            file,
+            [
+                _file_issue(
+                    file,
+                    f"not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8",
+                    line,
+                    col,
+                )
+            ],
+        ) from None
+
+
+def parse_value(text: str) -> Any:
+    """One YAML value (a ``--set`` value) under the same rules and bounds as a pipeline file;
+    :class:`ValueError` with the reason otherwise."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is None:
+            return None
+        _check_shape(node)
+        builder = _Builder("--set")
+        value = builder.build(node, ())
+    except yaml.YAMLError as exc:
+        raise ValueError(_syntax_issue("--set", exc).message) from None
+    except _ShapeError as exc:
+        raise ValueError(str(exc)) from None
+    except RecursionError:
+        raise ValueError(_TOO_DEEP) from None
+    if builder.issues:
+        raise ValueError("; ".join(i.message for i in builder.issues))
+    return value
 
 
 def load_source(path: str | Path, text: str | None = None) -> Source:
-    """Parse a pipeline file; syntax errors raise :class:`PipelineValidationError`."""
+    """Parse a pipeline file; every problem raises :class:`PipelineValidationError`."""
     file = str(path)
     if text is None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise PipelineValidationError(
-                file, [Issue(file, None, None, "", "file not found")]
-            ) from None
-        except OSError as exc:
-            raise PipelineValidationError(
-                file, [Issue(file, None, None, "", f"cannot read: {exc}")]
-            ) from None
+        text = _read_text(path)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            _check_shape(node)
     except yaml.YAMLError as exc:
         raise PipelineValidationError(file, [_syntax_issue(file, exc)]) from None
+    except _ShapeError as exc:
+        mark = exc.node.start_mark
+        raise PipelineValidationError(
+            file, [_file_issue(file, str(exc), mark.line + 1, mark.column + 1)]
+        ) from None
+    except RecursionError:  # the parser itself recursed too deep (thousands of levels)
+        raise PipelineValidationError(
+            file,
+            [
+                _file_issue(
+                    file, f"nested deeper than {MAX_DEPTH} levels; a pipeline needs only a few"
+                )
+            ],
+        ) from None
+    if node is None:
+        raise PipelineValidationError(
+            file,
+            [
+                _file_issue(
+                    file,
+                    "the file is empty (or only comments); a pipeline needs at least name, mode "
+                    "and models",
+                )
+            ],
+        )
     builder = _Builder(file)
     try:
-        data = builder.build(node, ()) if node is not None else {}
+        data = builder.build(node, ())
     except yaml.YAMLError as exc:  # e.g. unknown tags such as !!python/object
         raise PipelineValidationError(file, [_syntax_issue(file, exc)]) from None
     if builder.issues:

@@ -3,6 +3,11 @@
 Two passes over the same data, both always run: the pipeline schema (``schema.py``), then each
 component slot — its name resolved through the registries (with a did-you-mean) and its params
 validated by that component's ``Params``. Each problem carries ``file:line:col`` and the key path.
+
+Component params are validated with the pydantic context :data:`VALIDATION_CONTEXT`
+(``{"check_files": True}``): a ``Params`` validator may then check what only the filesystem knows
+(a local dataset file or model folder exists) so the problem surfaces here with the line of its
+key, while code that builds params directly (tests, the trainer) is not tied to the disk.
 """
 
 from __future__ import annotations
@@ -18,10 +23,10 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from cat_framework.components import Component, ComponentParams
-from cat_framework.errors import UnknownComponentError
+from cat_framework.errors import CatError, UnknownComponentError
 from cat_framework.pipeline.issues import Issue, PipelineValidationError
 from cat_framework.pipeline.overrides import apply_overrides
-from cat_framework.pipeline.schema import MODE_REQUIREMENTS, PipelineConfig
+from cat_framework.pipeline.schema import MODE_REQUIREMENTS, Eval, PipelineConfig
 from cat_framework.pipeline.source import KeyPath, Source, load_source
 from cat_framework.plugins import Plugins, default_plugins
 from cat_framework.registry import suggest
@@ -63,6 +68,9 @@ class Pipeline:
             target[path[-1]] = {selector: comp.name, **comp.params.model_dump(mode="json")}
         return data
 
+
+#: the pydantic validation context of component params at ``validate`` (see module docstring)
+VALIDATION_CONTEXT: dict[str, Any] = {"check_files": True}
 
 _SELECTORS = {
     "backend": "backend",
@@ -146,6 +154,9 @@ def _describe(err: dict[str, Any], model: type[BaseModel] | None, key: Any) -> s
         return msg
     if kind == "missing":
         return "required key is missing"
+    if kind == "int_parsing_size":  # pydantic's text speaks of a string even for 1.0e+29
+        limit = _upper_bound(model, key)
+        return f"number too large{f': at most {limit}' if limit is not None else ''} (got {err.get('input')!r})"
     msg = err["msg"]
     if msg.startswith("Value error, "):
         return msg[len("Value error, ") :]
@@ -153,6 +164,15 @@ def _describe(err: dict[str, Any], model: type[BaseModel] | None, key: Any) -> s
     if got is not None and not isinstance(got, (dict, list)):
         msg += f" (got {got!r})"
     return msg
+
+
+def _upper_bound(model: type[BaseModel] | None, key: Any) -> Any:
+    """The ``le`` bound of field ``key`` of ``model``, if it has one."""
+    field = model.model_fields.get(key) if model is not None and isinstance(key, str) else None
+    for meta in field.metadata if field is not None else []:
+        if getattr(meta, "le", None) is not None:
+            return meta.le
+    return None
 
 
 def _pydantic_issues(
@@ -167,6 +187,16 @@ def _pydantic_issues(
     return issues
 
 
+def _with_default_components(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the component slots the schema fills by default written out
+    (``eval.aggregators: [single]``), so a default is resolved like a written component."""
+    section = data.get("eval", {})
+    if not isinstance(section, dict) or "aggregators" in section:
+        return data
+    defaults = [spec.model_dump() for spec in Eval().aggregators]
+    return {**data, "eval": {**section, "aggregators": defaults}}
+
+
 def _component_slots(data: dict[str, Any]) -> list[tuple[KeyPath, str]]:
     slots: list[tuple[KeyPath, str]] = [(("models", "policy"), "backend")]
     models = data.get("models") if isinstance(data.get("models"), dict) else {}
@@ -176,6 +206,7 @@ def _component_slots(data: dict[str, Any]) -> list[tuple[KeyPath, str]]:
     for split in ("train", "eval"):
         slots.append((("data", split), "dataset"))
     slots += [(("aggregator",), "aggregator"), (("reward",), "reward_deriver")]
+    slots.append((("trainer", "reference_fallback"), "aggregator"))
     slots.append((("eval", "scorer"), "reward_deriver"))
     aggs = _get(data, ("eval", "aggregators"))
     if isinstance(aggs, list):
@@ -184,9 +215,14 @@ def _component_slots(data: dict[str, Any]) -> list[tuple[KeyPath, str]]:
 
 
 def _resolve_slot(
-    source: Source, plugins: Plugins, path: KeyPath, kind: str, issues: list[Issue]
+    source: Source,
+    plugins: Plugins,
+    path: KeyPath,
+    kind: str,
+    issues: list[Issue],
+    data: dict[str, Any],
 ) -> ResolvedComponent | None:
-    raw = _get(source.data, path)
+    raw = _get(data, path)
     selector = _SELECTORS[kind]
     if raw is None:
         return None
@@ -205,9 +241,21 @@ def _resolve_slot(
         return None
     params = {k: v for k, v in raw.items() if k != selector}
     try:
-        validated = cls.Params.model_validate(params)
+        validated = cls.Params.model_validate(params, context=VALIDATION_CONTEXT)
     except ValidationError as exc:
         issues.extend(_pydantic_issues(source, exc, path, cls.Params, params))
+        return None
+    except CatError as exc:  # a plugin's validator raised a user-facing error directly
+        issues.append(source.issue(path, str(exc)))
+        return None
+    except Exception as exc:  # a plugin's validator crashed: name it rather than crash
+        issues.append(
+            source.issue(
+                path,
+                f"the params check of {_KIND_WORDS[kind]} {name!r} failed "
+                f"({type(exc).__name__}: {exc}); this is a bug in the plugin that registers it",
+            )
+        )
         return None
     return ResolvedComponent(path, kind, name, cls, validated)
 
@@ -279,8 +327,9 @@ def validate_source(source: Source, plugins: Plugins | None = None) -> Pipeline:
         issues.extend(_pydantic_issues(source, exc, (), PipelineConfig, data))
 
     comps: dict[KeyPath, ResolvedComponent] = {}
-    for path, kind in _component_slots(data):
-        resolved = _resolve_slot(source, plugins, path, kind, issues)
+    slot_data = _with_default_components(data)
+    for path, kind in _component_slots(slot_data):
+        resolved = _resolve_slot(source, plugins, path, kind, issues, slot_data)
         if resolved is not None:
             comps[path] = resolved
     issues.extend(_task_issues(source, comps))

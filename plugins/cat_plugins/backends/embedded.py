@@ -74,12 +74,49 @@ def find_gguf(name: str = DEFAULT_MODEL) -> Path:
     return found[0]
 
 
+def looks_local(name: str) -> bool:
+    """A filesystem path rather than a hub id (``org/name``): absolute, relative, or home."""
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def model_source_problem(name: str) -> str | None:
+    """Why ``name`` cannot be loaded as a model, judged without loading it (``None`` if it may):
+    an unknown embedded name or its missing package, a local path that does not exist, a file,
+    or a folder without ``config.json``. A hub id is not checked (that needs the network)."""
+    if is_embedded(name):
+        try:
+            if not is_cached(name):
+                find_gguf(name)
+        except BackendError as exc:
+            return str(exc)
+        return None
+    path = Path(name).expanduser()
+    if not path.exists():
+        if looks_local(name):
+            return (
+                f"{name}: no such folder. Give an existing model folder, a hub id (org/name), "
+                "or 'default' for the embedded SmolLM2-135M-Instruct"
+            )
+        return None  # a hub id
+    if not path.is_dir():
+        return f"{name} is a file; give the model's folder (the one holding config.json)"
+    if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+        listing = sorted(p.name for p in path.iterdir())[:8]
+        return (
+            f"{name} is not a model folder: it has no config.json "
+            f"(it holds: {', '.join(listing) or 'nothing'}). Give the folder that "
+            "save_pretrained wrote, or a hub id"
+        )
+    return None
+
+
 def cached_path(name: str) -> Path:
     """Where the converted checkpoint of an embedded model lives (it may not exist yet)."""
     return cache_root() / _embedded_name(name)
 
 
 def is_cached(name: str) -> bool:
+    """True once the embedded model was converted (an unknown name raises BackendError)."""
     return (cached_path(name) / _MARKER).is_file()
 
 

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from cat_framework import Backend, BackendError, Completion, ComponentParams, Roles
 from cat_framework.types import GenerationRequest, Message
-from cat_plugins.backends.embedded import resolve_model_path
+from cat_plugins.backends.embedded import looks_local, model_source_problem, resolve_model_path
 from cat_plugins.backends.sampling import left_pad, pack, sample, select_rows
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -56,6 +56,22 @@ class TransformersParams(ComponentParams):
     attn_implementation: str | None = Field(
         None, description="transformers attention kernel (sdpa, eager, flash_attention_2)."
     )
+
+    @field_validator("model", "tokenizer")
+    @classmethod
+    def _loadable(cls, v: str | None, info: ValidationInfo) -> str | None:
+        # only under `validate` (context check_files): a missing or non-model folder fails there
+        if v is None or not (info.context or {}).get("check_files"):
+            return v
+        if info.field_name == "model":
+            problem = model_source_problem(v)
+        elif looks_local(v) and not Path(v).expanduser().exists():
+            problem = f"{v}: no such tokenizer folder"
+        else:
+            problem = None
+        if problem is not None:
+            raise ValueError(problem)
+        return v
 
 
 @dataclass
@@ -144,11 +160,9 @@ class TransformersBackend(Backend):
             raise BackendError(f"device {device!r} requested but CUDA is not available")
         dtype = _DTYPES.get(p.dtype, torch.float32 if device == "cpu" else "auto")
         extra = {"attn_implementation": p.attn_implementation} if p.attn_implementation else {}
-        if _looks_local(path) and not Path(path).exists():
-            raise BackendError(
-                f"could not load model {p.model!r}: no such folder. Give an existing model folder, "
-                "a hub id (org/name), or 'default' for the embedded SmolLM2-135M-Instruct."
-            )
+        problem = model_source_problem(path)
+        if problem is not None:
+            raise BackendError(f"could not load model {p.model!r}: {problem}")
         try:
             tokenizer = AutoTokenizer.from_pretrained(
                 resolve_model_path(p.tokenizer) if p.tokenizer else path,
@@ -157,7 +171,7 @@ class TransformersBackend(Backend):
             model = AutoModelForCausalLM.from_pretrained(
                 path, dtype=dtype, trust_remote_code=p.trust_remote_code, **extra
             )
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a config transformers cannot read
             raise BackendError(f"could not load model {p.model!r}: {exc}") from exc
         return model.to(device).eval(), tokenizer
 
@@ -367,11 +381,6 @@ class TransformersBackend(Backend):
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _looks_local(name: str) -> bool:
-    """A filesystem path rather than a hub id (``org/name``): absolute, relative, or home."""
-    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or "\\" in name
 
 
 @contextmanager

@@ -2,6 +2,10 @@
 
 Defaults live under :func:`cat_framework.paths.data_dir` (``$CAT_DATA_DIR``, else ``./data`` or
 ``../shared/data``); every dataset takes a ``path`` to read another copy.
+
+Bad data is refused with ``file:line: record i`` and the field, never silently coerced: a null
+question would otherwise become the literal text "None", an empty file a "completed" run scored
+nan, and two prompts with one id would merge their metrics.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import random
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from cat_framework import ComponentParams, ConfigError, Dataset, Prompt
 from cat_framework.paths import DATA_DIR_ENV, data_dir
@@ -34,12 +38,15 @@ class FileDatasetParams(ComponentParams):
         "working directory first, then the data folder.",
     )
     limit: int | None = Field(
-        None, ge=1, description="Keep at most this many prompts (applied after split and shuffle)."
+        None,
+        ge=1,
+        le=10**9,
+        description="Keep at most this many prompts (applied after split and shuffle).",
     )
     shuffle: bool = Field(
         False, description="Shuffle the prompts with `seed` before `limit` (file order otherwise)."
     )
-    seed: int = Field(0, description="Seed of the shuffle.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the shuffle.")
     system_prompt: str | None = Field(
         None, description="A system message put before every conversation; none by default."
     )
@@ -49,6 +56,27 @@ class FileDatasetParams(ComponentParams):
         "task's default, for math tasks 'Please reason step by step, and put your final answer "
         "within \\boxed{}.', for freeform none; an empty string disables it.",
     )
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, v: str | None, info: ValidationInfo) -> str | None:
+        # only under `validate` (context check_files): code may build params for files to come
+        if v is not None and (info.context or {}).get("check_files"):
+            candidates = candidate_paths(v)
+            if not any(c.is_file() for c in candidates):
+                folder = next((c for c in candidates if c.is_dir()), None)
+                if folder is not None:
+                    raise ValueError(f"{folder} is a folder; give the JSONL file inside it")
+                tried = ", ".join(str(c.resolve()) for c in candidates)
+                raise ValueError(f"dataset file not found (tried {tried})")
+        return v
+
+
+def candidate_paths(given: str) -> list[Path]:
+    """Where a ``path:`` is looked for: as is if absolute, else the working directory, then the
+    data folder."""
+    p = Path(given).expanduser()
+    return [p] if p.is_absolute() else [Path.cwd() / p, data_dir() / p]
 
 
 class FileDataset(Dataset):
@@ -63,11 +91,7 @@ class FileDataset(Dataset):
     def resolve_path(self) -> Path:
         """The file to read; :class:`DatasetFileError` naming every place tried if none exists."""
         given = self.params.path
-        if given is None:
-            candidates = [data_dir() / self.default_file]
-        else:
-            p = Path(given).expanduser()
-            candidates = [p] if p.is_absolute() else [Path.cwd() / p, data_dir() / p]
+        candidates = [data_dir() / self.default_file] if given is None else candidate_paths(given)
         for candidate in candidates:
             if candidate.is_file():
                 return candidate.resolve()
@@ -82,11 +106,20 @@ class FileDataset(Dataset):
         )
 
     def read_records(self) -> tuple[Path, list[dict[str, Any]]]:
-        """The resolved path and its JSON objects, one per non-blank line."""
+        """The resolved path and its JSON objects, one per non-blank line (UTF-8, an optional
+        BOM); remembers each record's line for :meth:`where`. An empty file is an error."""
         path = self.resolve_path()
-        records = []
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
+        records: list[dict[str, Any]] = []
+        self._path, self._lines = path, []
+        with path.open("rb") as f:
+            for lineno, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                except UnicodeDecodeError as e:
+                    raise DatasetFileError(
+                        f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                        f"{e.start + 1}); save the file as UTF-8"
+                    ) from None
                 if not line.strip():
                     continue
                 try:
@@ -96,7 +129,64 @@ class FileDataset(Dataset):
                 if not isinstance(record, dict):
                     raise DatasetFileError(f"{path}:{lineno}: expected a JSON object per line")
                 records.append(record)
+                self._lines.append(lineno)
+        if not records:
+            raise DatasetFileError(
+                f"{path}: no records (the file is empty); a dataset needs one JSON object per line"
+            )
         return path, records
+
+    def where(self, index: int) -> str:
+        """``file:line: record i`` of record ``index`` of the file last read (for messages)."""
+        lines = getattr(self, "_lines", [])
+        line = f":{lines[index]}" if index < len(lines) else ""
+        return f"{getattr(self, '_path', self.name)}{line}: record {index}"
+
+    def require(self, record: dict[str, Any], field: str, index: int) -> Any:
+        """``record[field]``; a :class:`DatasetFileError` at the record's line if it is missing or
+        null."""
+        if field not in record:
+            raise DatasetFileError(
+                f"{self.where(index)} has no field {field!r} "
+                f"(fields: {', '.join(sorted(record)) or 'none'})"
+            )
+        if record[field] is None:
+            raise DatasetFileError(
+                f"{self.where(index)}: field {field!r} is null; give a value or drop the record"
+            )
+        return record[field]
+
+    def require_text(self, record: dict[str, Any], field: str, index: int) -> str:
+        """A non-empty string field (a question, a problem)."""
+        value = self.require(record, field, index)
+        if not isinstance(value, str) or not value.strip():
+            got = "an empty string" if isinstance(value, str) else type(value).__name__
+            raise DatasetFileError(
+                f"{self.where(index)}: field {field!r} must be non-empty text, got {got}"
+            )
+        return value
+
+    def require_conversation(
+        self, record: dict[str, Any], field: str, index: int
+    ) -> list[dict[str, str]]:
+        """A non-empty list of ``{role, content}`` messages with text content and a user turn."""
+        value = self.require(record, field, index)
+        ok = (
+            isinstance(value, list)
+            and value
+            and all(
+                isinstance(m, dict)
+                and isinstance(m.get("role"), str)
+                and isinstance(m.get("content"), str)
+                for m in value
+            )
+        )
+        if not ok or not any(m["role"] == "user" for m in value):
+            raise DatasetFileError(
+                f"{self.where(index)}: field {field!r} must be a list of "
+                '{"role": ..., "content": "text"} messages with at least one user turn'
+            )
+        return value
 
     def instruction(self) -> str:
         """The configured instruction, or the task's default."""
@@ -127,7 +217,22 @@ class FileDataset(Dataset):
         return {"dataset": self.name, "task": self.task_kind, "index": index}
 
     def finish(self, prompts: list[Prompt]) -> list[Prompt]:
-        """Apply ``shuffle`` (seeded) and then ``limit``."""
+        """Refuse duplicate ids and an empty result, then apply ``shuffle`` (seeded) and
+        ``limit``."""
+        first: dict[str, int] = {}
+        for p in prompts:
+            index = p.meta.get("index", 0)
+            if p.id in first:
+                raise DatasetFileError(
+                    f"{self.where(index)}: prompt id {p.id!r} is used again (first by "
+                    f"{self.where(first[p.id])}); ids must be unique, or the records and "
+                    "metrics of the two prompts would be mixed up"
+                )
+            first[p.id] = index
+        if not prompts:
+            raise DatasetFileError(
+                f"{getattr(self, '_path', self.name)}: no prompts left to use (check `split`)"
+            )
         if self.params.shuffle:
             prompts = list(prompts)
             random.Random(self.params.seed).shuffle(prompts)
@@ -137,10 +242,13 @@ class FileDataset(Dataset):
 
 
 def require(record: dict[str, Any], field: str, path: Path, index: int) -> Any:
-    """``record[field]``, or a :class:`DatasetFileError` naming the record and the field."""
-    if field not in record:
+    """``record[field]``, or a :class:`DatasetFileError` naming the record and the field (missing
+    or null). Prefer :meth:`FileDataset.require`, which also names the line."""
+    if record.get(field) is None:
+        state = "is null" if field in record else "is missing"
         raise DatasetFileError(
-            f"{path}: record {index} has no field {field!r} (fields: {', '.join(sorted(record))})"
+            f"{path}: record {index}: field {field!r} {state} "
+            f"(fields: {', '.join(sorted(record)) or 'none'})"
         )
     return record[field]
 
@@ -150,5 +258,6 @@ __all__ = [
     "DatasetFileError",
     "FileDataset",
     "FileDatasetParams",
+    "candidate_paths",
     "require",
 ]

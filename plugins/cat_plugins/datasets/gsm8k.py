@@ -8,7 +8,7 @@ from pydantic import Field
 
 from cat_framework import Prompt
 from cat_framework.answers import extract_answer
-from cat_plugins.datasets.common import FileDataset, FileDatasetParams, require
+from cat_plugins.datasets.common import FileDataset, FileDatasetParams
 
 
 class Gsm8kParams(FileDatasetParams):
@@ -38,8 +38,9 @@ class Gsm8kDataset(FileDataset):
         path, records = self.read_records()
         prompts = []
         for i, r in enumerate(records):
-            question = require(r, "question", path, i)
+            question = self.require_text(r, "question", i)
             solution = r.get("answer")
+            solution = None if solution is None else str(solution)
             prompts.append(
                 Prompt(
                     id=f"gsm8k/{path.stem}/{i}",

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from cat_framework import Criterion, Prompt
-from cat_plugins.datasets.common import DatasetFileError, FileDataset, FileDatasetParams, require
+from cat_plugins.datasets.common import DatasetFileError, FileDataset, FileDatasetParams
 
 
 class HealthBenchParams(FileDatasetParams):
@@ -19,7 +19,10 @@ class HealthBenchParams(FileDatasetParams):
         0.2, gt=0.0, lt=1.0, description="Share of conversations in the test part (rounded)."
     )
     split_seed: int = Field(
-        0, description="Seed of the split; the same seed always gives the same parts."
+        0,
+        ge=0,
+        le=2**32 - 1,
+        description="Seed of the split; the same seed always gives the same parts.",
     )
 
 
@@ -49,10 +52,16 @@ class HealthBenchDataset(FileDataset):
     params: HealthBenchParams
 
     def load(self) -> list[Prompt]:
-        path, records = self.read_records()
-        ids = [str(require(r, "prompt_id", path, i)) for i, r in enumerate(records)]
-        if len(set(ids)) != len(ids):
-            raise DatasetFileError(f"{path}: prompt_id values are not unique")
+        _, records = self.read_records()
+        ids = [str(self.require(r, "prompt_id", i)) for i, r in enumerate(records)]
+        first: dict[str, int] = {}
+        for i, pid in enumerate(ids):
+            if pid in first:
+                raise DatasetFileError(
+                    f"{self.where(i)}: prompt_id {pid!r} is used again (first by "
+                    f"{self.where(first[pid])}); prompt ids must be unique"
+                )
+            first[pid] = i
         keep = set(ids)
         if self.params.split != "all":
             test = split_test_ids(ids, self.params.test_fraction, self.params.split_seed)
@@ -61,13 +70,13 @@ class HealthBenchDataset(FileDataset):
         for i, (pid, r) in enumerate(zip(ids, records, strict=True)):
             if pid not in keep:
                 continue
-            conversation = require(r, "prompt", path, i)
-            rubrics = require(r, "rubrics", path, i)
+            conversation = self.require_conversation(r, "prompt", i)
+            rubrics = self.require(r, "rubrics", i)
             prompts.append(
                 Prompt(
                     id=pid,
                     messages=self.messages_for(conversation),
-                    rubric=[Criterion(c["criterion"], float(c["points"])) for c in rubrics],
+                    rubric=self.rubric(rubrics, i),
                     meta={
                         **self.base_meta(i),
                         "example_tags": list(r.get("example_tags") or []),
@@ -76,3 +85,19 @@ class HealthBenchDataset(FileDataset):
                 )
             )
         return self.finish(prompts)
+
+    def rubric(self, items: object, index: int) -> list[Criterion]:
+        """The physician criteria of record ``index``: ``{criterion: text, points: number}``."""
+        ok = isinstance(items, list) and all(
+            isinstance(c, dict)
+            and isinstance(c.get("criterion"), str)
+            and isinstance(c.get("points"), (int, float))
+            and not isinstance(c.get("points"), bool)
+            for c in items
+        )
+        if not ok:
+            raise DatasetFileError(
+                f"{self.where(index)}: field 'rubrics' must be a list of "
+                '{"criterion": "text", "points": number} objects'
+            )
+        return [Criterion(c["criterion"], float(c["points"])) for c in items]

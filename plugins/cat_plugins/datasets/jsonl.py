@@ -8,7 +8,7 @@ from pydantic import Field
 
 from cat_framework import Criterion, Prompt
 from cat_framework.answers import extract_answer
-from cat_plugins.datasets.common import DatasetFileError, FileDataset, FileDatasetParams, require
+from cat_plugins.datasets.common import DatasetFileError, FileDataset, FileDatasetParams
 
 
 class JsonlParams(FileDatasetParams):
@@ -68,9 +68,9 @@ class JsonlDataset(FileDataset):
         for i, r in enumerate(records):
             try:
                 if p.messages_field:
-                    messages = self.messages_for(require(r, p.messages_field, path, i))
+                    messages = self.messages_for(self.require_conversation(r, p.messages_field, i))
                 else:
-                    messages = self.question_messages(str(require(r, p.question_field, path, i)))
+                    messages = self.question_messages(self.require_text(r, p.question_field, i))
                 gold = None
                 if p.answer_field and r.get(p.answer_field) is not None:
                     raw = str(r[p.answer_field])
@@ -79,7 +79,7 @@ class JsonlDataset(FileDataset):
                 rubric = None
                 if p.rubric_field and r.get(p.rubric_field) is not None:
                     rubric = [_criterion(c) for c in r[p.rubric_field]]
-                prompt_id = str(require(r, p.id_field, path, i)) if p.id_field else None
+                prompt_id = str(self.require(r, p.id_field, i)) if p.id_field else None
                 prompts.append(
                     Prompt(
                         id=prompt_id or f"{path.stem}/{i}",
@@ -90,5 +90,5 @@ class JsonlDataset(FileDataset):
                     )
                 )
             except (ValueError, TypeError, KeyError) as e:
-                raise DatasetFileError(f"{path}: record {i}: {e}") from e
+                raise DatasetFileError(f"{self.where(i)}: {e}") from e
         return self.finish(prompts)

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from cat_framework import Prompt
 from cat_framework.answers import extract_boxed
-from cat_plugins.datasets.common import FileDataset, require
+from cat_plugins.datasets.common import FileDataset
 
 
 class Math500Dataset(FileDataset):
@@ -27,9 +27,9 @@ class Math500Dataset(FileDataset):
         path, records = self.read_records()
         prompts = []
         for i, r in enumerate(records):
-            question = require(r, "problem", path, i)
+            question = self.require_text(r, "problem", i)
             gold = r.get("answer")
-            if gold is None and r.get("solution"):
+            if gold is None and isinstance(r.get("solution"), str):
                 gold = extract_boxed(r["solution"])
             prompts.append(
                 Prompt(

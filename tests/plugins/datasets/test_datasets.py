@@ -320,3 +320,91 @@ def test_data_dir_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert data_dir() == work / "data"  # ./data wins
     monkeypatch.chdir(tmp_path)
     assert data_dir() == (Path(__file__).resolve().parents[3].parent / "shared" / "data")
+
+
+# ------------------------------------------------------------------- issue 9: bad records
+
+
+def test_a_utf8_bom_is_accepted_and_lines_count_blank_ones(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"question": "a"}\n\n\n{"nope": 1}\n')
+    with pytest.raises(DatasetFileError, match=r"x\.jsonl:4: record 1 has no field 'question'"):
+        JsonlDataset({"path": str(path)}).load()
+    path.write_bytes(b'\xef\xbb\xbf{"question": "a"}\n')
+    assert JsonlDataset({"path": str(path)}).load()[0].question.startswith("a")
+
+
+@pytest.mark.parametrize(
+    ("cls", "field", "extra"),
+    [
+        (JsonlDataset, "question", {}),
+        (Gsm8kDataset, "question", {"answer": "#### 2"}),
+        (Math500Dataset, "problem", {"answer": "2"}),
+    ],
+)
+def test_null_question_is_refused_not_rendered_as_none(
+    tmp_path: Path, cls: type, field: str, extra: dict
+) -> None:
+    path = write_jsonl(tmp_path / "q.jsonl", [{field: "1+1?", **extra}, {field: None, **extra}])
+    with pytest.raises(DatasetFileError, match=rf"q\.jsonl:2: record 1: field '{field}' is null"):
+        cls({"path": str(path)}).load()
+
+
+def test_non_utf8_file_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "l.jsonl"
+    path.write_bytes(b'{"question": "a"}\n{"question": "caf\xe9"}\n')
+    with pytest.raises(DatasetFileError, match=r"l\.jsonl:2: not UTF-8 text \(byte 0xe9"):
+        JsonlDataset({"path": str(path)}).load()
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n"])
+def test_empty_file_is_refused(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "e.jsonl"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DatasetFileError, match=r"e\.jsonl: no records"):
+        JsonlDataset({"path": str(path)}).load()
+
+
+def test_duplicate_ids_name_both_records(tmp_path: Path) -> None:
+    rows = [
+        {"id": "a", "question": "x"},
+        {"id": "b", "question": "y"},
+        {"id": "a", "question": "z"},
+    ]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    with pytest.raises(DatasetFileError) as info:
+        JsonlDataset({"path": str(path), "id_field": "id"}).load()
+    message = str(info.value)
+    assert "d.jsonl:3: record 2: prompt id 'a' is used again" in message
+    assert "d.jsonl:1: record 0" in message
+
+
+def test_healthbench_bad_records(tmp_path: Path) -> None:
+    good = {"prompt_id": "p", "prompt": [{"role": "user", "content": "hi"}], "rubrics": []}
+    bad_rubric = {**good, "prompt_id": "q", "rubrics": [{"criterion": "c"}]}
+    path = write_jsonl(tmp_path / "h.jsonl", [good, bad_rubric])
+    with pytest.raises(DatasetFileError, match=r"h\.jsonl:2: record 1: field 'rubrics' must"):
+        HealthBenchDataset({"path": str(path)}).load()
+    path = write_jsonl(tmp_path / "h.jsonl", [good, good])
+    with pytest.raises(DatasetFileError, match=r"h\.jsonl:2: record 1: prompt_id 'p' is used"):
+        HealthBenchDataset({"path": str(path)}).load()
+    path = write_jsonl(tmp_path / "h.jsonl", [{**good, "prompt": "hi"}])
+    with pytest.raises(DatasetFileError, match=r"h\.jsonl:1: record 0: field 'prompt' must"):
+        HealthBenchDataset({"path": str(path)}).load()
+
+
+def test_path_is_checked_only_when_validate_asks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    check = {"check_files": True}
+    assert JsonlDataset.Params.model_validate({"path": "later.jsonl"}).path == "later.jsonl"
+    with pytest.raises(ValidationError, match=r"dataset file not found \(tried .*later\.jsonl"):
+        JsonlDataset.Params.model_validate({"path": "later.jsonl"}, context=check)
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(ValidationError, match="is a folder"):
+        Gsm8kDataset.Params.model_validate({"path": "sub"}, context=check)
+    (tmp_path / "later.jsonl").write_text("{}\n")
+    assert JsonlDataset.Params.model_validate({"path": "later.jsonl"}, context=check)
+    # relative paths are also looked for in the data folder
+    assert Math500Dataset.Params.model_validate({"path": "math500/test.jsonl"}, context=check)
