@@ -45,6 +45,14 @@ def labels_for(names: Sequence[str]) -> list[str]:
 def load_prompts(dataset: Dataset, limit: int | None) -> list[Prompt]:
     """The dataset's prompts (first ``limit``), tagged with the task so templates can adapt."""
     prompts = dataset.load()[:limit] if limit else dataset.load()
+    seen: set[str] = set()
+    for p in prompts:  # built-ins refuse these with file:line; this covers any plugin's dataset
+        if p.id in seen:
+            raise CatError(
+                f"dataset {dataset.name!r} yields two prompts with id {p.id!r}: ids must be "
+                "unique (records, resume and metrics are keyed by them)"
+            )
+        seen.add(p.id)
     task = dataset.task_kind
     return [
         p

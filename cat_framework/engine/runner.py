@@ -92,16 +92,16 @@ def run_pipeline(
     runner = _mode_runner(pipeline.config.mode)
     config = redact(pipeline.resolved())
     changes: dict[str, Any] = {}
-    if resume:
-        path = Path(resume)
-        changes = check_resume(path, config)
-    else:
-        path = new_run_dir(pipeline, run_dir)
-        if is_main_process():
+    path = Path(resume) if resume else new_run_dir(pipeline, run_dir)
+    if is_main_process():  # only the main process judges and prepares the directory
+        if resume:
+            changes = check_resume(path, config)
+        else:
             check_fresh(path, overwrite)
-    path.mkdir(parents=True, exist_ok=True)
-    if is_main_process() and (not resume or changes):
-        atomic_write_text(path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        path.mkdir(parents=True, exist_ok=True)
+        if not resume or changes:
+            atomic_write_text(path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    wait_for_everyone()  # the others touch it (their log lines) only once it is ready
     attach_run_log(path / "log.jsonl")
     loaded = [f"{r.name}=={r.version}" for r in plugins.records if r.status == "loaded"]
     log.info("run start", run_dir=str(path), mode=pipeline.config.mode, plugins=loaded)
@@ -156,6 +156,16 @@ def _write_status(run_dir: Path, status: str, error: str | None) -> None:
         atomic_write_text(run_dir / "status.json", json.dumps(row, indent=2))
     except OSError as exc:  # a full disk must not hide the run's own error
         log.warning("status.json not written", error=repr(exc))
+
+
+def wait_for_everyone() -> None:
+    """A barrier across ``accelerate launch`` processes (nothing without a launcher). It
+    initialises accelerate's process state early; the trainer's ``Accelerator`` reuses it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
+        from accelerate import PartialState
+
+        PartialState(cpu=not torch.cuda.is_available()).wait_for_everyone()
 
 
 def is_main_process() -> bool:

@@ -201,3 +201,19 @@ def test_minppl_ranks_by_the_policy_by_default(tmp_path, plugins):
     MinPPLAggregator({"scorer": "anchor"}, roles=roles).aggregate([group])
     assert roles.anchor.score_calls
     pool.close()
+
+
+def test_a_plugin_dataset_with_duplicate_ids_is_refused():
+    from cat_framework import Dataset, Prompt
+    from cat_framework.engine.evaluate import load_prompts
+    from cat_framework.errors import CatError
+
+    class Twice(Dataset):
+        name = "twice"
+
+        def load(self):
+            q = [{"role": "user", "content": "?"}]
+            return [Prompt("x", q), Prompt("y", q), Prompt("x", q)]
+
+    with pytest.raises(CatError, match="two prompts with id 'x'"):
+        load_prompts(Twice(), None)

@@ -37,7 +37,11 @@ class Case:
 
 
 #: modules whose ``CASES`` make up the corpus
-MODULES = ("tests.reliability.cases_pipeline", "tests.reliability.cases_data")
+MODULES = (
+    "tests.reliability.cases_pipeline",
+    "tests.reliability.cases_data",
+    "tests.reliability.cases_rundir",
+)
 
 #: a dataset that loads fine (the default ``data.jsonl`` of :func:`pipeline`)
 GOOD_DATA = '{"question": "What is 2+2?", "answer": "4"}\n{"question": "1+1?", "answer": "2"}\n'

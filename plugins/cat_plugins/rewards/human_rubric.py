@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import structlog
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from cat_framework import (
     ConfigError,
@@ -39,7 +39,6 @@ from cat_framework import (
     Reference,
     RewardDeriver,
     Rewards,
-    Roles,
     RolloutGroup,
     Verdict,
 )
@@ -183,6 +182,14 @@ class HumanRubricParams(ScorableParams):
         None, description="Optional penalty for long rollouts (paper, HealthBench: -1 over 750)."
     )
 
+    @model_validator(mode="after")
+    def _template(self) -> HumanRubricParams:
+        fields = {"conversation", "rubric_item"}  # checked at `validate`, not at the first call
+        check_template(
+            self.grader_template, required=fields, allowed=fields, param="grader_template"
+        )
+        return self
+
 
 class HumanRubricReward(RewardDeriver):
     """Physician rubrics (HealthBench points, negatives allowed) graded by the judge: the oracle."""
@@ -191,18 +198,6 @@ class HumanRubricReward(RewardDeriver):
     tasks = frozenset({"freeform"})
     Params: ClassVar[type[HumanRubricParams]] = HumanRubricParams
     params: HumanRubricParams
-
-    def __init__(
-        self,
-        params: HumanRubricParams | Mapping[str, Any] | None = None,
-        *,
-        roles: Roles | None = None,
-    ) -> None:
-        super().__init__(params, roles=roles)
-        fields = {"conversation", "rubric_item"}
-        check_template(
-            self.params.grader_template, required=fields, allowed=fields, param="grader_template"
-        )
 
     def grader_prompt(self, prompt: Prompt, text: str, criterion: Criterion) -> str:
         """HealthBench's grader prompt for one (response text, criterion)."""

@@ -11,18 +11,17 @@ is empty (``no_reference: true``; no judge calls). Works for math and free-form 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import ClassVar
 
 import structlog
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from cat_framework import (
     Criterion,
     Reference,
     RewardDeriver,
     Rewards,
-    Roles,
     RolloutGroup,
 )
 from cat_plugins.prompts import render
@@ -59,6 +58,17 @@ class JudgeRewardParams(JudgeParams):
         None, description="Optional penalty for long rollouts (paper, HealthBench: -1 over 750)."
     )
 
+    @model_validator(mode="after")
+    def _template(self) -> JudgeRewardParams:
+        check_template(  # checked at `validate`, not at the first judge call
+            self.judge_template,
+            required={"reference", "response"}
+            | ({"question_block"} if self.judge_sees_question else set()),
+            allowed={"reference", "response", "question_block"},
+            param="judge_template",
+        )
+        return self
+
 
 class JudgeReward(RewardDeriver):
     """Binary reward: the judge says whether a rollout is equivalent to the reference."""
@@ -66,22 +76,6 @@ class JudgeReward(RewardDeriver):
     name = "judge"
     Params: ClassVar[type[JudgeRewardParams]] = JudgeRewardParams
     params: JudgeRewardParams
-
-    def __init__(
-        self,
-        params: JudgeRewardParams | Mapping[str, Any] | None = None,
-        *,
-        roles: Roles | None = None,
-    ) -> None:
-        super().__init__(params, roles=roles)
-        p = self.params
-        check_template(
-            p.judge_template,
-            required={"reference", "response"}
-            | ({"question_block"} if p.judge_sees_question else set()),
-            allowed={"reference", "response", "question_block"},
-            param="judge_template",
-        )
 
     def judge_prompt(self, group: RolloutGroup, reference: Reference, rollout_text: str) -> str:
         """The judge's prompt for one rollout; the conversation only if enabled."""

@@ -17,7 +17,6 @@ verdicts (see "Unscorable rewards" in ``docs/concepts.md``).
 from __future__ import annotations
 
 import re
-import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -29,13 +28,12 @@ from cat_framework import (
     Backend,
     BackendError,
     ComponentParams,
-    ConfigError,
     Criterion,
     GenerationRequest,
     Verdict,
 )
 from cat_plugins.backends.openai_wire import PartialBatchError
-from cat_plugins.prompts import load_template
+from cat_plugins.prompts import check_template, template_fields  # re-exported
 
 log = structlog.get_logger("cat_plugins.rewards")
 
@@ -251,34 +249,6 @@ def conversation_block(messages: Sequence[Mapping[str, str]]) -> str:
     """The ``$question_block`` of a question-aware judge prompt: the conversation, delimited."""
     text = neutralize_tags(format_conversation(messages), PROMPT_TAGS)
     return f"\n<conversation>\n{text}\n</conversation>\n"
-
-
-def template_fields(name_or_path: str) -> set[str]:
-    """The ``$placeholders`` a template uses."""
-    template = load_template(name_or_path)
-    fields = set()
-    for m in string.Template.pattern.finditer(template.template):
-        name = m.group("named") or m.group("braced")
-        if name:
-            fields.add(name)
-    return fields
-
-
-def check_template(name_or_path: str, *, required: set[str], allowed: set[str], param: str) -> None:
-    """Fail at construction (not mid-run) when a template lacks a needed placeholder or uses
-    one this reward does not provide (e.g. ``$conversation`` while the judge is question-blind)."""
-    fields = template_fields(name_or_path)
-    missing, extra = required - fields, fields - allowed
-    if missing or extra:
-        problems = []
-        if missing:
-            problems.append(f"lacks {', '.join('$' + f for f in sorted(missing))}")
-        if extra:
-            problems.append(
-                f"uses {', '.join('$' + f for f in sorted(extra))}, which is not provided here "
-                f"(available: {', '.join('$' + f for f in sorted(allowed))})"
-            )
-        raise ConfigError(f"{param} {name_or_path!r} {' and '.join(problems)}")
 
 
 __all__ = [

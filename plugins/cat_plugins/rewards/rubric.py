@@ -28,7 +28,7 @@ off) shows it the conversation (``prompt.messages``), never ``gold_answer`` or `
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
@@ -41,7 +41,6 @@ from cat_framework import (
     Reference,
     RewardDeriver,
     Rewards,
-    Roles,
     RolloutGroup,
 )
 from cat_plugins.prompts import render
@@ -145,6 +144,20 @@ class RubricParams(ScorableParams):
             raise ValueError(
                 f"max_criteria ({self.max_criteria}) < min_criteria ({self.min_criteria})"
             )
+        # templates are checked here, so `validate` (not the first judge call) reports them
+        check_template(
+            self.proposal_template,
+            required={"reference"},
+            allowed={"reference", "min_criteria"},
+            param="proposal_template",
+        )
+        check_template(
+            self.judge_template,
+            required={"response", "criterion"}
+            | ({"question_block"} if self.judge_sees_question else set()),
+            allowed={"response", "criterion", "question_block"},
+            param="judge_template",
+        )
         return self
 
 
@@ -155,28 +168,6 @@ class RubricReward(RewardDeriver):
     tasks = frozenset({"freeform"})
     Params: ClassVar[type[RubricParams]] = RubricParams
     params: RubricParams
-
-    def __init__(
-        self,
-        params: RubricParams | Mapping[str, Any] | None = None,
-        *,
-        roles: Roles | None = None,
-    ) -> None:
-        super().__init__(params, roles=roles)
-        p = self.params
-        check_template(
-            p.proposal_template,
-            required={"reference"},
-            allowed={"reference", "min_criteria"},
-            param="proposal_template",
-        )
-        check_template(
-            p.judge_template,
-            required={"response", "criterion"}
-            | ({"question_block"} if p.judge_sees_question else set()),
-            allowed={"response", "criterion", "question_block"},
-            param="judge_template",
-        )
 
     # ------------------------------------------------------------------------------ proposal
 
