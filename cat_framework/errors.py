@@ -44,7 +44,6 @@ class BackendError(CatError):
     """A backend failed in a way the user can act on (dead server, missing package...)."""
 
 
-
 class PartialBatchError(BackendError):
     """Some requests of a batch failed for good (after the backend's own retries).
     ``results[i]`` is request i's completions, or ``None`` where it failed (``failed`` lists
@@ -62,6 +61,7 @@ class PartialBatchError(BackendError):
         self.results = results
         self.failed = failed
         self.errors = errors if errors is not None else [None] * len(results)
+
 
 class OutputError(CatError):
     """A file the user asked for cannot be written (read-only folder, a file in the way...)."""
