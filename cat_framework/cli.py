@@ -152,13 +152,15 @@ _set_option = click.option(
 @click.argument("pipelines", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @_set_option
 def validate_cmd(pipelines: tuple[str, ...], overrides: tuple[str, ...]) -> None:
-    """Check PIPELINES without loading any model; exit 2 with every problem if one is invalid."""
+    """Check PIPELINES (files or shipped names) without loading any model; exit 2 with every
+    problem if one is invalid."""
     from cat_framework.pipeline import PipelineValidationError, load_pipeline
+    from cat_framework.pipeline.shipped import resolve_pipeline
 
     failed = 0
     for path in pipelines:
         try:
-            load_pipeline(path, overrides, plugins=_plugins())
+            load_pipeline(resolve_pipeline(path), overrides, plugins=_plugins())
         except PipelineValidationError as exc:
             failed += 1
             click.echo(str(exc), err=True)
@@ -196,13 +198,15 @@ def run_cmd(
     run_dir: str | None,
     overwrite: bool,
 ) -> None:
-    """Validate PIPELINE, then run it according to its mode."""
+    """Validate PIPELINE (a file, or a shipped name such as quickstart), then run it according to
+    its mode."""
     from cat_framework.engine.runner import is_main_process, run_pipeline
     from cat_framework.pipeline import load_pipeline
+    from cat_framework.pipeline.shipped import resolve_pipeline
 
     if resume and (run_dir or overwrite):
         raise click.UsageError("--resume continues a run in place: drop --run-dir/--overwrite")
-    loaded = load_pipeline(pipeline, overrides, plugins=_plugins())
+    loaded = load_pipeline(resolve_pipeline(pipeline), overrides, plugins=_plugins())
     result = run_pipeline(
         loaded, plugins=_plugins(), run_dir=run_dir, resume=resume, overwrite=overwrite
     )
@@ -253,6 +257,11 @@ def _require_run_dir(run_dir: str) -> None:
         f"{run_dir} is not a run directory yet: it has a config.yaml but none of "
         f"{', '.join(RUN_OUTPUTS)} (the run never started); rerun it with `cat-framework run`."
     )
+
+
+from cat_framework.cli_pipelines import pipelines_cmd  # noqa: E402  (its module imports lightly)
+
+cli.add_command(pipelines_cmd)
 
 
 def _blame(exc: BaseException) -> Any:

@@ -2,6 +2,8 @@
 
 ``yaml.safe_load`` semantics (no tags that build objects), but composed node by node so every
 error can point at the line the user wrote. Values set with ``--set`` point at the override.
+A pipeline may ``include:`` others (:mod:`cat_framework.pipeline.include`): each key then points
+at the file it came from.
 
 A pipeline is a small hand-written file, so anything else is refused with one message before it
 can cost time or memory: non-UTF-8 or binary files, files over :data:`MAX_FILE_BYTES`, nesting
@@ -47,6 +49,8 @@ class Source:
     data: Any
     positions: dict[KeyPath, tuple[int, int]] = field(default_factory=dict)
     overrides: dict[KeyPath, str] = field(default_factory=dict)
+    #: the file a key path came from when it is not ``file`` (a key of an included pipeline)
+    files: dict[KeyPath, str] = field(default_factory=dict)
 
     def where(self, path: Sequence[str | int]) -> tuple[str, int | None, int | None]:
         """``(file_or_override, line, col)`` of ``path`` or, failing that, its nearest ancestor."""
@@ -58,7 +62,7 @@ class Source:
         for n in range(len(path), -1, -1):
             pos = self.positions.get(path[:n])
             if pos is not None:
-                return self.file, pos[0], pos[1]
+                return self.files.get(path[:n], self.file), pos[0], pos[1]
         return self.file, None, None
 
     def issue(self, path: Sequence[str | int], message: str) -> Issue:
@@ -280,7 +284,15 @@ def parse_value(text: str) -> Any:
 
 
 def load_source(path: str | Path, text: str | None = None) -> Source:
-    """Parse a pipeline file; every problem raises :class:`PipelineValidationError`."""
+    """Parse a pipeline file and the pipelines it includes; every problem raises
+    :class:`PipelineValidationError`."""
+    from cat_framework.pipeline.include import expand_includes  # it parses with this module
+
+    return expand_includes(parse_source(path, text))
+
+
+def parse_source(path: str | Path, text: str | None = None) -> Source:
+    """Parse one pipeline file as written (an ``include:`` key is kept as data)."""
     file = str(path)
     if text is None:
         text = _read_text(path)
