@@ -23,6 +23,7 @@ from cat_framework.answers import answers_equivalent
 from cat_framework.components import Aggregator, Backend, Dataset, RewardDeriver, Roles
 from cat_framework.engine.diagnostics import reference_diagnostics
 from cat_framework.engine.files import atomic_write_text
+from cat_framework.engine.progress import phase, track
 from cat_framework.engine.record_builder import build_record
 from cat_framework.engine.schedule import derive_seed
 from cat_framework.engine.stats import bootstrap_ci, mean
@@ -125,6 +126,7 @@ class Evaluation:
         """Rollouts once, every aggregator on them, graded: one record per prompt."""
         cfg = self.pipeline.config
         t0 = time.perf_counter()
+        phase("rollouts")
         groups = explore(self.policy, prompts, cfg.rollouts, seeds=self.seeds(prompts))
         timings = {"rollouts": time.perf_counter() - t0}
         refs: dict[str, list[Reference]] = {}
@@ -132,6 +134,7 @@ class Evaluation:
         grading: dict[str, list[dict[str, Any]]] = {}
         for label, agg in self.aggregators:
             t = time.perf_counter()
+            phase(f"reference {label}")
             refs[label] = agg.aggregate(groups)
             if len(refs[label]) != len(groups):
                 raise CatError(
@@ -248,7 +251,7 @@ def run_evaluate(
         todo = sum(p.id not in done for p in prompts)
         log.info("evaluate", prompts=len(prompts), todo=todo, aggregators=evaluation.labels)
         with records_path.open("a" if resume else "w", encoding="utf-8") as f:
-            for batch in evaluation.batches(prompts, set(done)):
+            for batch in track(evaluation.batches(prompts, set(done)), "evaluate"):
                 for rec in evaluation.batch(batch):
                     f.write(json.dumps(rec, ensure_ascii=False) + "\n")
                     done[rec["prompt_id"]] = rec

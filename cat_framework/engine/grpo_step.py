@@ -18,6 +18,7 @@ import torch
 
 from cat_framework.engine import grpo
 from cat_framework.engine.policy import PolicyModels
+from cat_framework.engine.progress import phase
 from cat_framework.engine.record_builder import build_record
 from cat_framework.engine.sequences import TokenBatch, build_batch, completion_logps
 from cat_framework.engine.teacher import Teacher, TeacherOutput, explore
@@ -109,10 +110,13 @@ class GRPOStep:
     def __call__(self, prompts: Sequence[Prompt], seeds: Sequence[int], step: int) -> StepOutput:
         cfg, acc, dev = self.cfg, self.acc, self.acc.device
         t0 = time.perf_counter()
+        phase("rollouts")
         groups = explore(self.policy.sampler, prompts, self.rollouts, seeds=seeds)
         t1 = time.perf_counter()
+        phase("teacher")
         teach = self.teacher.teach(groups, self.rollouts.n)
         t2 = time.perf_counter()
+        phase("update")
         rows = to_rows(self.policy, groups, teach)
         batch = rows.batch.to(dev)
         g = self.rollouts.n

@@ -22,7 +22,7 @@ from cat_framework.engine.evaluate import Evaluation, flat_metrics, load_prompts
 from cat_framework.engine.files import atomic_write_text
 from cat_framework.engine.grpo_step import GRPOStep
 from cat_framework.engine.policy import build_policy, build_training_roles, needs_frozen_copy
-from cat_framework.engine.progress import StepProgress
+from cat_framework.engine.progress import StepProgress, track
 from cat_framework.engine.schedule import derive_seed, shard, step_prompts
 from cat_framework.engine.teacher import Teacher
 from cat_framework.engine.training import (
@@ -60,7 +60,7 @@ class PeriodicEval:
     def __call__(self, step: int) -> dict[str, float]:
         cfg = self.pipeline.config
         records: list[dict[str, Any]] = []
-        for batch in self.evaluation.batches(self.prompts, set()):
+        for batch in track(self.evaluation.batches(self.prompts, set()), "evaluate"):
             records += self.evaluation.batch(batch)
         summary = summarize(
             records, self.evaluation.labels, self.task, cfg.eval.bootstrap, cfg.eval.confidence
