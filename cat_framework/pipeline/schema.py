@@ -3,7 +3,7 @@
 A component is written as a mapping whose selector key names it (``backend:`` for roles,
 ``dataset:`` for data, ``name:`` for aggregators and rewards); every other key is a parameter
 validated by that component's ``Params``. A bare string is shorthand for ``{selector: string}``.
-Defaults follow the paper (../shared/research/paper.md): G=8, LR 5e-7, KL 1e-3.
+Defaults follow the paper (Jayalath et al., arXiv 2509.14234): G=8, LR 5e-7, KL 1e-3.
 
 Every count has an upper bound far above any real run but far below what exhausts memory, so a
 typo such as ``n: 1000000000`` fails at ``validate`` instead of after the run directory exists.

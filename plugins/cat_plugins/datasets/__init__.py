@@ -1,4 +1,4 @@
-"""Built-in datasets: MATH-500, GSM8K, the HealthBench subset, any JSONL file."""
+"""Built-in datasets: MATH-500, GSM8K, HealthBench, any JSONL file, any Hugging Face data set."""
 
 from cat_framework import hookimpl
 
@@ -7,6 +7,7 @@ DATASETS: dict[str, str] = {
     "gsm8k": "cat_plugins.datasets.gsm8k:Gsm8kDataset",
     "healthbench": "cat_plugins.datasets.healthbench:HealthBenchDataset",
     "jsonl": "cat_plugins.datasets.jsonl:JsonlDataset",
+    "hf": "cat_plugins.datasets.hf:HfDataset",
 }
 
 

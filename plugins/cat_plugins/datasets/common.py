@@ -1,7 +1,8 @@
 """What the built-in datasets share: locating the file, reading JSONL, prompts, shuffle/limit.
 
-Defaults live under :func:`cat_framework.paths.data_dir` (``$CAT_DATA_DIR``, else ``./data`` or
-``../shared/data``); every dataset takes a ``path`` to read another copy.
+A dataset's default file is found, in order: in ``$CAT_DATA_DIR`` (your own copies win), in the
+package (MATH-500 and GSM8K test ship in it), in the cache (downloaded on first use, see
+:mod:`cat_plugins.datasets.fetch`). Every dataset takes a ``path`` to read another copy.
 
 Bad data is refused with ``file:line: record i`` and the field, never silently coerced: a null
 question would otherwise become the literal text "None", an empty file a "completed" run scored
@@ -19,9 +20,13 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from cat_framework import ComponentParams, ConfigError, Dataset, Prompt
 from cat_framework.paths import DATA_DIR_ENV, data_dir
+from cat_plugins.datasets.fetch import REMOTE_FILES, ensure_file
 
 #: appended to every math question unless ``instruction`` says otherwise (Qwen2.5-Math's wording)
 DEFAULT_MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
+#: the data files that ship inside the package (provenance and licences in its README.md)
+PACKAGE_DATA = Path(__file__).resolve().parent / "data"
 
 
 class DatasetFileError(ConfigError):
@@ -33,9 +38,9 @@ class FileDatasetParams(ComponentParams):
 
     path: str | None = Field(
         None,
-        description="JSONL file to read. Default: the dataset's file under the data folder "
-        "($CAT_DATA_DIR, else ./data or ../shared/data). A relative path is tried against the "
-        "working directory first, then the data folder.",
+        description="JSONL file to read. Default: the dataset's own file ($CAT_DATA_DIR's copy "
+        "if there is one, else the copy in the package or in the download cache). A relative "
+        "path is tried against the working directory first, then $CAT_DATA_DIR.",
     )
     limit: int | None = Field(
         None,
@@ -73,10 +78,19 @@ class FileDatasetParams(ComponentParams):
 
 
 def candidate_paths(given: str) -> list[Path]:
-    """Where a ``path:`` is looked for: as is if absolute, else the working directory, then the
-    data folder."""
+    """Where a ``path:`` is looked for: as is if absolute, else the working directory, then
+    ``$CAT_DATA_DIR`` when set."""
     p = Path(given).expanduser()
-    return [p] if p.is_absolute() else [Path.cwd() / p, data_dir() / p]
+    if p.is_absolute():
+        return [p]
+    folder = data_dir()
+    return [Path.cwd() / p] + ([folder / p] if folder is not None else [])
+
+
+def package_file(name: str) -> Path | None:
+    """The copy of ``name`` (e.g. ``gsm8k/test.jsonl``) shipped in the package, if any."""
+    path = PACKAGE_DATA / name
+    return path if name.endswith(".jsonl") and path.is_file() else None
 
 
 class FileDataset(Dataset):
@@ -89,13 +103,28 @@ class FileDataset(Dataset):
     params: FileDatasetParams
 
     def resolve_path(self) -> Path:
-        """The file to read; :class:`DatasetFileError` naming every place tried if none exists."""
+        """The file to read: ``path:``, else the default file from ``$CAT_DATA_DIR``, the
+        package or the download cache (fetched now if need be); :class:`DatasetFileError`
+        naming every place tried if none exists."""
         given = self.params.path
-        candidates = [data_dir() / self.default_file] if given is None else candidate_paths(given)
-        for candidate in candidates:
-            if candidate.is_file():
-                return candidate.resolve()
-        tried = ", ".join(str(c.resolve()) for c in candidates)
+        if given is None:
+            folder = data_dir()
+            mine = folder / self.default_file if folder is not None else None
+            if mine is not None and mine.is_file():
+                return mine
+            shipped = package_file(self.default_file)
+            if shipped is not None:
+                return shipped
+            remote = REMOTE_FILES.get(self.default_file)
+            if remote is not None:
+                return ensure_file(remote, who=self.name)
+            candidates = [mine] if mine is not None else []
+        else:
+            candidates = candidate_paths(given)
+            for candidate in candidates:
+                if candidate.is_file():
+                    return candidate.resolve()
+        tried = ", ".join(str(c.resolve()) for c in candidates) or f"{DATA_DIR_ENV} is not set"
         example = self.default_file or "my_prompts.jsonl"
         raise DatasetFileError(
             f"dataset {self.name!r}: file not found: {tried}. Point the dataset at your copy with "
@@ -255,9 +284,11 @@ def require(record: dict[str, Any], field: str, path: Path, index: int) -> Any:
 
 __all__ = [
     "DEFAULT_MATH_INSTRUCTION",
+    "PACKAGE_DATA",
     "DatasetFileError",
     "FileDataset",
     "FileDatasetParams",
     "candidate_paths",
+    "package_file",
     "require",
 ]

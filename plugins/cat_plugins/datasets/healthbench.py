@@ -1,4 +1,4 @@
-"""HealthBench conversations with physician rubrics (the 500-conversation subset on hand)."""
+"""HealthBench conversations with physician rubrics (fetched from OpenAI on first use)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,19 @@ from pydantic import Field
 from cat_framework import Criterion, Prompt
 from cat_plugins.datasets.common import DatasetFileError, FileDataset, FileDatasetParams
 
+SUBSET_FILES = {
+    "main": "healthbench/2025-05-07-06-14-12_oss_eval.jsonl",
+    "hard": "healthbench/hard_2025-05-08-21-00-10.jsonl",
+    "consensus": "healthbench/consensus_2025-05-09-20-00-46.jsonl",
+}
+
 
 class HealthBenchParams(FileDatasetParams):
+    subset: Literal["main", "hard", "consensus"] = Field(
+        "main",
+        description="Which HealthBench file to read by default: main (5,000 conversations), "
+        "hard (1,000) or consensus (3,671); downloaded from OpenAI and cached on first use.",
+    )
     split: Literal["all", "train", "test"] = Field(
         "all", description="Which part of the deterministic train/test split to load."
     )
@@ -37,8 +48,8 @@ def split_test_ids(prompt_ids: list[str], fraction: float, seed: int) -> set[str
 class HealthBenchDataset(FileDataset):
     """HealthBench conversations; each prompt carries its physician rubric for evaluation only.
 
-    Reads ``healthbench/healthbench_oss_eval_subset500.jsonl`` under the data folder (any file in
-    HealthBench's format works). ``messages`` is the conversation (``prompt``); ``rubric`` is
+    Reads the ``subset``'s file as published by openai/simple-evals (``path:`` reads any file in
+    HealthBench's format). ``messages`` is the conversation (``prompt``); ``rubric`` is
     one ``Criterion(text, points)`` per physician criterion (points may be negative); ``meta``
     holds ``example_tags`` and each criterion's ``tags`` (``rubric_tags``, aligned with the
     rubric). Ideal completions are not loaded. ``split`` picks a deterministic part by seed.
@@ -47,9 +58,12 @@ class HealthBenchDataset(FileDataset):
     name = "healthbench"
     task = "freeform"
     Params: ClassVar[type[HealthBenchParams]] = HealthBenchParams
-    default_file: ClassVar[str] = "healthbench/healthbench_oss_eval_subset500.jsonl"
 
     params: HealthBenchParams
+
+    @property
+    def default_file(self) -> str:  # type: ignore[override]
+        return SUBSET_FILES[self.params.subset]
 
     def load(self) -> list[Prompt]:
         _, records = self.read_records()

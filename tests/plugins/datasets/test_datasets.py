@@ -1,4 +1,7 @@
-"""Built-in datasets against the real files under ../shared/data (and small temporary files)."""
+"""Built-in datasets against the real files under ../shared/data (and small temporary files).
+
+Downloads are off here (``CAT_OFFLINE=1``, an empty cache): these tests read local files only.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +11,25 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from cat_framework import ConfigError, Criterion, load_plugins
-from cat_framework.paths import data_dir
+from cat_framework import Criterion, load_plugins
 from cat_plugins.datasets.common import DEFAULT_MATH_INSTRUCTION, DatasetFileError
 from cat_plugins.datasets.gsm8k import Gsm8kDataset
 from cat_plugins.datasets.healthbench import HealthBenchDataset, split_test_ids
+from cat_plugins.datasets.hf import HfDataset
 from cat_plugins.datasets.jsonl import JsonlDataset
 from cat_plugins.datasets.math500 import Math500Dataset
 
 DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"no shared data at {DATA}")
+#: the 500-conversation HealthBench subset on hand (the dataset's default is the full main set)
+HB500 = "healthbench/healthbench_oss_eval_subset500.jsonl"
 
 
 @pytest.fixture(autouse=True)
-def _shared_data(monkeypatch: pytest.MonkeyPatch) -> None:
+def _shared_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("CAT_DATA_DIR", str(DATA))
+    monkeypatch.setenv("CAT_OFFLINE", "1")
+    monkeypatch.setenv("CAT_CACHE_DIR", str(tmp_path / "cache"))
 
 
 def write_jsonl(path: Path, rows: list[object]) -> Path:
@@ -41,6 +48,7 @@ def test_datasets_registered_with_their_tasks() -> None:
         "gsm8k": (Gsm8kDataset, "math"),
         "healthbench": (HealthBenchDataset, "freeform"),
         "jsonl": (JsonlDataset, "math"),
+        "hf": (HfDataset, "math"),
     }
     for name, (cls, task) in expected.items():
         assert registry.get(name) is cls
@@ -48,7 +56,7 @@ def test_datasets_registered_with_their_tasks() -> None:
 
 
 def test_every_param_has_a_description() -> None:
-    for cls in (Math500Dataset, Gsm8kDataset, HealthBenchDataset, JsonlDataset):
+    for cls in (Math500Dataset, Gsm8kDataset, HealthBenchDataset, JsonlDataset, HfDataset):
         for field_name, field in cls.Params.model_fields.items():
             assert field.description, f"{cls.__name__}.Params.{field_name}"
 
@@ -142,7 +150,7 @@ def test_gsm8k_rejects_unknown_split() -> None:
 
 
 def test_healthbench_conversations_and_rubrics() -> None:
-    prompts = HealthBenchDataset().load()
+    prompts = HealthBenchDataset({"path": HB500}).load()
     assert len(prompts) == 500
     first = prompts[0]
     assert first.id == "c5f6bb12-a633-4ee4-b6a8-e6f9539472dc"
@@ -177,18 +185,19 @@ def test_healthbench_conversations_and_rubrics() -> None:
     assert any(c.points < 0 for p in prompts for c in p.rubric)
     assert max(len(p.messages) for p in prompts) == 15
     assert not HealthBenchDataset.Params().instruction  # no boxed instruction on freeform
+    assert HealthBenchDataset().default_file == "healthbench/2025-05-07-06-14-12_oss_eval.jsonl"
 
 
 def test_healthbench_split_is_deterministic_and_disjoint() -> None:
-    test = HealthBenchDataset({"split": "test"}).load()
-    train = HealthBenchDataset({"split": "train"}).load()
+    test = HealthBenchDataset({"path": HB500, "split": "test"}).load()
+    train = HealthBenchDataset({"path": HB500, "split": "train"}).load()
     assert (len(test), len(train)) == (100, 400)
     assert not {p.id for p in test} & {p.id for p in train}
-    again = HealthBenchDataset({"split": "test", "shuffle": True, "seed": 9}).load()
+    again = HealthBenchDataset({"path": HB500, "split": "test", "shuffle": True, "seed": 9}).load()
     assert {p.id for p in again} == {p.id for p in test}  # shuffle never moves the split
-    other = HealthBenchDataset({"split": "test", "split_seed": 1}).load()
+    other = HealthBenchDataset({"path": HB500, "split": "test", "split_seed": 1}).load()
     assert {p.id for p in other} != {p.id for p in test}
-    half = HealthBenchDataset({"split": "test", "test_fraction": 0.5}).load()
+    half = HealthBenchDataset({"path": HB500, "split": "test", "test_fraction": 0.5}).load()
     assert len(half) == 250
 
 
@@ -199,7 +208,7 @@ def test_split_ids_depend_only_on_ids() -> None:
 
 
 def test_healthbench_system_prompt() -> None:
-    first = HealthBenchDataset({"limit": 1, "system_prompt": "Be kind."}).load()[0]
+    first = HealthBenchDataset({"path": HB500, "limit": 1, "system_prompt": "Be kind."}).load()[0]
     assert first.messages[0] == {"role": "system", "content": "Be kind."}
     assert first.messages[1]["content"].endswith("10 hour drive")
 
@@ -276,50 +285,6 @@ def test_jsonl_bad_rubric_item(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "r.jsonl", [{"question": "q", "rub": [3]}])
     with pytest.raises(DatasetFileError, match="record 0: rubric items"):
         JsonlDataset({"path": str(path), "rubric_field": "rub"}).load()
-
-
-# ------------------------------------------------------------------------------ missing files
-
-
-def test_missing_default_file_names_path_and_fixes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("CAT_DATA_DIR", str(tmp_path))
-    with pytest.raises(DatasetFileError) as info:
-        Gsm8kDataset().load()
-    message = str(info.value)
-    assert str(tmp_path / "gsm8k" / "test.jsonl") in message
-    assert "`path:`" in message and "CAT_DATA_DIR" in message
-    assert isinstance(info.value, ConfigError)
-
-
-def test_missing_explicit_path_lists_every_place_tried(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(DatasetFileError) as info:
-        HealthBenchDataset({"path": "nowhere.jsonl"}).load()
-    message = str(info.value)
-    assert str(tmp_path / "nowhere.jsonl") in message
-    assert str(DATA / "nowhere.jsonl") in message
-
-
-# ------------------------------------------------------------------------------------- paths
-
-
-def test_data_dir_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CAT_DATA_DIR", str(tmp_path / "chosen"))
-    assert data_dir() == tmp_path / "chosen"  # returned even though it does not exist
-    monkeypatch.delenv("CAT_DATA_DIR")
-    work = tmp_path / "repo"
-    (tmp_path / "shared" / "data").mkdir(parents=True)
-    work.mkdir()
-    monkeypatch.chdir(work)
-    assert data_dir() == tmp_path / "shared" / "data"  # ../shared/data from the CWD
-    (work / "data").mkdir()
-    assert data_dir() == work / "data"  # ./data wins
-    monkeypatch.chdir(tmp_path)
-    assert data_dir() == (Path(__file__).resolve().parents[3].parent / "shared" / "data")
 
 
 # ------------------------------------------------------------------- issue 9: bad records

@@ -1,0 +1,160 @@
+"""Where a dataset's file comes from: ``path:``, ``$CAT_DATA_DIR``, the package, the cache.
+
+Issue 11: a user with only the package (no ``../shared`` beside a checkout) must get MATH-500 and
+GSM8K test from any folder, and the product must never name this repository's surroundings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cat_framework import ConfigError
+from cat_framework.paths import cache_dir, data_dir
+from cat_plugins.datasets.common import PACKAGE_DATA, DatasetFileError
+from cat_plugins.datasets.fetch import FetchError
+from cat_plugins.datasets.gsm8k import Gsm8kDataset
+from cat_plugins.datasets.healthbench import HealthBenchDataset
+from cat_plugins.datasets.math500 import Math500Dataset
+
+REPO = Path(__file__).resolve().parents[3]
+DATA = REPO.parent / "shared" / "data"
+SHIPPED = {"math500/test.jsonl": 500, "gsm8k/test.jsonl": 1319}
+
+
+@pytest.fixture(autouse=True)
+def _no_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("CAT_DATA_DIR", raising=False)
+    monkeypatch.setenv("CAT_OFFLINE", "1")
+    monkeypatch.setenv("CAT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+
+
+# ------------------------------------------------------------------------------ package data
+
+
+def test_shipped_files_match_the_digests_in_the_package_readme() -> None:
+    readme = (PACKAGE_DATA / "README.md").read_text(encoding="utf-8")
+    for name, count in SHIPPED.items():
+        data = (PACKAGE_DATA / name).read_bytes()
+        row = next(line for line in readme.splitlines() if line.startswith(f"| `{name}`"))
+        assert hashlib.sha256(data).hexdigest() in row, name
+        assert f"{len(data):,}" in row and f"{count:,}" in row, name
+        assert len(data.splitlines()) == count
+    assert "MIT" in readme and "Source:" in readme
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="no shared data to compare with")
+def test_shipped_files_are_the_shared_originals() -> None:
+    for name in SHIPPED:
+        assert (PACKAGE_DATA / name).read_bytes() == (DATA / name).read_bytes(), name
+
+
+def test_builtins_load_from_the_package_anywhere_without_env() -> None:
+    math = Math500Dataset()
+    assert len(math.load()) == 500
+    assert math.resolve_path().is_relative_to(PACKAGE_DATA)
+    gsm = Gsm8kDataset({"limit": 3})
+    assert [p.gold_answer for p in gsm.load()] == ["18", "3", "70000"]
+    assert gsm.resolve_path().is_relative_to(PACKAGE_DATA)
+
+
+def test_builtins_in_a_fresh_process_from_an_empty_folder(tmp_path: Path) -> None:
+    """What a new user runs: no CAT_DATA_DIR, a folder with nothing around it."""
+    code = (
+        "from cat_plugins.datasets.math500 import Math500Dataset as M\n"
+        "from cat_plugins.datasets.gsm8k import Gsm8kDataset as G\n"
+        "print(len(M().load()), len(G().load()), M().resolve_path())\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": f"{REPO}:{REPO}/plugins"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    count_math, count_gsm, path = out.stdout.split()
+    assert (count_math, count_gsm) == ("500", "1319")
+    assert "shared" not in path
+
+
+def test_data_dir_copy_wins_over_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mine = tmp_path / "mine"
+    (mine / "gsm8k").mkdir(parents=True)
+    row = {"question": "Mine?", "answer": "#### 7"}
+    (mine / "gsm8k" / "test.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    monkeypatch.setenv("CAT_DATA_DIR", str(mine))
+    (prompt,) = Gsm8kDataset().load()
+    assert prompt.gold_answer == "7"
+    # a CAT_DATA_DIR without the file falls back to the shipped copy
+    assert len(Math500Dataset().load()) == 500
+
+
+# ------------------------------------------------------------------- the product's own words
+
+
+def test_no_product_file_names_the_shared_folder() -> None:
+    offenders = []
+    for root in (REPO / "cat_framework", REPO / "plugins" / "cat_plugins"):
+        for path in root.rglob("*"):
+            if path.suffix not in {".py", ".md", ".txt", ".yaml"} or "__pycache__" in path.parts:
+                continue
+            text = path.read_text(encoding="utf-8")
+            if re.search(r"\.\./shared|shared/data|shared/research", text):
+                offenders.append(str(path.relative_to(REPO)))
+    assert not offenders
+
+
+def test_data_dir_is_the_env_var_or_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    (tmp_path / "work" / "data").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work")
+    assert data_dir() is None  # neither ../shared/data nor ./data is guessed
+    monkeypatch.setenv("CAT_DATA_DIR", str(tmp_path / "chosen"))
+    assert data_dir() == tmp_path / "chosen"  # returned even though it does not exist
+
+
+def test_cache_dir_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAT_CACHE_DIR", str(tmp_path / "c"))
+    assert cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("CAT_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "cat-framework"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "cat-framework"
+
+
+# ------------------------------------------------------------------------------ missing files
+
+
+def test_offline_without_cache_says_what_to_download_and_where(tmp_path: Path) -> None:
+    with pytest.raises(FetchError) as info:
+        Gsm8kDataset({"split": "train"}).load()
+    message = str(info.value)
+    assert "raw.githubusercontent.com/openai/grade-school-math/" in message
+    assert str(tmp_path / "cache" / "data" / "gsm8k" / "train.jsonl") in message
+    assert "CAT_OFFLINE=1" in message
+    assert "`path:`" in message and "CAT_DATA_DIR" in message
+    assert "shared" not in message
+
+
+def test_missing_explicit_path_lists_every_place_tried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CAT_DATA_DIR", str(tmp_path / "dd"))
+    with pytest.raises(DatasetFileError) as info:
+        HealthBenchDataset({"path": "nowhere.jsonl"}).load()
+    message = str(info.value)
+    assert str(tmp_path / "nowhere.jsonl") in message
+    assert str(tmp_path / "dd" / "nowhere.jsonl") in message
+    assert "`path:`" in message
+    assert isinstance(info.value, ConfigError)
