@@ -318,3 +318,8 @@ def main(argv: list[str] | None = None) -> None:
             err=True,
         )
         sys.exit(1)
+
+
+from cat_framework.cli_data import data_cmd  # noqa: E402  (click and yaml only at import)
+
+cli.add_command(data_cmd)
