@@ -21,6 +21,13 @@ def _fresh_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CAT_DATA_DIR", raising=False)
     monkeypatch.setenv("CAT_OFFLINE", "1")
     monkeypatch.setenv("CAT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))  # for subprocesses
+    try:  # `datasets` reads its cache folder at import: for this process, set it on its config
+        import datasets
+
+        monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    except ImportError:
+        pass
     monkeypatch.chdir(tmp_path)
 
 
