@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fnmatch
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -41,3 +44,19 @@ def test_pipeline_switches_to_embedded_model_with_one_override(path, plugins):
         path, ["models.policy.model=embedded:smollm2-135m-instruct"], plugins=plugins
     )
     assert pipe.component("models", "policy").params.model == "embedded:smollm2-135m-instruct"
+
+
+def test_every_file_in_pipelines_is_package_data():
+    """The wheel ships pipelines/ as the package cat_pipelines (setup.py maps it); a file no
+    package-data glob matches would be missing from a plain install."""
+    repo = Path(__file__).resolve().parent.parent
+    setup = (repo / "setup.py").read_text()
+    assert '"cat_pipelines": "pipelines"' in setup
+    line = re.search(r"^cat_pipelines = (\[.*\])$", (repo / "pyproject.toml").read_text(), re.M)
+    assert line, "pyproject.toml: no package-data for cat_pipelines"
+    globs = json.loads(line.group(1))
+    files = [p.relative_to(repo / "pipelines").as_posix() for p in (repo / "pipelines").rglob("*")]
+    files = [f for f in files if (repo / "pipelines" / f).is_file() and "__pycache__" not in f]
+    assert files
+    for f in files:
+        assert any(fnmatch.fnmatch(f, g) for g in globs), f"pipelines/{f} is not package data"
