@@ -53,6 +53,20 @@ _tee = _JsonTee()
 _configured = False
 
 
+class _CurrentStderr:
+    """Whatever ``sys.stderr`` is *now*: a stream captured at configuration time may be closed
+    later (a test harness's capture, a redirected CLI call made in-process)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
     """Console rendering on ``stream`` (stderr) at ``level``; idempotent."""
     global _configured
@@ -65,7 +79,7 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
             structlog.dev.ConsoleRenderer(colors=(stream or sys.stderr).isatty()),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or _CurrentStderr()),
         cache_logger_on_first_use=False,
     )
     _configured = True

@@ -11,6 +11,7 @@ from cat_framework import hookimpl, load_plugins
 from cat_framework.engine.evaluate import labels_for, summarize
 from cat_framework.engine.runner import run_pipeline
 from cat_framework.pipeline import load_pipeline
+from cat_framework.records import RunRecord
 from tests.helpers.echo_backend import EchoBackend
 
 
@@ -67,6 +68,8 @@ def test_evaluate_writes_records_metrics_and_diagnostics(tmp_path, plugins):
     assert records[0]["references"]["majority"]["score"] == 1.0
     assert records[2]["references"]["majority"]["score"] == 0.0
     assert any(ro["correct"] for ro in records[2]["rollouts"])  # 2.5 == 5/2
+    for rec in records:  # one typed schema, read back losslessly
+        assert RunRecord.from_dict(rec).to_dict() == rec and rec["mode"] == "evaluate"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["aggregators"]["majority"]["score"] == pytest.approx(1 / 3)
     assert metrics["rollouts"]["pass_at_g"] == pytest.approx(2 / 3)
@@ -217,3 +220,22 @@ def test_a_plugin_dataset_with_duplicate_ids_is_refused():
 
     with pytest.raises(CatError, match="two prompts with id 'x'"):
         load_prompts(Twice(), None)
+
+
+def test_initial_policy_judge_is_pi0_in_training(tmp_path, plugins):
+    """The same word in training: ``initial-policy`` is pi_0 (the frozen anchor weights), while
+    ``policy`` is the sampler of the current weights."""
+    from types import SimpleNamespace
+
+    from cat_framework.engine.policy import build_training_roles
+    from cat_framework.pipeline.build import BackendPool
+
+    data = write_data(tmp_path)
+    path = tmp_path / "p.yaml"
+    text = pipeline_text(data, ["\\boxed{4}"]).replace(
+        "models:\n", "models:\n  anchor: policy\n  judge: initial-policy\n"
+    )
+    path.write_text(text)
+    trained = SimpleNamespace(sampler=object(), anchor=object())
+    roles = build_training_roles(load_pipeline(path, plugins=plugins), BackendPool(), trained)
+    assert roles.judge is trained.anchor and roles.anchor is trained.sampler

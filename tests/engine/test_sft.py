@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from cat_framework.engine.checkpoint import latest_checkpoint
+from cat_framework.records import RunRecord
 from tests.engine.test_trainer import StopAt, read_jsonl, run, write_pipeline
 
 SFT = (
@@ -36,6 +37,7 @@ def test_sft_trains_on_synthesized_references(tmp_path, tiny_policy, toy_data, c
     run(sft_pipeline(tmp_path, tiny_policy, toy_data), tmp_path / "run")
     records = read_jsonl(tmp_path / "run" / "records.jsonl")
     assert len(records) == 6 and all(r["primary"] == "synthesis" for r in records)
+    assert all(RunRecord.from_dict(r).to_dict() == r and r["mode"] == "sft" for r in records)
     metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     evals = [m for m in metrics if "eval/single/score" in m]
     assert [m["step"] for m in evals] == [12]  # the fine-tuned policy, evaluated at the end

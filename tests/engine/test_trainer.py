@@ -22,6 +22,7 @@ from cat_framework.engine.checkpoint import latest_checkpoint
 from cat_framework.engine.runner import run_pipeline
 from cat_framework.errors import CatError
 from cat_framework.pipeline import load_pipeline
+from cat_framework.records import RunRecord
 
 
 def write_pipeline(tmp: Path, model: Path, data: Path, trainer: str, extra: str = "") -> Path:
@@ -89,6 +90,7 @@ def test_two_full_steps_change_every_parameter(tmp_path, tiny_policy, toy_data, 
     records = read_jsonl(tmp_path / "run" / "records.jsonl")
     assert len(records) == 3 * 3
     for rec in records:
+        assert RunRecord.from_dict(rec).to_dict() == rec  # one typed schema, read back losslessly
         assert len(rec["rollouts"]) == 4 and all(ro["trained"] for ro in rec["rollouts"])
         assert rec["primary"] == "majority" and rec["mode"] == "train"
         advantages = [ro["advantage"] for ro in rec["rollouts"]]

@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from cat_framework import (
     Completion,
@@ -245,7 +246,7 @@ def test_length_penalty_applies_to_the_oracle_too() -> None:
 def test_template_override_must_keep_its_placeholders(tmp_path: Any) -> None:
     bad = tmp_path / "grader.txt"
     bad.write_text("$conversation only")
-    with pytest.raises(ConfigError, match=r"lacks \$rubric_item"):
+    with pytest.raises(ValidationError, match=r"lacks \$rubric_item"):
         HumanRubricReward({"grader_template": str(bad)})
 
 

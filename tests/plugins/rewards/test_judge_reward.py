@@ -6,10 +6,10 @@ import re
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from cat_framework import (
     Completion,
-    ConfigError,
     Criterion,
     GenerationRequest,
     Prompt,
@@ -146,11 +146,11 @@ def test_template_checks(tmp_path: Any) -> None:
     path = tmp_path / "j.txt"
     path.write_text("<reference>$reference</reference><response>$response</response>")
     JudgeReward({"judge_template": str(path)})
-    with pytest.raises(ConfigError, match=r"lacks \$question_block"):
+    with pytest.raises(ValidationError, match=r"lacks \$question_block"):
         JudgeReward({"judge_template": str(path), "judge_sees_question": True})
     leaky = tmp_path / "leaky.txt"  # (templates are cached by path: a new file)
     leaky.write_text("$response $gold")
-    with pytest.raises(ConfigError, match=r"lacks \$reference and uses \$gold"):
+    with pytest.raises(ValidationError, match=r"lacks \$reference and uses \$gold"):
         JudgeReward({"judge_template": str(leaky)})
 
 

@@ -10,7 +10,6 @@ from pydantic import ValidationError
 
 from cat_framework import (
     Completion,
-    ConfigError,
     Criterion,
     GenerationRequest,
     Prompt,
@@ -343,16 +342,16 @@ def test_params_are_validated() -> None:
 def test_templates_are_checked_at_construction(tmp_path: Any) -> None:
     leaky = tmp_path / "leaky.txt"
     leaky.write_text("$question $response $criterion")
-    with pytest.raises(ConfigError, match=r"uses \$question"):
+    with pytest.raises(ValidationError, match=r"uses \$question"):
         RubricReward({"judge_template": str(leaky)})
     blind = tmp_path / "blind.txt"
     blind.write_text("$response <criterion>$criterion</criterion>")
     RubricReward({"judge_template": str(blind)})
-    with pytest.raises(ConfigError, match=r"lacks \$question_block"):
+    with pytest.raises(ValidationError, match=r"lacks \$question_block"):
         RubricReward({"judge_template": str(blind), "judge_sees_question": True})
-    with pytest.raises(ConfigError, match=r"lacks \$reference"):
+    with pytest.raises(ValidationError, match=r"lacks \$reference"):
         RubricReward({"proposal_template": str(blind)})
-    with pytest.raises(ConfigError, match="not found"):
+    with pytest.raises(ValidationError, match="not found"):
         RubricReward({"proposal_template": "no_such_template"})
 
 
