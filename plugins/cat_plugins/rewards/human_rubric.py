@@ -52,6 +52,7 @@ from cat_plugins.rewards.judging import (
     chat,
     check_template,
     format_conversation,
+    log_unscorable,
     verdict_record,
 )
 from cat_plugins.rewards.length_penalty import LengthPenalty, count_tokens, penalize, penalized
@@ -254,14 +255,7 @@ class HumanRubricReward(RewardDeriver):
                     tuple(verdict_record(c, a) for c, a in pairs),
                 )
             )
-        unscorable = sum(1 for a in answers if a.value is None)
-        if unscorable:
-            log.warning(
-                "human_rubric unscorable verdicts",
-                unparsed=unscorable - sum(1 for a in answers if a.failed),
-                failed=sum(1 for a in answers if a.failed),
-                total=len(answers),
-            )
+        log_unscorable("human_rubric", answers)
         return graded
 
     def derive(

@@ -33,6 +33,7 @@ from cat_plugins.rewards.judging import (
     chat,
     check_template,
     conversation_block,
+    log_unscorable,
     neutralize_tags,
     verdict_record,
 )
@@ -142,14 +143,7 @@ class JudgeReward(RewardDeriver):
                     }
                 )
             out.append(Rewards(values, details))
-        unscorable = sum(1 for a in answers if a.value is None)
-        if unscorable:
-            log.warning(
-                "judge reward unscorable verdicts",
-                unparsed=unscorable - sum(1 for a in answers if a.failed),
-                failed=sum(1 for a in answers if a.failed),
-                total=len(answers),
-            )
+        log_unscorable("judge reward", answers)
         return out
 
 

@@ -251,6 +251,19 @@ def conversation_block(messages: Sequence[Mapping[str, str]]) -> str:
     return f"\n<conversation>\n{text}\n</conversation>\n"
 
 
+def log_unscorable(what: str, answers: Sequence[JudgeAnswer[Any]]) -> None:
+    """One warning per batch with unscorable verdicts: how many were unparsed, how many failed."""
+    failed = sum(1 for a in answers if a.failed)
+    unscorable = sum(1 for a in answers if a.value is None)
+    if unscorable:
+        log.warning(
+            f"{what} unscorable verdicts",
+            unparsed=unscorable - failed,
+            failed=failed,
+            total=len(answers),
+        )
+
+
 __all__ = [
     "PROMPT_TAGS",
     "Assessment",
@@ -263,6 +276,7 @@ __all__ = [
     "check_template",
     "conversation_block",
     "format_conversation",
+    "log_unscorable",
     "neutralize_tags",
     "template_fields",
     "verdict_record",
