@@ -12,7 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -26,6 +26,9 @@ from cat_framework.types import (
     Rewards,
     RolloutGroup,
 )
+
+if TYPE_CHECKING:  # torch is a dependency of training only
+    import torch
 
 Task = Literal["math", "freeform"]
 
@@ -89,6 +92,11 @@ class Backend(Component, ABC):
         continuation is text or the exact token ids (preferred: no re-tokenisation drift).
         """
 
+    #: when this backend samples a policy being trained but cannot wrap a module itself (an
+    #: engine such as vLLM), the registered :class:`TrainableBackend` that loads the same model
+    #: for the trainer; ``None``: the one trainable backend installed
+    trains_with: ClassVar[str | None] = None
+
     def update_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
         """Load new weights (e.g. the trainer's policy after an optimizer step)."""
         raise NotSupportedError(f"backend {self.name!r} cannot receive weight updates")
@@ -99,6 +107,44 @@ class Backend(Component, ABC):
 
     def close(self) -> None:
         """Release processes, servers or memory. Safe to call twice."""
+
+
+class TrainableBackend(Backend):
+    """A backend around a ``torch.nn.Module`` that the trainer can optimise in place.
+
+    The trainer needs more than text in, text out: the module itself (``model``) to compute
+    gradients, the tokenizer and the exact prompt token ids (``encode_context``) so training
+    rows are the tokens that were sampled, a way to serve *another* module with the same
+    settings (``from_model``: the frozen pi_0, a gathered copy of sharded weights), and
+    ``update_weights`` to receive tensors by ``state_dict`` name. ``generate``/``score`` must run
+    on ``model`` as it is now, so rollouts come from the weights being trained.
+
+    A plugin that subclasses this can serve a training policy; the engine finds it by this
+    contract, never by name.
+    """
+
+    #: the module being served (and trained): a ``torch.nn.Module``
+    model: torch.nn.Module
+    #: its tokenizer (Hugging Face interface: ``eos_token_id``, ``pad_token_id``, ``__call__``)
+    tokenizer: Any
+
+    @classmethod
+    @abstractmethod
+    def from_model(
+        cls,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        params: ComponentParams | Mapping[str, Any] | None = None,
+    ) -> TrainableBackend:
+        """A backend serving ``model`` itself (its tensors, not a copy) with ``params``."""
+
+    @abstractmethod
+    def encode_context(self, context: Sequence[Message] | str) -> list[int]:
+        """The prompt token ids ``generate`` would feed the model for ``context``."""
+
+    @abstractmethod
+    def update_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
+        """Copy tensors into ``model`` in place, by ``state_dict`` name."""
 
 
 class Aggregator(Component, ABC):
@@ -177,4 +223,5 @@ __all__ = [
     "RewardDeriver",
     "Roles",
     "Task",
+    "TrainableBackend",
 ]

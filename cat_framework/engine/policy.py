@@ -14,13 +14,13 @@ import copy
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, cast
 
 import structlog
 import torch
 
-from cat_framework.components import Backend, Roles
-from cat_framework.errors import CatError
+from cat_framework.components import Backend, Roles, TrainableBackend
+from cat_framework.errors import CatError, UnknownComponentError
 from cat_framework.pipeline import Pipeline
 from cat_framework.pipeline.build import BackendPool
 from cat_framework.pipeline.schema import Lora
@@ -29,8 +29,13 @@ from cat_framework.types import Completion, GenerationRequest, Message
 
 log = structlog.get_logger("cat_framework.policy")
 
-#: the built-in backend that loads and wraps transformers models (found through the registry)
-TRAINABLE_BACKEND = "transformers"
+
+class PeftModel(Protocol):
+    """What the engine uses of a peft-wrapped model (peft is an optional dependency)."""
+
+    def disable_adapter(self) -> Any: ...
+    def merge_adapter(self) -> None: ...
+    def unmerge_adapter(self) -> None: ...
 
 
 class AdapterDisabledBackend(Backend):
@@ -38,10 +43,10 @@ class AdapterDisabledBackend(Backend):
 
     name = "initial-policy"
 
-    def __init__(self, inner: Backend, peft_model: Any) -> None:
+    def __init__(self, inner: TrainableBackend, peft_model: Any) -> None:
         super().__init__(None)
         self.inner = inner
-        self.peft_model = peft_model
+        self.peft_model = cast(PeftModel, peft_model)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
         with self.peft_model.disable_adapter():
@@ -56,7 +61,7 @@ class AdapterDisabledBackend(Backend):
             return self.inner.score(contexts, continuations)
 
     def encode_context(self, context: Sequence[Message] | str) -> list[int]:
-        return self.inner.encode_context(context)  # type: ignore[attr-defined]
+        return self.inner.encode_context(context)
 
 
 @dataclass
@@ -65,7 +70,7 @@ class PolicyModels:
 
     model: torch.nn.Module  # the trained module (PEFT-wrapped under LoRA)
     tokenizer: Any
-    trainable: Backend  # wraps ``model`` (tokenisation, scoring)
+    trainable: TrainableBackend  # wraps ``model`` (tokenisation, scoring)
     sampler: Backend  # samples rollouts: ``trainable`` itself, or an engine fed new weights
     anchor: Backend  # frozen pi_0
     frozen: torch.nn.Module | None  # the pi_0 copy (None under LoRA: adapters off instead)
@@ -76,7 +81,11 @@ class PolicyModels:
         return self.sampler is not self.trainable
 
     def encode(self, messages: Sequence[Message]) -> list[int]:
-        return self.trainable.encode_context(messages)  # type: ignore[attr-defined]
+        return self.trainable.encode_context(messages)
+
+    @property
+    def peft(self) -> PeftModel:
+        return cast(PeftModel, self.model)
 
     @contextmanager
     def reference(self, model: torch.nn.Module | None = None) -> Iterator[torch.nn.Module]:
@@ -86,7 +95,7 @@ class PolicyModels:
             return
         if not self.lora:
             raise RuntimeError("no reference: the run was built without a frozen copy")
-        with self.model.disable_adapter():  # type: ignore[operator]
+        with self.peft.disable_adapter():
             yield model if model is not None else self.model
 
     def trained_tensors(self) -> Iterable[tuple[str, torch.Tensor]]:
@@ -95,13 +104,13 @@ class PolicyModels:
         if not self.lora:
             yield from self.model.state_dict().items()
             return
-        self.model.merge_adapter()  # type: ignore[operator]
+        self.peft.merge_adapter()
         try:
             for name, tensor in self.model.state_dict().items():
                 if "lora_" not in name:
                     yield base_name(name), tensor
         finally:
-            self.model.unmerge_adapter()  # type: ignore[operator]
+            self.peft.unmerge_adapter()
 
     def close(self) -> None:
         for backend in {id(b): b for b in (self.sampler, self.trainable)}.values():
@@ -113,16 +122,37 @@ def base_name(peft_name: str) -> str:
     return peft_name.removeprefix("base_model.model.").replace(".base_layer.", ".")
 
 
-def _trainable_class(comp_cls: type[Backend], plugins: Plugins) -> type[Backend]:
-    if hasattr(comp_cls, "from_model"):
+def trainable_class(comp_cls: type[Backend], plugins: Plugins) -> type[TrainableBackend]:
+    """The :class:`TrainableBackend` that trains the policy: its own backend when it is one;
+    otherwise (an engine that samples but cannot wrap a module) the one it names in
+    ``trains_with``, or else the only trainable backend installed."""
+    if issubclass(comp_cls, TrainableBackend):
         return comp_cls
-    cls = plugins.get("backend", TRAINABLE_BACKEND)
-    if not hasattr(cls, "from_model"):
-        raise CatError(
-            f"the {TRAINABLE_BACKEND!r} backend cannot wrap a model; training needs a backend "
-            "with from_model(model, tokenizer)"
-        )
-    return cls  # type: ignore[return-value]
+    if comp_cls.trains_with is not None:
+        cls = plugins.get("backend", comp_cls.trains_with)
+        if not issubclass(cls, TrainableBackend):
+            raise CatError(
+                f"backend {comp_cls.name!r} trains with {comp_cls.trains_with!r}, which is not "
+                "a TrainableBackend (cat_framework.components): it cannot wrap a module"
+            )
+        return cls
+    found: dict[str, type[TrainableBackend]] = {}
+    registry = plugins.registry("backend")
+    for name in registry.names():
+        try:
+            cls = registry.get(name)
+        except UnknownComponentError:  # a plugin that fails to import trains nothing
+            continue
+        if isinstance(cls, type) and issubclass(cls, TrainableBackend):
+            found[name] = cls
+    if len(found) == 1:
+        return next(iter(found.values()))
+    names = ", ".join(sorted(found)) or "none is installed"
+    raise CatError(
+        f"models.policy: backend {comp_cls.name!r} cannot wrap a model, so the trainer needs a "
+        f"TrainableBackend to load the same model ({names}); the {comp_cls.name!r} backend "
+        "should name one in its trains_with attribute"
+    )
 
 
 def build_policy(
@@ -138,12 +168,13 @@ def build_policy(
     comp = pipeline.component("models", "policy")
     if comp is None:
         raise CatError("the pipeline has no models.policy")
-    cls = _trainable_class(comp.cls, plugins)
+    cls = trainable_class(comp.cls, plugins)
     if cls is not comp.cls and comp.cls.update_weights is Backend.update_weights:
         raise CatError(
             f"models.policy: backend {comp.name!r} cannot receive the trainer's weights, so it "
-            "cannot serve a policy being trained; use transformers or vllm for the policy (a "
-            "remote server can still be the judge or the anchor)"
+            "cannot serve a policy being trained; use a trainable backend (`cat-framework "
+            "components` lists them) or an engine that receives weights (a remote server can "
+            "still be the judge or the anchor)"
         )
     params = comp.params.model_dump()
     if cls is not comp.cls:  # e.g. vllm samples; a transformers twin of the same model trains
@@ -151,7 +182,12 @@ def build_policy(
     if params.get("device", "auto") == "auto":
         params["device"] = str(device)
     trainable = cls(params)
-    model, tokenizer = trainable.model, trainable.tokenizer  # type: ignore[attr-defined]
+    model, tokenizer = trainable.model, trainable.tokenizer
+    if not isinstance(model, torch.nn.Module):
+        raise CatError(
+            f"backend {cls.name!r} is a TrainableBackend but its model is a "
+            f"{type(model).__name__}, not a torch.nn.Module"
+        )
     sampler = trainable if cls is comp.cls else pool.get(comp)
     if cfg.trainer.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -163,7 +199,7 @@ def build_policy(
     else:
         if need_frozen:
             frozen = copy.deepcopy(model).eval().requires_grad_(False)
-        anchor = cls.from_model(frozen, tokenizer, params) if frozen is not None else trainable  # type: ignore[attr-defined]
+        anchor = cls.from_model(frozen, tokenizer, params) if frozen is not None else trainable
     model.train()
     return PolicyModels(model, tokenizer, trainable, sampler, anchor, frozen, lora is not None)
 
@@ -221,4 +257,5 @@ __all__ = [
     "build_policy",
     "build_training_roles",
     "needs_frozen_copy",
+    "trainable_class",
 ]

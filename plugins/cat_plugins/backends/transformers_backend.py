@@ -18,7 +18,8 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, ValidationInfo, field_validator
 
-from cat_framework import Backend, BackendError, Completion, ComponentParams, Roles
+from cat_framework import BackendError, Completion, ComponentParams, Roles
+from cat_framework.components import TrainableBackend
 from cat_framework.types import GenerationRequest, Message
 from cat_plugins.backends.embedded import looks_local, model_source_problem, resolve_model_path
 from cat_plugins.backends.sampling import left_pad, pack, sample, select_rows
@@ -87,7 +88,7 @@ class _Row:
     finish: str | None = None
 
 
-class TransformersBackend(Backend):
+class TransformersBackend(TrainableBackend):
     """Samples and scores with a transformers model in this process; can wrap the trainer's model.
 
     Log-probs: each sampled token's log-prob is ``log_softmax(logits / temperature)`` of the
