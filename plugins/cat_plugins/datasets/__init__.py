@@ -8,6 +8,7 @@ DATASETS: dict[str, str] = {
     "healthbench": "cat_plugins.datasets.healthbench:HealthBenchDataset",
     "jsonl": "cat_plugins.datasets.jsonl:JsonlDataset",
     "hf": "cat_plugins.datasets.hf:HfDataset",
+    "arithmetic": "cat_plugins.datasets.arithmetic:ArithmeticDataset",
 }
 
 
