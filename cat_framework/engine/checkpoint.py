@@ -13,6 +13,12 @@ to ``.trash-step-NNNNNN`` (atomic) and only then deletes it, so a kill never lea
 half-deleted ``step-*``. Leftover ``.tmp-*``/``.trash-*`` directories are removed at the next
 save (and by :func:`tidy_checkpoints` at a resume).
 
+Under FSDP2 (``"sharded": true`` in ``state.json``) no process ever holds the whole model, so
+each writes its own shards of the weights and optimizer states (``trainable-<rank>`` and
+``optimizer-<rank>``, safetensors like the rest: torch's distributed checkpoint format pickles its
+metadata) into the same temporary directory; the rename happens after all have written. Such a
+checkpoint resumes with the same number of processes.
+
 Reading: :func:`latest_checkpoint` validates a checkpoint fully (state.json, every safetensors
 header, every state file) before choosing it, and falls back to the previous one, with a
 warning naming what it skipped and why.
@@ -32,6 +38,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from cat_framework.engine import fsdp
 from cat_framework.engine.files import atomic_write_json, fsync_dir, fsync_file, rewrite_jsonl
 from cat_framework.engine.safe_state import check_state, load_state, save_state
 from cat_framework.errors import CatError
@@ -50,6 +57,11 @@ TRASH = ".trash-"
 
 def rng_file(process_index: int) -> str:
     return f"rng-{process_index}.safetensors"
+
+
+def shard_files(process_index: int) -> tuple[str, str]:
+    """The weights and optimizer files of one process in a sharded (FSDP2) checkpoint."""
+    return f"trainable-{process_index}.safetensors", f"optimizer-{process_index}.safetensors"
 
 
 @dataclass
@@ -159,16 +171,30 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     save_state(tmp / rng_file(accelerator.process_index), rng_state())
+    sharded = fsdp.is_fsdp2(accelerator)
+    if sharded:  # every process writes its shards
+        weights, optim = shard_files(accelerator.process_index)
+        local = {n: fsdp.local_tensor(p).detach().to("cpu").contiguous()
+                 for n, p in fsdp.sharded_params(model)}  # fmt: skip
+        save_file(local, str(tmp / weights))
+        fsync_file(tmp / weights)
+        save_state(tmp / optim, fsdp.local_optimizer_state(optimizer))
     if accelerator.is_main_process:
-        save_file(trainable_state(model), str(tmp / WEIGHTS))
-        fsync_file(tmp / WEIGHTS)
-        save_state(tmp / OPTIMIZER, optimizer.state_dict())
+        if not sharded:
+            save_file(trainable_state(model), str(tmp / WEIGHTS))
+            fsync_file(tmp / WEIGHTS)
+            save_state(tmp / OPTIMIZER, optimizer.state_dict())
         save_state(tmp / SCHEDULER, scheduler.state_dict())
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         accelerator.wait_for_everyone()
         return None
-    atomic_write_json(tmp / STATE, {"step": step, "processes": accelerator.num_processes, **state})
+    meta = {
+        "step": step,
+        "processes": accelerator.num_processes,
+        **({"sharded": True} if sharded else {}),
+    }
+    atomic_write_json(tmp / STATE, {**meta, **state})
     fsync_dir(tmp)
     if final.exists():  # a resumed run redoing a step: replace it
         _discard([final])
@@ -195,14 +221,20 @@ def check_checkpoint(path: Path) -> Checkpoint:
     processes = state.get("processes", 1)
     if not isinstance(processes, int) or processes < 1:
         raise InvalidCheckpoint(f"{STATE} has an invalid 'processes' ({processes!r})")
-    try:
-        with safe_open(str(path / WEIGHTS), "pt"):
-            pass
-    except FileNotFoundError:
-        raise InvalidCheckpoint(f"{WEIGHTS} is missing") from None
-    except Exception as e:  # SafetensorError: truncated or not a safetensors file
-        raise InvalidCheckpoint(f"{WEIGHTS} is damaged ({e})") from None
-    for name in (OPTIMIZER, SCHEDULER, *(rng_file(i) for i in range(processes))):
+    if state.get("sharded"):
+        weights = [shard_files(i)[0] for i in range(processes)]
+        states = [shard_files(i)[1] for i in range(processes)]
+    else:
+        weights, states = [WEIGHTS], [OPTIMIZER]
+    for weight in weights:
+        try:
+            with safe_open(str(path / weight), "pt"):
+                pass
+        except FileNotFoundError:
+            raise InvalidCheckpoint(f"{weight} is missing") from None
+        except Exception as e:  # SafetensorError: truncated or not a safetensors file
+            raise InvalidCheckpoint(f"{weight} is damaged ({e})") from None
+    for name in (*states, SCHEDULER, *(rng_file(i) for i in range(processes))):
         file = path / name
         if not file.exists():
             pickle = file.with_suffix(".pt")
@@ -250,8 +282,10 @@ def load_checkpoint(
     ckpt: Checkpoint, model: torch.nn.Module, optimizer: Any, scheduler: Any, process_index: int
 ) -> None:
     """Restore weights, optimizer, scheduler and this process's RNG streams (no file is
-    unpickled)."""
-    tensors = load_file(str(ckpt.path / WEIGHTS))
+    unpickled). A sharded checkpoint restores this process's shards."""
+    sharded = _check_layout(ckpt, model, process_index)
+    weights, optim = shard_files(process_index) if sharded else (WEIGHTS, OPTIMIZER)
+    tensors = load_file(str(ckpt.path / weights))
     expected = {n for n, p in model.named_parameters() if p.requires_grad}
     if set(tensors) != expected:
         missing, extra = sorted(expected - set(tensors))[:3], sorted(set(tensors) - expected)[:3]
@@ -259,11 +293,19 @@ def load_checkpoint(
             f"checkpoint {ckpt.path} does not fit this model (missing {missing}, unexpected "
             f"{extra}): was the pipeline's model or LoRA setting changed since?"
         )
-    params = dict(model.named_parameters())
+    params = {n: fsdp.local_tensor(p) for n, p in model.named_parameters()}
     with torch.no_grad():
         for name, tensor in tensors.items():
+            if params[name].shape != tensor.shape:
+                raise CatError(
+                    f"checkpoint {ckpt.path}: {name} has shape {tuple(tensor.shape)} here but "
+                    f"{tuple(params[name].shape)} in the model (was the process count changed?)"
+                )
             params[name].copy_(tensor.to(params[name].device, params[name].dtype))
-    optimizer.load_state_dict(load_state(ckpt.path / OPTIMIZER))
+    if sharded:
+        fsdp.load_local_optimizer_state(optimizer, load_state(ckpt.path / optim))
+    else:
+        optimizer.load_state_dict(load_state(ckpt.path / optim))
     scheduler.load_state_dict(load_state(ckpt.path / SCHEDULER))
     rng = ckpt.path / rng_file(process_index)
     if rng.exists():
@@ -275,6 +317,25 @@ def load_checkpoint(
             checkpoint=str(ckpt.path),
             process=process_index,
         )
+
+
+def _check_layout(ckpt: Checkpoint, model: torch.nn.Module, process_index: int) -> bool:
+    """Whether ``ckpt`` is sharded; refuses a layout this run cannot restore."""
+    sharded = bool(ckpt.state.get("sharded"))
+    model_sharded = any(fsdp.local_tensor(p) is not p for p in model.parameters())
+    if sharded != model_sharded:
+        written = "FSDP2 (sharded)" if sharded else "without FSDP2"
+        now = "under FSDP2" if model_sharded else "without FSDP2"
+        raise CatError(
+            f"checkpoint {ckpt.path} was written {written} but this run trains {now}: resume "
+            "with the accelerate config the run was started with"
+        )
+    if sharded and process_index >= ckpt.state.get("processes", 1):
+        raise CatError(
+            f"checkpoint {ckpt.path} holds shards of {ckpt.state.get('processes')} processes: "
+            "resume with that many processes"
+        )
+    return sharded
 
 
 def truncate_jsonl(path: Path, max_step: int) -> None:

@@ -20,6 +20,7 @@ import structlog
 import torch
 
 from cat_framework.components import Backend, Roles, TrainableBackend
+from cat_framework.engine import fsdp
 from cat_framework.errors import CatError, UnknownComponentError
 from cat_framework.pipeline import Pipeline
 from cat_framework.pipeline.build import BackendPool
@@ -75,6 +76,7 @@ class PolicyModels:
     anchor: Backend  # frozen pi_0
     frozen: torch.nn.Module | None  # the pi_0 copy (None under LoRA: adapters off instead)
     lora: bool
+    sharded: bool = False  # FSDP2: ``model`` holds shards; ``sampler`` a gathered copy
 
     @property
     def pushes_weights(self) -> bool:
@@ -100,7 +102,11 @@ class PolicyModels:
 
     def trained_tensors(self) -> Iterable[tuple[str, torch.Tensor]]:
         """The weights a separate sampling engine needs, named as in the base checkpoint (LoRA
-        merged in for the duration of the push)."""
+        merged in for the duration of the push). Sharded weights are gathered one tensor at a
+        time, so every process must consume the whole iterator (a collective per tensor)."""
+        if self.sharded:
+            yield from fsdp.full_tensors(self.model)
+            return
         if not self.lora:
             yield from self.model.state_dict().items()
             return
@@ -162,9 +168,15 @@ def build_policy(
     device: torch.device,
     *,
     need_frozen: bool,
+    accelerator: Any = None,
 ) -> PolicyModels:
-    """Load the policy once on ``device``, add LoRA adapters if configured, and build pi_0."""
+    """Load the policy once on ``device``, add LoRA adapters if configured, and build pi_0.
+
+    Under FSDP2 (``accelerator`` shards) the trained module is sharded later by
+    ``accelerator.prepare``; rollouts come from a whole generation copy that the trainer
+    refreshes after every optimizer step, and pi_0 is sharded too unless it must generate."""
     cfg = pipeline.config
+    sharded = accelerator is not None and fsdp.is_fsdp2(accelerator)
     comp = pipeline.component("models", "policy")
     if comp is None:
         raise CatError("the pipeline has no models.policy")
@@ -188,20 +200,44 @@ def build_policy(
             f"backend {cls.name!r} is a TrainableBackend but its model is a "
             f"{type(model).__name__}, not a torch.nn.Module"
         )
-    sampler = trainable if cls is comp.cls else pool.get(comp)
+    lora = cfg.trainer.lora
+    if sharded and lora is not None:
+        raise CatError(
+            "trainer.lora under FSDP2 is not supported yet: train LoRA with data parallelism "
+            "(pipelines/accelerate/ddp.yaml), or full parameters under FSDP2"
+        )
+    sampler: Backend = trainable if cls is comp.cls else pool.get(comp)
+    if sharded and sampler is trainable:  # generation needs whole weights: a gathered copy
+        sampler = cls.from_model(_frozen_copy(model), tokenizer, params)
     if cfg.trainer.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    lora = cfg.trainer.lora
     frozen = None
     if lora is not None:
         model = add_lora(model, lora)
         anchor: Backend = AdapterDisabledBackend(trainable, model)
     else:
         if need_frozen:
-            frozen = copy.deepcopy(model).eval().requires_grad_(False)
-        anchor = cls.from_model(frozen, tokenizer, params) if frozen is not None else trainable
+            frozen = _frozen_copy(model)
+        # sharded, the trained module cannot generate: pi_0 is the generation copy before step 1
+        anchor = sampler if sharded else trainable
+        if frozen is not None and sharded and not pi0_generates(pipeline):
+            frozen = fsdp.shard_frozen(frozen, accelerator)  # KL log-probs only: in lock-step
+        elif frozen is not None:
+            anchor = cls.from_model(frozen, tokenizer, params)
     model.train()
-    return PolicyModels(model, tokenizer, trainable, sampler, anchor, frozen, lora is not None)
+    return PolicyModels(
+        model, tokenizer, trainable, sampler, anchor, frozen, lora is not None, sharded
+    )
+
+
+def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    return copy.deepcopy(model).eval().requires_grad_(False)
+
+
+def pi0_generates(pipeline: Pipeline) -> bool:
+    """Whether pi_0 serves a role (anchor or judge), so it must sample on its own."""
+    models = pipeline.config.models
+    return models.anchor == "initial-policy" or models.judge == "initial-policy"
 
 
 def add_lora(model: torch.nn.Module, lora: Lora) -> torch.nn.Module:
@@ -244,10 +280,7 @@ def build_training_roles(pipeline: Pipeline, pool: BackendPool, policy: PolicyMo
 
 def needs_frozen_copy(pipeline: Pipeline) -> bool:
     """Whether pi_0 must exist as weights: a KL term, or an anchor/judge that is pi_0."""
-    cfg = pipeline.config
-    models = cfg.models
-    pi0_roles = models.anchor == "initial-policy" or models.judge == "initial-policy"
-    return cfg.trainer.beta > 0 or pi0_roles
+    return pipeline.config.trainer.beta > 0 or pi0_generates(pipeline)
 
 
 __all__ = [

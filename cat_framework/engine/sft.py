@@ -84,7 +84,7 @@ def run_sft(
     acc, prompts = start_training(pipeline)
     pool = BackendPool()
     # references come from pi_0 before any update: the policy itself is pi_0 then
-    policy = build_policy(pipeline, plugins, pool, acc.device, need_frozen=False)
+    policy = build_policy(pipeline, plugins, pool, acc.device, need_frozen=False, accelerator=acc)
     try:
         roles = build_training_roles(pipeline, pool, policy)
         aggregator = build_component(pipeline, "aggregator", roles=roles)
@@ -127,6 +127,8 @@ def run_sft(
                     accelerator=acc, plugins=plugins,
                 )  # fmt: skip
                 bar.update(step, metrics)
+        if policy.pushes_weights:  # the sampler (an engine, a gathered copy) gets the result
+            policy.sampler.update_weights(policy.trained_tensors())
         if cfg.data.eval is not None and acc.is_main_process:
             evaluate_final(pipeline, roles, run_dir, total, plugins)
         acc.wait_for_everyone()

@@ -86,8 +86,9 @@ def run_train(
     task = str(prompts[0].meta.get("task", "math"))
     pool = BackendPool()
     policy = build_policy(
-        pipeline, plugins, pool, acc.device, need_frozen=needs_frozen_copy(pipeline)
-    )
+        pipeline, plugins, pool, acc.device, need_frozen=needs_frozen_copy(pipeline),
+        accelerator=acc,
+    )  # fmt: skip
     try:
         roles = build_training_roles(pipeline, pool, policy)
         fallback = pipeline.component("trainer", "reference_fallback")

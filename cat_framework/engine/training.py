@@ -11,6 +11,7 @@ import structlog
 import torch
 
 from cat_framework.components import Dataset
+from cat_framework.engine import fsdp
 from cat_framework.engine.checkpoint import (
     latest_checkpoint,
     save_checkpoint,
@@ -26,23 +27,27 @@ from cat_framework.types import Prompt
 log = structlog.get_logger("cat_framework.training")
 
 
-#: accelerate launch modes the trainer supports: every process keeps whole weights, so each
-#: can sample its own rollouts (sharded weights would need lock-step generation on all ranks)
-SUPPORTED_DISTRIBUTED = ("NO", "MULTI_CPU", "MULTI_GPU", "MULTI_XPU", "MULTI_NPU", "MULTI_MLU")
+#: accelerate launch modes the trainer supports: data parallelism (every process keeps whole
+#: weights) and FSDP2 (sharded weights; rollouts come from a gathered generation copy)
+SUPPORTED_DISTRIBUTED = (
+    "NO", "MULTI_CPU", "MULTI_GPU", "MULTI_XPU", "MULTI_NPU", "MULTI_MLU", "FSDP",
+)  # fmt: skip
 
 
 def make_accelerator(mixed_precision: str) -> Any:
     from accelerate import Accelerator
 
     acc = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+    if fsdp.requested() and not torch.cuda.is_available():
+        fsdp.enable_on_cpu(acc, mixed_precision)  # accelerate alone would run plain gloo DDP
     kind = str(getattr(acc.distributed_type, "value", acc.distributed_type))
     if kind not in SUPPORTED_DISTRIBUTED:
         raise CatError(
-            f"accelerate distributed type {kind} is not supported by the trainer yet: rollouts "
-            "are sampled independently on each process, which needs whole weights per process. "
-            "Use data parallelism (pipelines/accelerate/ddp.yaml) and LoRA or "
-            "gradient_checkpointing to fit memory."
+            f"accelerate distributed type {kind} is not supported by the trainer: use FSDP2 "
+            "(pipelines/accelerate/fsdp2.yaml) to shard weights, gradients and optimizer "
+            "states, or data parallelism (pipelines/accelerate/ddp.yaml)"
         )
+    fsdp.check_version(acc)
     return acc
 
 
@@ -157,10 +162,12 @@ def resume_point(
 def save_final(run_dir: Path, policy: Any, acc: Any) -> Path | None:
     """The trained policy as a loadable folder (full model, or the LoRA adapter) + tokenizer."""
     acc.wait_for_everyone()
+    # under FSDP2 every process takes part in gathering the shards; the main one writes them
+    state = fsdp.full_state_dict(policy.model) if fsdp.is_fsdp2(acc) else None
     if not acc.is_main_process:
         return None
     path = run_dir / "final"
-    policy.model.save_pretrained(path)
+    policy.model.save_pretrained(path, state_dict=state)
     policy.tokenizer.save_pretrained(path)
     return path
 
@@ -169,6 +176,9 @@ def check_replicas_agree(model: torch.nn.Module, acc: Any) -> None:
     """Data-parallel processes must end with identical weights; a silent divergence (a step
     that skipped the gradient all-reduce) would otherwise surface only as bad results."""
     if acc.num_processes == 1:
+        return
+    if fsdp.is_fsdp2(acc):  # shards, not replicas: each holds different tensors by design
+        log.info("sharded weights: no replica check", processes=acc.num_processes)
         return
     with torch.no_grad():
         local = torch.stack(

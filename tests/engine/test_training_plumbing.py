@@ -38,18 +38,28 @@ def test_derive_seed_is_stable_and_distinct():
     assert 0 <= derive_seed("x") < 2**62
 
 
-def test_sharded_weight_launch_modes_are_refused_clearly(monkeypatch):
+@pytest.mark.parametrize(
+    ("kind", "version", "message"),
+    [
+        ("DEEPSPEED", None, r"DEEPSPEED is not supported (?s:.*)fsdp2\.yaml"),
+        ("FSDP", 1, r"FSDP version 1(?s:.*)fsdp_version: 2"),
+    ],
+)
+def test_unsupported_launch_modes_are_refused_clearly(monkeypatch, kind, version, message):
     import accelerate
     from accelerate.utils import DistributedType
 
     from cat_framework.engine.training import make_accelerator
 
-    class FsdpAccelerator:
+    class FakeAccelerator:
         def __init__(self, **kwargs):
-            self.distributed_type = DistributedType.FSDP
+            self.distributed_type = DistributedType[kind]
+            plugin = type("Plugin", (), {"fsdp_version": version})() if version else None
+            self.state = type("State", (), {"fsdp_plugin": plugin})()
 
-    monkeypatch.setattr(accelerate, "Accelerator", FsdpAccelerator)
-    with pytest.raises(CatError, match=r"FSDP is not supported (?s:.*)ddp\.yaml"):
+    monkeypatch.setattr(accelerate, "Accelerator", FakeAccelerator)
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    with pytest.raises(CatError, match=message):
         make_accelerator("no")
 
 

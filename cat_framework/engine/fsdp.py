@@ -1,0 +1,162 @@
+"""FSDP2 (``torch.distributed.fsdp.fully_shard``) through accelerate: what the sharded trainer
+needs beyond data parallelism.
+
+Under FSDP2 each process holds 1/N of the policy's weights, gradients and optimizer states, and
+every forward pass all-gathers layer by layer: a collective that all processes must enter
+together. Rollouts cannot run on the sharded module (each process samples different prompts for
+a different number of steps), so the trainer keeps a *generation copy*: full weights, no
+gradients, refreshed after every optimizer step by streaming the sharded parameters one at a time
+(``full_tensor()``, never the whole model at once). The frozen pi_0 is sharded the same way when
+it only gives KL-reference log-probs (same number of forward passes on every process); when it is
+also the anchor or the judge it generates, so it stays whole.
+
+accelerate only builds FSDP on accelerators; on a CPU it launches gloo data parallelism and
+ignores the FSDP settings. :func:`enable_on_cpu` turns such a launch into an FSDP2 one (the same
+plugin, read from the same environment), so the sharded trainer is checked on CPU in CI.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import structlog
+import torch
+
+from cat_framework.errors import CatError
+
+log = structlog.get_logger("cat_framework.fsdp")
+
+
+def requested() -> bool:
+    """Whether ``accelerate launch`` was given an FSDP config (it exports this variable)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def is_fsdp2(accelerator: Any) -> bool:
+    """Whether ``accelerator`` shards with FSDP2 (accelerate's own flag, false on 1 process)."""
+    return bool(getattr(accelerator, "is_fsdp2", False)) and accelerator.num_processes > 1
+
+
+def check_version(accelerator: Any) -> None:
+    """FSDP1 wraps modules in a way the trainer does not support: refuse it with the fix."""
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    if plugin is not None and getattr(plugin, "fsdp_version", 1) != 2:
+        raise CatError(
+            "the accelerate config asks for FSDP version 1; the trainer supports FSDP2 only: set "
+            "fsdp_config.fsdp_version: 2 (see pipelines/accelerate/fsdp2.yaml)"
+        )
+
+
+def enable_on_cpu(accelerator: Any, mixed_precision: str) -> None:
+    """Make a CPU launch with an FSDP config shard with FSDP2 over its gloo process group."""
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if accelerator.num_processes < 2 or is_fsdp2(accelerator):
+        return
+    plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables accelerate exported
+    if plugin.fsdp_version != 2:
+        raise CatError(
+            "the accelerate config asks for FSDP version 1; the trainer supports FSDP2 only: set "
+            "fsdp_config.fsdp_version: 2 (see pipelines/accelerate/fsdp2_cpu_2proc.yaml)"
+        )
+    if mixed_precision != "no":
+        plugin.set_mixed_precision(mixed_precision)
+    # accelerate copies the process-level state into every later AcceleratorState(): set both
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    accelerator.state.distributed_type = DistributedType.FSDP
+    accelerator.state.fsdp_plugin = plugin
+    log.info("fsdp2 on cpu", processes=accelerator.num_processes)
+
+
+def shard_frozen(module: torch.nn.Module, accelerator: Any) -> torch.nn.Module:
+    """Shard a gradient-free module (pi_0 as KL reference) with the policy's FSDP2 settings."""
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+    return fsdp2_prepare_model(accelerator, module)
+
+
+def full_tensors(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """``model.state_dict()`` with every sharded tensor gathered, one at a time. Every process
+    must iterate it to the end (each ``full_tensor()`` is a collective)."""
+    from torch.distributed.tensor import DTensor
+
+    for name, tensor in model.state_dict().items():
+        yield name, tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model on the main process's CPU (other processes get ``{}``); a collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=options)
+
+
+def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a sharded tensor (a plain tensor as it is)."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def like(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """``value`` (a saved local shard) as a tensor sharded like ``param``."""
+    from torch.distributed.tensor import DTensor
+
+    if not isinstance(param, DTensor) or value.shape == param.shape:
+        return value.to(param.device)
+    return DTensor.from_local(
+        value.to(param.device),
+        param.device_mesh,
+        param.placements,
+        run_check=False,
+        shape=param.shape,
+        stride=param.stride(),
+    )
+
+
+def local_optimizer_state(optimizer: Any) -> dict[str, Any]:
+    """The optimizer's state with each sharded tensor replaced by this process's shard."""
+    state = optimizer.state_dict()
+    return {
+        **state,
+        "state": {
+            k: {n: local_tensor(v) if isinstance(v, torch.Tensor) else v for n, v in s.items()}
+            for k, s in state["state"].items()
+        },
+    }
+
+
+def load_local_optimizer_state(optimizer: Any, state: dict[str, Any]) -> None:
+    """Inverse of :func:`local_optimizer_state`: shards become sharded tensors again."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    restored = {}
+    for key, per_param in state["state"].items():
+        param = params[int(key)]
+        restored[int(key)] = {
+            n: like(v, param) if isinstance(v, torch.Tensor) and v.dim() > 0 else v
+            for n, v in per_param.items()
+        }
+    optimizer.load_state_dict({**state, "state": restored})
+
+
+def sharded_params(model: torch.nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
+    """The trainable parameters by name (sharded tensors under FSDP2)."""
+    return ((n, p) for n, p in model.named_parameters() if p.requires_grad)
+
+
+__all__ = [
+    "check_version",
+    "enable_on_cpu",
+    "full_state_dict",
+    "full_tensors",
+    "is_fsdp2",
+    "load_local_optimizer_state",
+    "local_optimizer_state",
+    "local_tensor",
+    "requested",
+    "shard_frozen",
+]
