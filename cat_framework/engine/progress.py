@@ -33,6 +33,23 @@ def _clock(seconds: float) -> str:
     return f"{minutes}:{secs:02d}"
 
 
+class _ConsoleFile:
+    """A text file that prints through a rich console (above a live display)."""
+
+    def __init__(self, console: Any) -> None:
+        self.console = console
+
+    def write(self, text: str) -> int:
+        from rich.text import Text
+
+        if text.strip():
+            self.console.print(Text.from_ansi(text.rstrip("\n")), soft_wrap=True)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
 class LiveProgress:
     """A progress display over ``total`` units of work named ``label`` (a context manager).
 
@@ -81,6 +98,7 @@ class LiveProgress:
         if self._thread is not None:
             self._thread.join()
         if self._progress is not None:
+            structlog.configure(logger_factory=self._saved_factory)
             self._progress.__exit__(*exc)
 
     def _start_bar(self) -> None:
@@ -94,7 +112,7 @@ class LiveProgress:
 
         self._progress = Progress(
             TextColumn(f"[bold]{self.label}"),
-            BarColumn(),
+            BarColumn(bar_width=24),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TextColumn("{task.fields[doing]}"),
@@ -106,6 +124,10 @@ class LiveProgress:
         self._task = self._progress.add_task(
             self.label, total=self.total, completed=self.completed, doing="", info=""
         )
+        # log lines go through the console, above the bar: written straight to stderr they
+        # would land inside the live region and garble it
+        self._saved_factory = structlog.get_config()["logger_factory"]
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(_ConsoleFile(self.console)))
 
     def _doing(self) -> str:
         what = (self.prefix + self.phase).rstrip(" ·")

@@ -95,3 +95,17 @@ def test_track_alone_has_its_own_progress(logs):
     assert items == [1, 2, 3] and progress._active == []
     beats = [line for line in logs.getvalue().splitlines() if "still working" in line]
     assert any("on=evaluate" in b and "done=2/3" in b and "now=rollouts" in b for b in beats)
+
+
+def test_on_a_terminal_log_lines_print_above_the_bar_then_go_back(logs):
+    import structlog
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=120)
+    log = structlog.get_logger("test")
+    with StepProgress(2, console=console):
+        log.info("evaluated", score=0.5)
+    assert "evaluated" in out.getvalue() and "score=0.5" in out.getvalue()
+    assert "evaluated" not in logs.getvalue()  # not written under the live region
+    log.info("after the run")
+    assert "after the run" in logs.getvalue() and "after the run" not in out.getvalue()
