@@ -323,3 +323,7 @@ def main(argv: list[str] | None = None) -> None:
 from cat_framework.cli_data import data_cmd  # noqa: E402  (click and yaml only at import)
 
 cli.add_command(data_cmd)
+
+from cat_framework.cli_compare import compare_cmd  # noqa: E402  (click only at import)
+
+cli.add_command(compare_cmd)

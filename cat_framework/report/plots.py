@@ -61,6 +61,13 @@ def _figure(width: float = 6.4, height: float = 3.4, nrows: int = 1, ncols: int 
     return fig, axes
 
 
+def step_axis(ax: Any) -> None:
+    """Label the x axis "step" with integer ticks only: steps are whole numbers, and matplotlib's
+    default locator puts ticks at 1.0, 1.5, 2.0 on a short run."""
+    ax.set_xlabel("step", fontsize=8)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+
+
 def to_uri(fig: Any) -> str:
     """The figure as a base64 PNG data URI."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -109,7 +116,7 @@ def _lines(ax: Any, rows: Rows, keys: Sequence[str], marker: str = "") -> None:
         )
     if keys:
         ax.legend(fontsize=7, frameon=False)
-    ax.set_xlabel("step", fontsize=8)
+    step_axis(ax)
 
 
 def _reward(rows: Rows, keys: Sequence[str], used: set[str]) -> Plot | None:
@@ -131,7 +138,7 @@ def _reward(rows: Rows, keys: Sequence[str], used: set[str]) -> Plot | None:
     for key in rng:
         ax.plot(*series(rows, key), color="#999999", linewidth=0.8, linestyle=":", label=key)
     ax.legend(fontsize=7, frameon=False)
-    ax.set_xlabel("step", fontsize=8)
+    step_axis(ax)
     return Plot("Reward", to_uri(fig), "mean reward per step, ± one standard deviation")
 
 
@@ -190,7 +197,7 @@ def _time_split(rows: Rows, keys: Sequence[str], used: set[str]) -> Plot | None:
     else:
         ax.stackplot(steps, *stacks, labels=labels, colors=colors)
     ax.set_ylabel("seconds", fontsize=8)
-    ax.set_xlabel("step", fontsize=8)
+    step_axis(ax)
     ax.legend(fontsize=7, frameon=False)
     return Plot("Step time", to_uri(fig), "seconds per step, stacked: teacher vs training")
 
@@ -224,7 +231,7 @@ def _eval_over_steps(rows: Rows, keys: Sequence[str], used: set[str]) -> Plot | 
                 alpha=0.12,
             )
     ax.legend(fontsize=7, frameon=False)
-    ax.set_xlabel("step", fontsize=8)
+    step_axis(ax)
     return Plot("Accuracy and evaluation scores", to_uri(fig), "shaded: confidence interval")
 
 
@@ -240,8 +247,7 @@ def _diagnostics(rows: Rows, keys: Sequence[str], used: set[str]) -> Plot | None
         xs, ys = series(rows, key)
         ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.2, color=PALETTE[i % 8], label=key)
     ax.legend(fontsize=7, frameon=False)
-    ax.set_xlabel("step", fontsize=8)
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    step_axis(ax)
     return Plot(
         "Teacher diagnostics",
         to_uri(fig),
@@ -264,6 +270,7 @@ def _other(rows: Rows, keys: Sequence[str], used: set[str]) -> Plot | None:
         xs, ys = series(rows, key)
         ax.plot(xs, ys, linewidth=1.2, color=PALETTE[0])
         ax.set_title(key, fontsize=8)
+        ax.xaxis.get_major_locator().set_params(integer=True)
     for ax in list(axes.flat)[len(rest) :]:
         ax.set_visible(False)
     return Plot("Other metrics", to_uri(fig), f"{len(rest)} more metric(s) over steps")

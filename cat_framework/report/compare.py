@@ -1,0 +1,184 @@
+"""``cat-framework compare``: several runs on one self-contained page (what an ablation needs).
+
+Each run is read with the report's own loader (:func:`~cat_framework.report.load.load_run`), so a
+run of any mode, complete, interrupted or failed, is shown as far as it got, and what is missing
+is said on the page. Curves of the same metric from every run are overlaid on one axis (one
+colour per run); an ``evaluate`` run is its step-0 point. The table puts the runs' final
+evaluations side by side, with their confidence intervals and, for training runs, the score
+they started from.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from cat_framework.report.load import RunData, flatten, load_run, numeric
+from cat_framework.report.plots import (
+    DIAGNOSTIC,
+    KL,
+    PALETTE,
+    REWARD_MEAN,
+    Plot,
+    _figure,
+    series,
+    step_axis,
+    to_uri,
+)
+
+#: an evaluation score over steps: ``eval/<label>/score`` (``rollouts`` -> ``accuracy``)
+EVAL_SCORE = re.compile(r"^eval/(?P<label>[^/]+)/(?P<key>score|accuracy)$")
+STYLES = ["-", "--", ":", "-."]
+
+
+@dataclass
+class ComparedRun:
+    """One run on the page: a unique ``label`` and what the report loader read."""
+
+    label: str
+    data: RunData
+
+    @property
+    def status(self) -> str:
+        return (self.data.log.status if self.data.log else None) or "unknown"
+
+    @property
+    def rows(self) -> list[dict[str, float]]:
+        """Metric rows over steps; an ``evaluate`` run is one row at step 0."""
+        if self.data.metrics:
+            return self.data.metrics
+        summary = self.data.eval_summary
+        if not isinstance(summary, Mapping):
+            return []
+        flat: dict[str, float] = {"step": 0.0}
+        for label, s in (summary.get("aggregators") or {}).items():
+            for key, value in (s or {}).items():
+                if numeric(value) is not None:
+                    flat[f"eval/{label}/{key}"] = numeric(value)  # type: ignore[assignment]
+        for key, value in flatten(summary.get("rollouts") or {}, "eval/rollouts/").items():
+            if numeric(value) is not None:
+                flat[key] = numeric(value)  # type: ignore[assignment]
+        return [flat]
+
+
+@dataclass
+class EvalCell:
+    """One run's evaluation of one aggregator: the last one, and the first when it differs."""
+
+    score: float | None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    n: float | None = None
+    step: float | None = None
+    first: float | None = None
+    first_step: float | None = None
+
+
+def load_runs(run_dirs: Sequence[str | os.PathLike[str]]) -> list[ComparedRun]:
+    """Read every run; labels are the runs' names, or their folders when names repeat."""
+    loaded = [load_run(d, max_prompts=0) for d in run_dirs]
+    names = [r.name for r in loaded]
+    labels = [r.name if names.count(r.name) == 1 else r.run_dir.name for r in loaded]
+    seen: dict[str, int] = {}
+    out = []
+    for label, run in zip(labels, loaded, strict=True):
+        seen[label] = seen.get(label, 0) + 1
+        out.append(ComparedRun(label if seen[label] == 1 else f"{label} ({seen[label]})", run))
+    return out
+
+
+def evaluations(run: ComparedRun) -> dict[str, EvalCell]:
+    """Aggregator label (and ``rollouts``) -> its last evaluation, with the first for context."""
+    cells: dict[str, EvalCell] = {}
+    for label in dict.fromkeys(
+        m.group("label") for row in run.rows for k in row if (m := EVAL_SCORE.match(k))
+    ):
+        key = "accuracy" if label == "rollouts" else "score"
+        steps, values = series(run.rows, f"eval/{label}/{key}")
+        if not values:
+            continue
+        last = next(r for r in reversed(run.rows) if f"eval/{label}/{key}" in r)
+        cells[label] = EvalCell(
+            score=values[-1],
+            ci_low=last.get(f"eval/{label}/ci_low"),
+            ci_high=last.get(f"eval/{label}/ci_high"),
+            n=last.get(f"eval/{label}/n"),
+            step=steps[-1],
+            first=values[0] if len(values) > 1 else None,
+            first_step=steps[0] if len(values) > 1 else None,
+        )
+    return cells
+
+
+def _overlay(
+    runs: Sequence[ComparedRun], pattern: re.Pattern[str], title: str, caption: str
+) -> Plot | None:
+    """One axis: every metric ``pattern`` matches, one colour per run, one line style per key."""
+    fig, axes = _figure(7.2, 3.6)
+    ax = axes[0, 0]
+    drawn = 0
+    for i, run in enumerate(runs):
+        keys = [
+            k
+            for k in dict.fromkeys(k for row in run.rows for k in row)
+            if pattern.search(k.lower()) and not k.endswith(("/count", "/total"))
+        ][:4]
+        for j, key in enumerate(keys):
+            xs, ys = series(run.rows, key)
+            color = PALETTE[i % len(PALETTE)]
+            ax.plot(
+                xs,
+                ys,
+                marker="o",
+                markersize=3,
+                linewidth=1.5,
+                linestyle=STYLES[j % len(STYLES)],
+                color=color,
+                label=f"{run.label} · {key}",
+            )
+            base = key.rsplit("/", 1)[0]
+            lo = dict(zip(*series(run.rows, base + "/ci_low"), strict=True))
+            hi = dict(zip(*series(run.rows, base + "/ci_high"), strict=True))
+            pts = [(x, lo[x], hi[x]) for x in xs if x in lo and x in hi]
+            if pts and key.endswith("/score"):
+                ax.fill_between(*zip(*pts, strict=True), color=color, alpha=0.1)
+            drawn += 1
+    if not drawn:
+        return None
+    ax.legend(fontsize=6.5, frameon=False)
+    step_axis(ax)
+    return Plot(title, to_uri(fig), caption)
+
+
+def compare_plots(runs: Sequence[ComparedRun]) -> list[Plot]:
+    """Reward, held-out evaluation, KL, completion length and teacher diagnostics, overlaid."""
+    specs = [
+        (REWARD_MEAN, "Reward", "mean training reward per step"),
+        (
+            re.compile(r"^eval/[^/]+/(score|accuracy)$"),
+            "Held-out evaluation",
+            "score of each aggregator (and rollout accuracy) at each evaluation; shaded: CI",
+        ),
+        (KL, "KL to the reference", "KL divergence to π₀ per step"),
+        (  # not the report's broad LENGTH pattern: min/max/clipped would crowd the overlay
+            re.compile(r"^(completions/mean_length|tokens/mean|length/mean|completion_length)$"),
+            "Completion length",
+            "mean tokens per rollout",
+        ),
+        (
+            re.compile(DIAGNOSTIC.pattern.replace("(eval/[^/]+/)?", "")),
+            "Teacher diagnostics",
+            "rates per training step (see docs: reference diagnostics)",
+        ),
+    ]
+    plots = []
+    for pattern, title, caption in specs:
+        plot = _overlay(runs, pattern, title, caption)
+        if plot is not None:
+            plots.append(plot)
+    return plots
+
+
+__all__ = ["ComparedRun", "EvalCell", "compare_plots", "evaluations", "load_runs"]
