@@ -1,0 +1,391 @@
+"""The paper's tables at CPU scale, on the arithmetic task the embedded model partly solves.
+
+Runs, one after another, in this process (pin it: ``OMP_NUM_THREADS=1 taskset -c 1``):
+
+1. test-time table (Fig. 6 analogue): single, majority, minPPL, Self-BoN and synthesis on the same
+   G rollouts, bootstrap CIs, reference diagnostics (``arithmetic_test_time.yaml``);
+2. training arms (Fig. 4 analogue), same seed and prompts: CaT-RL (synthesis), TTRL (majority)
+   and an oracle rewarded against gold labels (clearly an upper bound that uses labels); the
+   untrained arm is their step-0 evaluation;
+3. G-scaling (Fig. 7 analogue): majority and synthesis for each G.
+
+Writes ``results.json`` (every number, with machine and wall times), ``results.md`` (the
+tables), ``compare.html`` (``cat-framework compare`` of all runs) and PNG plots to ``--out``.
+Results are written after every stage, so an interrupted run leaves what finished.
+``--quick`` is a tiny configuration for CI (a few minutes on 2 cores), checked for structure
+only: its numbers mean nothing.
+
+    python benchmarks/cpu_paper_tables.py                    # the committed experiment
+    python benchmarks/cpu_paper_tables.py --quick --out /tmp/q --runs /tmp/q/runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cat_framework import Aggregator, Reference, RolloutGroup, hookimpl, load_plugins
+from cat_framework.engine.runner import run_pipeline
+from cat_framework.pipeline import load_pipeline
+from cat_framework.report.load import load_run
+
+HERE = Path(__file__).resolve().parent
+PIPELINES = HERE / "cpu_experiments"
+DEFAULT_OUT = HERE / "results" / "cpu_paper_tables"
+ARMS = {"cat-rl": "arithmetic_cat_rl.yaml", "ttrl": "arithmetic_ttrl.yaml"}
+ARMS["oracle (gold labels)"] = "arithmetic_oracle.yaml"
+TEST_TIME = ["single", "majority", "minppl", "best_of_n", "synthesis"]
+
+#: the committed experiment, sized for ~60 minutes of one CPU core (a 2-core EPYC, shared)
+FULL = {
+    "test_time": {"problems": 64, "G": 8},
+    "g_scaling": {"problems": 24, "Gs": [1, 2, 4, 8, 16]},
+    "training": {"steps": 8, "eval_every": 4, "eval_problems": 32, "G": 4, "prompts_per_step": 4},
+    "max_new_tokens": 64,
+}
+QUICK = {
+    "test_time": {"problems": 3, "G": 2},
+    "g_scaling": {"problems": 2, "Gs": [1, 2]},
+    "training": {"steps": 1, "eval_every": 1, "eval_problems": 2, "G": 2, "prompts_per_step": 2},
+    "max_new_tokens": 12,
+}
+
+
+class GoldAggregator(Aggregator):
+    """ORACLE, USES LABELS: the reference is the gold answer (the upper-bound arm only)."""
+
+    name = "gold"
+    tasks = frozenset({"math"})
+
+    def aggregate(self, groups: Sequence[RolloutGroup]) -> list[Reference]:
+        return [
+            Reference(
+                text=f"\\boxed{{{g.prompt.gold_answer}}}",
+                method=self.name,
+                answer=g.prompt.gold_answer,
+            )
+            for g in groups
+        ]
+
+
+class OraclePlugin:
+    @hookimpl
+    def register_aggregators(self, register: Any) -> None:
+        register(GoldAggregator)
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "cpu": cpu,
+        "cores_visible": os.cpu_count(),
+        "cores_used": affinity,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def run(plugins: Any, pipeline: str, overrides: list[str], run_dir: Path, reuse: bool) -> Path:
+    """One pipeline run. With ``reuse``, a completed run already in ``run_dir`` is kept and an
+    unfinished ``evaluate`` run is resumed (its finished prompts are not redone)."""
+    status = run_dir / "status.json"
+    pipe = load_pipeline(PIPELINES / pipeline, overrides, plugins=plugins)
+    if reuse and status.is_file() and json.loads(status.read_text()).get("status") == "completed":
+        print(f"reusing {run_dir}", flush=True)
+        return run_dir
+    if reuse and pipe.config.mode == "evaluate" and (run_dir / "records.jsonl").is_file():
+        # killed (no status.json) or failed: keep its finished prompts
+        run_pipeline(pipe, plugins=plugins, resume=str(run_dir))
+        return run_dir
+    run_pipeline(pipe, plugins=plugins, run_dir=str(run_dir), overwrite=True)
+    return run_dir
+
+
+def cell(row: dict[str, float], label: str) -> dict[str, float | None]:
+    return {k: row.get(f"eval/{label}/{k}") for k in ("score", "ci_low", "ci_high", "n")}
+
+
+def test_time_numbers(run_dir: Path) -> dict[str, Any]:
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    return {
+        "estimators": summary["aggregators"],
+        "diagnostics": summary.get("diagnostics", {}),
+        "rollouts": summary.get("rollouts", {}),
+    }
+
+
+def training_numbers(run_dir: Path) -> dict[str, Any]:
+    """Held-out evaluation before (step 0) and after (last evaluation), per aggregator."""
+    rows = [r for r in load_run(run_dir, max_prompts=0).metrics if "eval/rollouts/accuracy" in r]
+    if not rows:
+        return {"evaluations": []}
+    labels = sorted({k.split("/")[1] for k in rows[0] if k.endswith("/score")})
+    evals = [
+        {
+            "step": int(r["step"]),
+            "rollout_accuracy": r.get("eval/rollouts/accuracy"),
+            **{label: cell(r, label) for label in labels},
+        }
+        for r in rows
+    ]
+    return {"before": evals[0], "after": evals[-1], "evaluations": evals}
+
+
+def write_outputs(out: Path, results: dict[str, Any], run_dirs: list[Path]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(markdown(results))
+    if run_dirs:
+        from cat_framework.report.compare_page import write_compare
+
+        write_compare(run_dirs, out / "compare.html")
+    plots(out, results)
+
+
+def _ci(c: dict[str, Any] | None) -> str:
+    if not c or c.get("score") is None:
+        return "—"
+    lo, hi = c.get("ci_low"), c.get("ci_high")
+    ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
+    return f"{c['score']:.3f}{ci}"
+
+
+def markdown(r: dict[str, Any]) -> str:
+    """The tables, exactly as measured (see docs/experiments.md for what they mean)."""
+    s = r["settings"]
+    lines = [
+        "# CPU-scale paper tables (arithmetic task, embedded SmolLM2-135M)",
+        "",
+        f"Machine: {r['machine']['cpu']}, {r['machine']['cores_used']} core(s) used, "
+        f"{r['machine']['torch_threads']} torch thread(s). Mode: {r['mode']}. Wall time: "
+        + ", ".join(f"{k} {v / 60:.1f} min" for k, v in r["wall_s"].items()),
+        "",
+    ]
+    tt = r.get("test_time")
+    if tt:
+        lines += [
+            f"## Test-time CaT: {s['test_time']['problems']} problems, "
+            f"G = {s['test_time']['G']} (95% bootstrap CI)",
+            "",
+            "| estimator | accuracy [95% CI] | no answer | disagrees w/ majority | right when "
+            "disagreeing | right when all rollouts wrong |",
+            "|---|---|---|---|---|---|",
+        ]
+        for label, c in tt["estimators"].items():
+            d = tt["diagnostics"].get(label, {})
+
+            def rate(key: str, d: dict[str, Any] = d) -> str:
+                n, t = d.get(f"reference/{key}/count"), d.get(f"reference/{key}/total")
+                return f"{int(n)}/{int(t)}" if n is not None and t else "—"
+
+            lines.append(
+                f"| {label} | {_ci(c)} | {rate('no_answer')} | {rate('disagree_majority')} | "
+                f"{rate('correct_when_disagreeing')} | {rate('correct_when_all_wrong')} |"
+            )
+        ro = tt["rollouts"]
+        lines += [
+            "",
+            f"Rollout accuracy {ro.get('accuracy', float('nan')):.3f}, pass@G "
+            f"{ro.get('pass_at_g', float('nan')):.3f}.",
+            "",
+        ]
+    tr = r.get("training")
+    if tr:
+        lines += [
+            f"## Training arms: {s['training']['steps']} GRPO steps, held-out "
+            f"{s['training']['eval_problems']} problems (95% bootstrap CI)",
+            "",
+            "| arm | single before | single after | majority before | majority after | "
+            "rollout acc. before | after |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for arm, t in tr.items():
+            b, a = t.get("before") or {}, t.get("after") or {}
+            acc = [x.get("rollout_accuracy") for x in (b, a)]
+            lines.append(
+                f"| {arm} | {_ci(b.get('single'))} | {_ci(a.get('single'))} | "
+                f"{_ci(b.get('majority'))} | {_ci(a.get('majority'))} | "
+                + " | ".join(f"{x:.3f}" if x is not None else "—" for x in acc)
+                + " |"
+            )
+        lines.append("")
+    gs = r.get("g_scaling")
+    if gs:
+        lines += [
+            f"## G-scaling: {s['g_scaling']['problems']} problems",
+            "",
+            "| G | majority | synthesis | rollout accuracy |",
+            "|---|---|---|---|",
+        ]
+        for p in gs:
+            acc = p.get("rollout_accuracy")
+            lines.append(
+                f"| {p['G']} | {_ci(p.get('majority'))} | {_ci(p.get('synthesis'))} | {acc:.3f} |"
+                if acc is not None
+                else f"| {p['G']} | — | — | — |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plots(out: Path, r: dict[str, Any]) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if r.get("g_scaling"):
+        fig = Figure(figsize=(5.5, 3.4), dpi=110, layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        pts = r["g_scaling"]
+        gs = [p["G"] for p in pts]
+        for label, color in (("majority", "#f58518"), ("synthesis", "#4c78a8")):
+            ys = [p[label]["score"] for p in pts]
+            lo = [p[label]["ci_low"] for p in pts]
+            hi = [p[label]["ci_high"] for p in pts]
+            ax.plot(gs, ys, marker="o", color=color, label=label)
+            ax.fill_between(gs, lo, hi, color=color, alpha=0.15)
+        ax.plot(gs, [p["rollout_accuracy"] for p in pts], ":", color="#777", label="rollout acc.")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(gs, [str(g) for g in gs])
+        ax.set_xlabel("G (rollouts per problem)")
+        ax.set_ylabel("accuracy")
+        ax.legend(frameon=False, fontsize=8)
+        fig.savefig(out / "g_scaling.png")
+    if r.get("training"):
+        fig = Figure(figsize=(5.5, 3.4), dpi=110, layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        for i, (arm, t) in enumerate(r["training"].items()):
+            ev = t.get("evaluations") or []
+            xs = [e["step"] for e in ev]
+            ax.plot(xs, [e["single"]["score"] for e in ev], marker="o", color=f"C{i}", label=arm)
+            ax.fill_between(
+                xs,
+                [e["single"]["ci_low"] for e in ev],
+                [e["single"]["ci_high"] for e in ev],
+                color=f"C{i}",
+                alpha=0.1,
+            )
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xlabel("GRPO step")
+        ax.set_ylabel("held-out accuracy (single sample)")
+        ax.legend(frameon=False, fontsize=8)
+        fig.savefig(out / "training.png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny CI configuration")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where results go")
+    ap.add_argument("--runs", type=Path, default=Path("runs/cpu_paper_tables"), help="run dirs")
+    ap.add_argument("--stages", default="test-time,training,g-scaling", help="which, in order")
+    ap.add_argument("--reuse", action="store_true", help="reuse completed run directories")
+    args = ap.parse_args(argv)
+    cfg = QUICK if args.quick else FULL
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = set(stages) - {"test-time", "training", "g-scaling"}
+    if unknown:
+        ap.error(f"--stages: unknown {sorted(unknown)}; use test-time, training, g-scaling")
+    plugins = load_plugins(extra=[("cpu_paper_tables", OraclePlugin())])
+    mnt = cfg["max_new_tokens"]
+    results: dict[str, Any] = {
+        "mode": "quick" if args.quick else "full",
+        "settings": cfg,
+        "machine": machine(),
+        "wall_s": {},
+        "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+    }
+    run_dirs: list[Path] = []
+    for stage in stages:
+        t0 = time.time()
+        if stage == "test-time":
+            tt = cfg["test_time"]
+            d = run(
+                plugins,
+                "arithmetic_test_time.yaml",
+                [
+                    f"eval.limit={tt['problems']}",
+                    f"rollouts.n={tt['G']}",
+                    f"rollouts.max_new_tokens={mnt}",
+                ],
+                args.runs / "test-time",
+                args.reuse,
+            )
+            results["test_time"] = test_time_numbers(d)
+            run_dirs.append(d)
+        elif stage == "training":
+            tc = cfg["training"]
+            results["training"] = {}
+            for arm, pipeline in ARMS.items():
+                d = run(
+                    plugins,
+                    pipeline,
+                    [
+                        f"trainer.steps={tc['steps']}",
+                        f"trainer.eval_every={tc['eval_every']}",
+                        f"data.eval.limit={tc['eval_problems']}",
+                        f"rollouts.n={tc['G']}",
+                        f"trainer.prompts_per_step={tc['prompts_per_step']}",
+                        f"rollouts.max_new_tokens={mnt}",
+                    ],
+                    args.runs / arm.split()[0],
+                    args.reuse,
+                )
+                results["training"][arm] = training_numbers(d)
+                run_dirs.append(d)
+                results["wall_s"][f"training {arm}"] = round(time.time() - t0, 1)
+                write_outputs(args.out, results, run_dirs)
+        else:
+            gc = cfg["g_scaling"]
+            results["g_scaling"] = []
+            for g in gc["Gs"]:
+                d = run(
+                    plugins,
+                    "arithmetic_test_time.yaml",
+                    [
+                        f"eval.limit={gc['problems']}",
+                        f"rollouts.n={g}",
+                        f"rollouts.max_new_tokens={mnt}",
+                        f"output.run_name=g{g}",
+                        "eval.aggregators=[majority, {name: synthesis, max_new_tokens: 96}]",
+                    ],
+                    args.runs / f"g-scaling-G{g}",
+                    args.reuse,
+                )
+                n = test_time_numbers(d)
+                results["g_scaling"].append(
+                    {
+                        "G": g,
+                        **n["estimators"],
+                        "rollout_accuracy": n["rollouts"].get("accuracy"),
+                    }
+                )
+                results["wall_s"][f"g-scaling G={g}"] = round(time.time() - t0, 1)
+                write_outputs(args.out, results, run_dirs)
+        results["wall_s"][stage] = round(time.time() - t0, 1)
+        write_outputs(args.out, results, run_dirs)
+    print(f"results: {args.out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
