@@ -30,7 +30,7 @@ from cat_framework.report.plots import (
 
 #: an evaluation score over steps: ``eval/<label>/score`` (``rollouts`` -> ``accuracy``)
 EVAL_SCORE = re.compile(r"^eval/(?P<label>[^/]+)/(?P<key>score|accuracy)$")
-STYLES = ["-", "--", ":", "-."]
+STYLES = ["-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3))]
 
 
 @dataclass
@@ -116,7 +116,7 @@ def _overlay(
     runs: Sequence[ComparedRun], pattern: re.Pattern[str], title: str, caption: str
 ) -> Plot | None:
     """One axis: every metric ``pattern`` matches, one colour per run, one line style per key."""
-    fig, axes = _figure(7.2, 3.6)
+    fig, axes = _figure(9.0, 3.6)
     ax = axes[0, 0]
     drawn = 0
     for i, run in enumerate(runs):
@@ -124,7 +124,7 @@ def _overlay(
             k
             for k in dict.fromkeys(k for row in run.rows for k in row)
             if pattern.search(k.lower()) and not k.endswith(("/count", "/total"))
-        ][:4]
+        ][:6]
         for j, key in enumerate(keys):
             xs, ys = series(run.rows, key)
             color = PALETTE[i % len(PALETTE)]
@@ -147,7 +147,7 @@ def _overlay(
             drawn += 1
     if not drawn:
         return None
-    ax.legend(fontsize=6.5, frameon=False)
+    ax.legend(fontsize=6.5, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     step_axis(ax)
     return Plot(title, to_uri(fig), caption)
 
