@@ -103,14 +103,20 @@ def machine() -> dict[str, Any]:
     }
 
 
-def run(plugins: Any, pipeline: str, overrides: list[str], run_dir: Path, reuse: bool) -> Path:
+def run(
+    plugins: Any, pipeline: str, overrides: list[str], run_dir: Path, reuse: bool | str
+) -> Path | None:
     """One pipeline run. With ``reuse``, a completed run already in ``run_dir`` is kept and an
-    unfinished ``evaluate`` run is resumed (its finished prompts are not redone)."""
+    unfinished ``evaluate`` run is resumed (its finished prompts are not redone); with
+    ``reuse="collect"`` nothing runs: None for a run that is not complete."""
     status = run_dir / "status.json"
     pipe = load_pipeline(PIPELINES / pipeline, overrides, plugins=plugins)
     if reuse and status.is_file() and json.loads(status.read_text()).get("status") == "completed":
         print(f"reusing {run_dir}", flush=True)
         return run_dir
+    if reuse == "collect":
+        print(f"not complete, left out: {run_dir}", flush=True)
+        return None
     if reuse and pipe.config.mode == "evaluate" and (run_dir / "records.jsonl").is_file():
         # killed (no status.json) or failed: keep its finished prompts
         run_pipeline(pipe, plugins=plugins, resume=str(run_dir))
@@ -191,6 +197,8 @@ def markdown(r: dict[str, Any]) -> str:
         + f" (total {sum(v for v in r['wall_s'].values() if v) / 60:.0f} min).",
         "",
     ]
+    if r.get("missing"):
+        lines += [f"**Not complete, left out:** {', '.join(r['missing'])}.", ""]
     tt = r.get("test_time")
     if tt:
         lines += [
@@ -310,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=Path, default=Path("runs/cpu_paper_tables"), help="run dirs")
     ap.add_argument("--stages", default="test-time,training,g-scaling", help="which, in order")
     ap.add_argument("--reuse", action="store_true", help="reuse completed run directories")
+    ap.add_argument(
+        "--collect", action="store_true", help="run nothing: tabulate the completed runs only"
+    )
     args = ap.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
@@ -326,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
     }
     run_dirs: list[Path] = []
+    reuse: bool | str = "collect" if args.collect else args.reuse
+    missing: list[str] = results.setdefault("missing", [])
     for stage in stages:
         if stage == "test-time":
             tt = cfg["test_time"]
@@ -338,9 +351,13 @@ def main(argv: list[str] | None = None) -> int:
                     f"rollouts.max_new_tokens={mnt}",
                 ],
                 args.runs / "test-time",
-                args.reuse,
+                reuse,
             )
+            if d is None:
+                missing.append("test-time")
+                continue
             results["test_time"] = test_time_numbers(d)
+            results["wall_s"]["test-time"] = run_wall(d)
             run_dirs.append(d)
         elif stage == "training":
             tc = cfg["training"]
@@ -358,8 +375,11 @@ def main(argv: list[str] | None = None) -> int:
                         f"rollouts.max_new_tokens={mnt}",
                     ],
                     args.runs / arm.split()[0],
-                    args.reuse,
+                    reuse,
                 )
+                if d is None:
+                    missing.append(f"training {arm}")
+                    continue
                 results["training"][arm] = training_numbers(d)
                 run_dirs.append(d)
                 results["wall_s"][f"training {arm}"] = run_wall(d)
@@ -379,8 +399,11 @@ def main(argv: list[str] | None = None) -> int:
                         "eval.aggregators=[majority, {name: synthesis, max_new_tokens: 96}]",
                     ],
                     args.runs / f"g-scaling-G{g}",
-                    args.reuse,
+                    reuse,
                 )
+                if d is None:
+                    missing.append(f"g-scaling G={g}")
+                    continue
                 n = test_time_numbers(d)
                 results["g_scaling"].append(
                     {
@@ -391,8 +414,6 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 results["wall_s"][f"g-scaling G={g}"] = run_wall(d)
                 write_outputs(args.out, results, run_dirs)
-        if stage == "test-time":
-            results["wall_s"]["test-time"] = run_wall(d)
         write_outputs(args.out, results, run_dirs)
     print(f"results: {args.out / 'results.json'}")
     return 0
