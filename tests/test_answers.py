@@ -403,3 +403,10 @@ def test_math12k_single_box_answers_are_kept_verbatim() -> None:
         and extract_answer(r["solution"], fallback="none") != (r["answer"].strip() or None)
     ]
     assert missed == [("train/prealgebra/281.json", "05\\!:\\!00")]
+
+
+def test_the_correct_answer_is_a_committed_answer():
+    """A small anchor writes "The correct answer is 8." more often than a box: a commitment."""
+    text = "1. 6 + 1 = 7\n2. 6 + 1 = 8\n\nThe correct answer is 8."
+    assert extract_answer(text, fallback="phrase") == "8"
+    assert extract_answer("so 3 - 1 = 2", fallback="phrase") is None  # no commitment

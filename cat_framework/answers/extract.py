@@ -4,7 +4,8 @@ The *level* (``fallback``) decides what counts as committing to an answer:
 
 - ``"none"``: a complete, non-empty ``\\boxed{...}``/``\\fbox{...}`` (also ``\\boxed 5``), or
   GSM8K's ``#### n``;
-- ``"phrase"``: also an explicit "final answer is X" / "the answer is X" / "final answer: X";
+- ``"phrase"``: also an explicit "final answer is X" / "the answer is X" / "final answer: X" /
+  "the correct answer (or solution) is X";
 - ``"number"``: also any bare LaTeX or last number/expression in the text.
 
 References use at most ``"phrase"`` (a reference that commits to nothing is no reference);
@@ -36,12 +37,15 @@ _BOX_CMD = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _BOX_BARE = re.compile(r"\s+([^\s${}]+)")
 _GSM8K = re.compile(r"####[ \t]*([^\n]*)")
 _PHRASE = re.compile(
-    r"(?:final\s+answer|the\s+answer)\s*(?:is(?![\w'\u2019])|:)\s*:?\s*(\S[^\n]*)", re.IGNORECASE
+    r"(?:(?:final|correct|right)\s+(?:answer|solution)|the\s+answer)"
+    r"\s*(?:is(?![\w'\u2019])|:)\s*:?\s*(\S[^\n]*)",
+    re.IGNORECASE,
 )
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _NUM = r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
 _NUMBER_THEN_WORDS = re.compile(rf"^\\?\$?\s*({_NUM})\s+[A-Za-z][A-Za-z ]*$")
 _LEADING_NUMBER = re.compile(rf"^\\?\$?\s*({_NUM})")
+_NUMBER_THEN_CLAUSE = re.compile(rf"^\\?\$?\s*({_NUM}),\s+[A-Za-z]")
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,9 @@ def _extract_phrase(text: str) -> str | None:
         return None
     if _BOX_CMD.search(s):
         return extract_boxed(s)
+    clause = _NUMBER_THEN_CLAUSE.match(s)  # "10, which is what we got" -> "10"
+    if clause:
+        return _clean_number(clause.group(1))
     number_then_words = _NUMBER_THEN_WORDS.match(s)  # "1,000 apples" -> "1000"
     return _clean_number(number_then_words.group(1) if number_then_words else s)
 
