@@ -35,8 +35,8 @@ def requested() -> bool:
 
 
 def is_fsdp2(accelerator: Any) -> bool:
-    """Whether ``accelerator`` shards with FSDP2 (accelerate's own flag, false on 1 process)."""
-    return bool(getattr(accelerator, "is_fsdp2", False)) and accelerator.num_processes > 1
+    """Whether ``accelerator`` shards with FSDP2 (then even one process holds sharded tensors)."""
+    return bool(getattr(accelerator, "is_fsdp2", False))
 
 
 def check_version(accelerator: Any) -> None:
@@ -143,6 +143,23 @@ def load_local_optimizer_state(optimizer: Any, state: dict[str, Any]) -> None:
     optimizer.load_state_dict({**state, "state": restored})
 
 
+def release(module: torch.nn.Module) -> None:
+    """Free a module's parameter storage (shapes kept) until :func:`restore`: the generation copy
+    is not needed while the sharded module trains, and it is the largest per-process cost."""
+    for param in module.parameters():
+        if param.numel():
+            param._cat_shape = param.shape  # type: ignore[attr-defined]
+            param.data = torch.empty(0, dtype=param.dtype, device=param.device)
+
+
+def restore(module: torch.nn.Module) -> None:
+    """Allocate (uninitialised) storage for the parameters :func:`release` freed."""
+    for param in module.parameters():
+        shape = getattr(param, "_cat_shape", None)
+        if shape is not None and not param.numel():
+            param.data = torch.empty(shape, dtype=param.dtype, device=param.device)
+
+
 def sharded_params(model: torch.nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
     """The trainable parameters by name (sharded tensors under FSDP2)."""
     return ((n, p) for n, p in model.named_parameters() if p.requires_grad)
@@ -157,6 +174,8 @@ __all__ = [
     "load_local_optimizer_state",
     "local_optimizer_state",
     "local_tensor",
+    "release",
     "requested",
+    "restore",
     "shard_frozen",
 ]

@@ -117,6 +117,7 @@ class GRPOStep:
         teach = self.teacher.teach(groups, self.rollouts.n)
         t2 = time.perf_counter()
         phase("update")
+        self.policy.release_generation_copy()  # FSDP2: back with the push after the update
         rows = to_rows(self.policy, groups, teach)
         batch = rows.batch.to(dev)
         g = self.rollouts.n

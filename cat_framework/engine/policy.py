@@ -77,6 +77,7 @@ class PolicyModels:
     frozen: torch.nn.Module | None  # the pi_0 copy (None under LoRA: adapters off instead)
     lora: bool
     sharded: bool = False  # FSDP2: ``model`` holds shards; ``sampler`` a gathered copy
+    generation: torch.nn.Module | None = None  # that gathered copy (FSDP2 only)
 
     @property
     def pushes_weights(self) -> bool:
@@ -105,6 +106,8 @@ class PolicyModels:
         merged in for the duration of the push). Sharded weights are gathered one tensor at a
         time, so every process must consume the whole iterator (a collective per tensor)."""
         if self.sharded:
+            if self.generation is not None:
+                fsdp.restore(self.generation)
             yield from fsdp.full_tensors(self.model)
             return
         if not self.lora:
@@ -117,6 +120,12 @@ class PolicyModels:
                     yield base_name(name), tensor
         finally:
             self.peft.unmerge_adapter()
+
+    def release_generation_copy(self) -> None:
+        """Free the gathered generation copy's weights while the sharded module trains (the
+        next push of :meth:`trained_tensors` brings them back); a no-op otherwise."""
+        if self.generation is not None:
+            fsdp.release(self.generation)
 
     def close(self) -> None:
         for backend in {id(b): b for b in (self.sampler, self.trainable)}.values():
@@ -207,8 +216,10 @@ def build_policy(
             "(pipelines/accelerate/ddp.yaml), or full parameters under FSDP2"
         )
     sampler: Backend = trainable if cls is comp.cls else pool.get(comp)
+    generation = None
     if sharded and sampler is trainable:  # generation needs whole weights: a gathered copy
-        sampler = cls.from_model(_frozen_copy(model), tokenizer, params)
+        generation = _frozen_copy(model)
+        sampler = cls.from_model(generation, tokenizer, params)
     if cfg.trainer.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     frozen = None
@@ -226,7 +237,7 @@ def build_policy(
             anchor = cls.from_model(frozen, tokenizer, params)
     model.train()
     return PolicyModels(
-        model, tokenizer, trainable, sampler, anchor, frozen, lora is not None, sharded
+        model, tokenizer, trainable, sampler, anchor, frozen, lora is not None, sharded, generation
     )
 
 

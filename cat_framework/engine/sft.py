@@ -104,6 +104,7 @@ def run_sft(
         if ckpt is not None:
             load_checkpoint(ckpt, policy.model, optimizer, scheduler, acc.process_index)
             start = ckpt.step
+        policy.release_generation_copy()  # FSDP2: back with the push after training
         with StepProgress(total, start, enabled=acc.is_main_process) as bar:
             for step in range(start + 1, total + 1):
                 t0 = time.perf_counter()

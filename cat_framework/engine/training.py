@@ -163,7 +163,11 @@ def save_final(run_dir: Path, policy: Any, acc: Any) -> Path | None:
     """The trained policy as a loadable folder (full model, or the LoRA adapter) + tokenizer."""
     acc.wait_for_everyone()
     # under FSDP2 every process takes part in gathering the shards; the main one writes them
-    state = fsdp.full_state_dict(policy.model) if fsdp.is_fsdp2(acc) else None
+    # (the generation copy is done with by now: its memory makes room for the whole model)
+    state = None
+    if fsdp.is_fsdp2(acc):
+        policy.release_generation_copy()
+        state = fsdp.full_state_dict(policy.model)
     if not acc.is_main_process:
         return None
     path = run_dir / "final"

@@ -1,0 +1,78 @@
+"""FSDP2 pieces that need no process group: refusals with their fix, sharded checkpoint layout
+checks (the multi-process behaviour is in test_fsdp.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from cat_framework import load_plugins
+from cat_framework.engine.checkpoint import (
+    Checkpoint,
+    InvalidCheckpoint,
+    check_checkpoint,
+    load_checkpoint,
+    rng_file,
+    shard_files,
+)
+from cat_framework.engine.policy import build_policy
+from cat_framework.engine.safe_state import save_state
+from cat_framework.errors import CatError
+from cat_framework.pipeline import load_pipeline
+from cat_framework.pipeline.build import BackendPool
+from tests.engine.test_trainer import write_pipeline
+
+
+class ShardingAccelerator:
+    """What build_policy reads of an accelerator that shards with FSDP2."""
+
+    is_fsdp2 = True
+    num_processes = 2
+
+
+def test_lora_under_fsdp2_is_refused_with_the_alternative(tmp_path, tiny_policy, toy_data):
+    trainer = "{steps: 1, prompts_per_step: 2, learning_rate: 0.01, lora: {r: 4, alpha: 8}}"
+    plugins = load_plugins(entry_points=False)
+    pipeline = load_pipeline(
+        write_pipeline(tmp_path, tiny_policy, toy_data, trainer), plugins=plugins
+    )
+    with pytest.raises(CatError, match=r"trainer.lora under FSDP2(?s:.*)ddp\.yaml"):
+        build_policy(
+            pipeline, plugins, BackendPool(), torch.device("cpu"), need_frozen=False,
+            accelerator=ShardingAccelerator(),
+        )  # fmt: skip
+
+
+def sharded_checkpoint(root, processes: int = 2, skip: str | None = None):
+    path = root / "checkpoints" / "step-000002"
+    path.mkdir(parents=True)
+    (path / "state.json").write_text(
+        json.dumps({"step": 2, "processes": processes, "sharded": True})
+    )
+    for rank in range(processes):
+        weights, optim = shard_files(rank)
+        save_file({"w": torch.zeros(2)}, str(path / weights))
+        save_state(path / optim, {"state": {}, "param_groups": []})
+        save_state(path / rng_file(rank), {"torch": torch.get_rng_state()})
+    save_state(path / "scheduler.safetensors", {"last_epoch": 2})
+    if skip:
+        (path / skip).unlink()
+    return path
+
+
+def test_a_sharded_checkpoint_needs_every_process_shards(tmp_path):
+    assert check_checkpoint(sharded_checkpoint(tmp_path / "whole")).state["sharded"] is True
+    for missing in ("trainable-1.safetensors", "optimizer-0.safetensors"):
+        with pytest.raises(InvalidCheckpoint, match=f"{missing} is missing"):
+            check_checkpoint(sharded_checkpoint(tmp_path / missing, skip=missing))
+
+
+def test_a_sharded_checkpoint_is_not_loaded_into_a_whole_model(tmp_path):
+    path = sharded_checkpoint(tmp_path)
+    model = torch.nn.Linear(2, 2)
+    ckpt = Checkpoint(path, 2, json.loads((path / "state.json").read_text()))
+    with pytest.raises(CatError, match=r"written FSDP2 \(sharded\) but this run trains without"):
+        load_checkpoint(ckpt, model, None, None, 0)
