@@ -410,3 +410,10 @@ def test_the_correct_answer_is_a_committed_answer():
     text = "1. 6 + 1 = 7\n2. 6 + 1 = 8\n\nThe correct answer is 8."
     assert extract_answer(text, fallback="phrase") == "8"
     assert extract_answer("so 3 - 1 = 2", fallback="phrase") is None  # no commitment
+
+
+def test_a_response_that_is_only_a_number_commits_to_it():
+    assert extract_answer("  42. ", fallback="phrase") == "42"
+    assert extract_answer("1,000", fallback="phrase") == "1000"
+    assert extract_answer("5 - 3", fallback="phrase") is None  # an expression, not an answer
+    assert extract_answer("2 apples", fallback="phrase") is None

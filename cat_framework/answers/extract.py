@@ -5,7 +5,7 @@ The *level* (``fallback``) decides what counts as committing to an answer:
 - ``"none"``: a complete, non-empty ``\\boxed{...}``/``\\fbox{...}`` (also ``\\boxed 5``), or
   GSM8K's ``#### n``;
 - ``"phrase"``: also an explicit "final answer is X" / "the answer is X" / "final answer: X" /
-  "the correct answer (or solution) is X";
+  "the correct answer (or solution) is X"; or a response that is nothing but one number;
 - ``"number"``: also any bare LaTeX or last number/expression in the text.
 
 References use at most ``"phrase"`` (a reference that commits to nothing is no reference);
@@ -45,6 +45,7 @@ _THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _NUM = r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
 _NUMBER_THEN_WORDS = re.compile(rf"^\\?\$?\s*({_NUM})\s+[A-Za-z][A-Za-z ]*$")
 _LEADING_NUMBER = re.compile(rf"^\\?\$?\s*({_NUM})")
+_BARE_NUMBER = re.compile(rf"^\s*\$?\s*({_NUM})\s*\$?\s*\.?\s*$")
 _NUMBER_THEN_CLAUSE = re.compile(rf"^\\?\$?\s*({_NUM}),\s+[A-Za-z]")
 
 
@@ -261,6 +262,10 @@ def read_answer(
     phrase = _extract_phrase(text)
     if phrase is not None:
         return _read(text, True, "phrase", [phrase], timeout_s)
+    bare = _BARE_NUMBER.match(text)
+    if bare is not None:  # the whole response is one number: it commits to it
+        number = _clean_number(bare.group(1))
+        return Answer(number, "phrase", ("a", number, timeout_s))
     if fallback == "phrase":
         return None
     return _read(text, False, "number", [], timeout_s)
