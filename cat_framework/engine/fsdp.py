@@ -17,6 +17,7 @@ plugin, read from the same environment), so the sharded trainer is checked on CP
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -160,13 +161,36 @@ def restore(module: torch.nn.Module) -> None:
             param.data = torch.empty(shape, dtype=param.dtype, device=param.device)
 
 
+def checksum(tensor: torch.Tensor) -> float:
+    return float(tensor.detach().double().sum())
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))  # NaN weights are the trainer's problem
+
+
+def check_parity(served: dict[str, torch.Tensor], expected: dict[str, float]) -> None:
+    """After a push: the generation copy must hold every pushed tensor; a push that skipped or
+    damaged one would sample from weights the trainer never had, silently."""
+    wrong = [name for name in served if name not in expected]
+    wrong += [n for n, value in expected.items() if not _same(checksum(served[n]), value)]
+    if wrong:
+        raise CatError(
+            f"weight parity check failed after pushing the trained weights to the generation "
+            f"copy: {len(wrong)} tensor(s) differ or were not pushed ({', '.join(wrong[:3])}); "
+            "rollouts would come from other weights than the trainer's"
+        )
+
+
 def sharded_params(model: torch.nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
     """The trainable parameters by name (sharded tensors under FSDP2)."""
     return ((n, p) for n, p in model.named_parameters() if p.requires_grad)
 
 
 __all__ = [
+    "check_parity",
     "check_version",
+    "checksum",
     "enable_on_cpu",
     "full_state_dict",
     "full_tensors",

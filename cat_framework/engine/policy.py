@@ -106,9 +106,17 @@ class PolicyModels:
         merged in for the duration of the push). Sharded weights are gathered one tensor at a
         time, so every process must consume the whole iterator (a collective per tensor)."""
         if self.sharded:
-            if self.generation is not None:
-                fsdp.restore(self.generation)
-            yield from fsdp.full_tensors(self.model)
+            if self.generation is None:
+                yield from fsdp.full_tensors(self.model)
+                return
+            fsdp.restore(self.generation)
+            served = self.generation.state_dict()
+            expected = {}
+            for name, tensor in fsdp.full_tensors(self.model):
+                if name in served:  # what the copy must hold once the consumer has copied it
+                    expected[name] = fsdp.checksum(tensor.to(served[name].dtype))
+                yield name, tensor
+            fsdp.check_parity(served, expected)  # runs once the consumer has taken them all
             return
         if not self.lora:
             yield from self.model.state_dict().items()

@@ -3,6 +3,7 @@ checks (the multi-process behaviour is in test_fsdp.py)."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -18,12 +19,24 @@ from cat_framework.engine.checkpoint import (
     rng_file,
     shard_files,
 )
-from cat_framework.engine.policy import build_policy
+from cat_framework.engine.policy import PolicyModels, build_policy
 from cat_framework.engine.safe_state import save_state
 from cat_framework.errors import CatError
 from cat_framework.pipeline import load_pipeline
 from cat_framework.pipeline.build import BackendPool
+from cat_plugins.backends.transformers_backend import TransformersBackend
 from tests.engine.test_trainer import write_pipeline
+from tests.plugins.backends.conftest import build_tiny_model, build_tiny_tokenizer
+
+
+@pytest.fixture
+def tiny_tokenizer():
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture
+def tiny_model(tiny_tokenizer):
+    return build_tiny_model(len(tiny_tokenizer))
 
 
 class ShardingAccelerator:
@@ -76,3 +89,38 @@ def test_a_sharded_checkpoint_is_not_loaded_into_a_whole_model(tmp_path):
     ckpt = Checkpoint(path, 2, json.loads((path / "state.json").read_text()))
     with pytest.raises(CatError, match=r"written FSDP2 \(sharded\) but this run trains without"):
         load_checkpoint(ckpt, model, None, None, 0)
+
+
+def generation_copy_policy(tiny_model, tiny_tokenizer, skip: str | None = None) -> PolicyModels:
+    """A 'sharded' policy whose tensors are plain (one process): the push and its parity check
+    run the same code as under FSDP2."""
+
+    class Sampler(TransformersBackend):
+        def update_weights(self, named_tensors):
+            super().update_weights((n, t) for n, t in named_tensors if n != skip)
+
+    generation = copy.deepcopy(tiny_model).requires_grad_(False)
+    sampler = Sampler.from_model(generation, tiny_tokenizer)
+    trainable = TransformersBackend.from_model(tiny_model, tiny_tokenizer)
+    return PolicyModels(
+        tiny_model, tiny_tokenizer, trainable, sampler, sampler, None, False, True, generation
+    )
+
+
+def test_the_generation_copy_is_freed_and_refilled_by_the_push(tiny_model, tiny_tokenizer):
+    policy = generation_copy_policy(tiny_model, tiny_tokenizer)
+    with torch.no_grad():
+        tiny_model.lm_head.weight.add_(1.0)  # an update
+    policy.release_generation_copy()
+    assert all(p.numel() == 0 for p in policy.generation.parameters())
+    policy.sampler.update_weights(policy.trained_tensors())
+    served = policy.generation.state_dict()
+    assert all(torch.equal(t, served[n]) for n, t in tiny_model.state_dict().items())
+
+
+def test_a_push_that_skips_a_tensor_fails_the_parity_check(tiny_model, tiny_tokenizer):
+    policy = generation_copy_policy(tiny_model, tiny_tokenizer, skip="lm_head.weight")
+    with torch.no_grad():
+        tiny_model.lm_head.weight.add_(1.0)
+    with pytest.raises(CatError, match=r"weight parity check failed(?s:.*)lm_head\.weight"):
+        policy.sampler.update_weights(policy.trained_tensors())
