@@ -12,6 +12,7 @@ from cat_framework.components import (
     Dataset,
     RewardDeriver,
     Roles,
+    TrainableBackend,
 )
 from cat_framework.errors import (
     BackendError,
@@ -73,6 +74,7 @@ __all__ = [
     "RolloutGroup",
     "RolloutRecord",
     "RunRecord",
+    "TrainableBackend",
     "UnknownComponentError",
     "Verdict",
     "__version__",

@@ -65,11 +65,13 @@ class SynthesisAggregator(Aggregator):
             t = "freeform" if group.prompt.meta.get("task") == "freeform" else "reasoning"
         return TEMPLATES.get(t, t)
 
-    def build_prompt(self, group: RolloutGroup, index: int) -> tuple[str, list[int]]:
+    def build_prompt(self, group: RolloutGroup, index: int = 0) -> tuple[str, list[int]]:
         """The synthesis prompt and the order in which rollouts were shown."""
         order = list(range(len(group.rollouts)))
         if self.params.shuffle:
-            random.Random(f"{self.params.seed}:{group.prompt.id}:{index}").shuffle(order)
+            # keyed by the prompt id alone: the same references however prompts are batched or
+            # split across processes (``index`` is kept for callers, not used)
+            random.Random(f"{self.params.seed}:{group.prompt.id}").shuffle(order)
         texts = [group.rollouts[i].text for i in order]
         qb = question_block(group.prompt.question) if self.params.question_aware else ""
         prompt = render(

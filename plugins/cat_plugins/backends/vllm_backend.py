@@ -50,6 +50,7 @@ class VLLMBackend(Backend):
     """
 
     name = "vllm"
+    trains_with = "transformers"  # the policy trains as a transformers twin; weights are pushed
 
     class Params(ComponentParams):
         model: str = Field(
