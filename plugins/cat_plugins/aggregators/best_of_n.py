@@ -10,6 +10,7 @@ from pydantic import Field
 
 from cat_framework import Aggregator, ComponentParams, GenerationRequest, Reference, RolloutGroup
 from cat_framework.answers import extract_answer
+from cat_plugins.aggregators.answer_level import AnswerLevel, selected_answer_field
 from cat_plugins.aggregators.slots import escape, numbered_responses
 from cat_plugins.prompts import render
 
@@ -38,6 +39,7 @@ class BestOfNAggregator(Aggregator):
         )
         max_new_tokens: int = Field(512, ge=1, description="Budget for the selector's reasoning.")
         temperature: float = Field(0.0, ge=0.0, description="Selector temperature (0 = greedy).")
+        fallback: AnswerLevel = selected_answer_field()
 
     def aggregate(self, groups: Sequence[RolloutGroup]) -> list[Reference]:
         roles = self.require_roles()
@@ -71,7 +73,7 @@ class BestOfNAggregator(Aggregator):
                 Reference(
                     text=text,
                     method=self.name,
-                    answer=extract_answer(text, fallback="phrase"),
+                    answer=extract_answer(text, fallback=self.params.fallback),
                     details={"index": index, "unparsed": choice is None, "raw": raw},
                 )
             )

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from cat_framework import Aggregator, ComponentParams, Reference, RolloutGroup
 from cat_framework.answers import extract_answer
+from cat_plugins.aggregators.answer_level import AnswerLevel, selected_answer_field
 
 
 def mean_nll(logprobs: Sequence[float]) -> float:
@@ -40,6 +41,7 @@ class MinPPLAggregator(Aggregator):
             description="With scorer=policy, rank by the log-probs recorded at sampling time "
             "instead of a scoring pass (only exact at temperature 1).",
         )
+        fallback: AnswerLevel = selected_answer_field()
 
     def aggregate(self, groups: Sequence[RolloutGroup]) -> list[Reference]:
         roles = self.require_roles()
@@ -61,7 +63,7 @@ class MinPPLAggregator(Aggregator):
                 Reference(
                     text=text,
                     method=self.name,
-                    answer=extract_answer(text, fallback="phrase"),
+                    answer=extract_answer(text, fallback=self.params.fallback),
                     details={"index": best, "mean_nll": [round(x, 6) for x in nlls]},
                 )
             )
