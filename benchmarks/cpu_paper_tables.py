@@ -284,15 +284,17 @@ def markdown(r: dict[str, Any]) -> str:
         lines += [
             f"## G-scaling: {s['g_scaling']['problems']} problems",
             "",
-            "| G | majority | synthesis | rollout accuracy |",
-            "|---|---|---|---|",
+            "| G | majority | synthesis | rollout accuracy | synthesis read at `number` "
+            "(post hoc) |",
+            "|---|---|---|---|---|",
         ]
         for p in gs:
             acc = p.get("rollout_accuracy")
+            post = (p.get("read_at_number_level") or {}).get("synthesis")
             lines.append(
-                f"| {p['G']} | {_ci(p.get('majority'))} | {_ci(p.get('synthesis'))} | {acc:.3f} |"
-                if acc is not None
-                else f"| {p['G']} | — | — | — |"
+                f"| {p['G']} | {_ci(p.get('majority'))} | {_ci(p.get('synthesis'))} | "
+                + (f"{acc:.3f}" if acc is not None else "—")
+                + f" | {_ci(post)} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -442,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
                         "G": g,
                         **n["estimators"],
                         "rollout_accuracy": n["rollouts"].get("accuracy"),
+                        "read_at_number_level": n["estimators_read_at_number_level"],
                     }
                 )
                 results["wall_s"][f"g-scaling G={g}"] = run_wall(d)
