@@ -8,7 +8,8 @@ For each rate ``name`` the metrics carry ``name`` (the rate, absent when nothing
 ``name/count`` (numerator) and ``name/total`` (denominator):
 
 * ``reference/no_answer``: references without a committed final answer (math), over prompts.
-  Such a reference is *no reference*: its group gets no learning signal.
+  Such a reference is *no reference*: its group gets no learning signal, unless
+  ``trainer.reference_fallback`` replaced it (counted here too, and as ``reference/fallback``).
 * ``reference/disagree_majority``: the reference's answer differs from the rollouts' majority
   answer, over prompts where both exist. Synthesis that never disagrees is only a vote.
 * ``reference/correct_when_disagreeing`` (audit, gold only): the reference is right, over the
@@ -80,7 +81,11 @@ def reference_diagnostics(
     refs = [(r, r.references.get(label) if label else r.reference) for r in records]
     refs = [(r, ref) for r, ref in refs if ref is not None]
     if task == "math" and refs:
-        _rate(out, "reference/no_answer", sum(ref.answer is None for _, ref in refs), len(refs))
+        replaced = sum("fallback_from" in ref.details for _, ref in refs)
+        missing = sum(ref.answer is None or "fallback_from" in ref.details for _, ref in refs)
+        _rate(out, "reference/no_answer", missing, len(refs))  # the aggregator's own reference
+        if replaced:
+            _rate(out, "reference/fallback", replaced, len(refs))
         both = [
             (r, ref)
             for r, ref in refs

@@ -132,6 +132,8 @@ def test_reference_fallback_replaces_an_answerless_reference(tmp_path, tiny_poli
         assert rec.reference.details["fallback_from"]["text"] == "...first take 3"
     kept = [r for r in records if r.reference.method == "half_answer"]
     assert [r.reference.answer for r in kept] == ["7", "7"]
+    m = metrics_of(run_dir)  # the aggregator's own failures stay visible behind the fallback
+    assert m["reference/no_answer"] == 0.5 and m["reference/fallback"] == 0.5
 
 
 class ScriptedJudge(EchoBackend):
