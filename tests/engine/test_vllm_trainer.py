@@ -34,7 +34,7 @@ def test_two_steps_with_vllm_rollouts(tmp_path):
         data:
           train: {dataset: gsm8k, split: test, limit: 4}
         rollouts: {n: 4, temperature: 1.0, max_new_tokens: 32}
-        aggregator: {{name: majority, fallback: number}}
+        aggregator: {name: majority, fallback: number}
         reward: programmatic
         trainer:
           steps: 2
