@@ -321,7 +321,8 @@ def test_chat_template_kwargs_are_passed(tiny_model, tiny_tokenizer):
     assert tiny_tokenizer.decode(greeted.encode_context(chat("hi"))) == "hello\n" + without
 
 
-def test_missing_model_is_a_backend_error(tmp_path):
+def test_missing_model_is_a_backend_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the hub id below must fail fast, not time out
     with pytest.raises(BackendError, match=r"could not load .*absent.*: no such folder"):
         TransformersBackend({"model": str(tmp_path / "absent"), "device": "cpu"})
     with pytest.raises(BackendError, match="could not load"):  # a hub id that is not there
