@@ -31,25 +31,29 @@ from collections.abc import Sequence
 from typing import Any
 
 from cat_framework.answers import answers_equivalent, cluster_answers, normalize_answer
+from cat_framework.answers.equivalence import AnswerLike
 from cat_framework.records import RunRecord
 
 
-def majority_answer(answers: Sequence[str | None]) -> str | None:
-    """The most common committed answer (equivalence clusters; a tie goes to the smallest
-    normalised answer, so the result does not depend on rollout order); None if none."""
+def majority_answer(answers: Sequence[AnswerLike]) -> str | None:
+    """The most common committed answer (the project's symmetric equivalence clusters; a tie
+    goes to the smallest normalised answer, so the result does not depend on rollout order)."""
     clusters = cluster_answers(list(answers))
     if not clusters:
         return None
     best = max(len(c) for c in clusters)
-    tied = [answers[c[0]] for c in clusters if len(c) == best]
+    tied = [_text(answers[c[0]]) for c in clusters if len(c) == best]
     return min((a for a in tied if a is not None), key=lambda a: (normalize_answer(a), a))
 
 
+def _text(answer: AnswerLike) -> str | None:
+    return answer if answer is None or isinstance(answer, str) else answer.text
+
+
 def same_answer(a: str | None, b: str | None) -> bool:
-    """Symmetric equivalence (math-verify treats its first argument as gold)."""
-    if a is None or b is None:
-        return False
-    return answers_equivalent(a, b) or answers_equivalent(b, a)
+    """The equality majority voting uses (math-verify both ways: it treats its first argument
+    as gold)."""
+    return answers_equivalent(a, b, symmetric=True)
 
 
 def _rate(out: dict[str, float], name: str, count: int, total: int) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cat_framework.answers import answers_equivalent, extract_answer
+from cat_framework.answers import answers_equivalent, extract_answer, read_answer
 from cat_framework.engine.diagnostics import majority_answer
 from cat_framework.records import ReferenceRecord, RolloutRecord, RunRecord
 from cat_framework.types import Reference, Rewards, RolloutGroup
@@ -81,7 +81,7 @@ def build_record(
     }
     diagnostics: dict[str, Any] = {}
     if math_task:
-        committed = [extract_answer(c.text, fallback="phrase") for c in group.rollouts]
+        committed = [read_answer(c.text, fallback="phrase") for c in group.rollouts]
         diagnostics["majority_answer"] = majority_answer(committed)
     return RunRecord(
         mode=mode,

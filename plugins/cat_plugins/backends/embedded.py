@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from cat_framework.errors import BackendError
+from cat_framework.paths import cache_dir
 
 EMBEDDED_PREFIX = "embedded:"
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -34,13 +35,8 @@ def is_embedded(name: str) -> bool:
 
 
 def cache_root() -> Path:
-    """``$CAT_CACHE_DIR/models``, else ``~/.cache/cat-framework/models`` (honours XDG)."""
-    env = os.environ.get("CAT_CACHE_DIR")
-    if env:
-        return Path(env).expanduser() / "models"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "cat-framework" / "models"
+    """The framework's cache folder (:func:`cat_framework.paths.cache_dir`) ``/models``."""
+    return cache_dir() / "models"
 
 
 def _embedded_name(name: str) -> str:
