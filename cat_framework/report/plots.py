@@ -242,12 +242,7 @@ def _diagnostics(rows: Rows, keys: Sequence[str], used: set[str]) -> Plot | None
         return None
     used.update(chosen)
     fig, axes = _figure()
-    ax = axes[0, 0]
-    for i, key in enumerate(chosen[:8]):
-        xs, ys = series(rows, key)
-        ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.2, color=PALETTE[i % 8], label=key)
-    ax.legend(fontsize=7, frameon=False)
-    step_axis(ax)
+    _lines(axes[0, 0], rows, chosen[:8])
     return Plot(
         "Teacher diagnostics",
         to_uri(fig),
