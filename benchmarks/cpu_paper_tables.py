@@ -45,11 +45,11 @@ ARMS = {"cat-rl": "arithmetic_cat_rl.yaml", "ttrl": "arithmetic_ttrl.yaml"}
 ARMS["oracle (gold labels)"] = "arithmetic_oracle.yaml"
 TEST_TIME = ["single", "majority", "minppl", "best_of_n", "synthesis"]
 
-#: the committed experiment, sized for ~60 minutes of one CPU core (a 2-core EPYC, shared)
+#: the committed experiment, sized for ~90 minutes of a 2-core CPU (two processes, one core each)
 FULL = {
-    "test_time": {"problems": 64, "G": 8},
-    "g_scaling": {"problems": 24, "Gs": [1, 2, 4, 8, 16]},
-    "training": {"steps": 8, "eval_every": 4, "eval_problems": 32, "G": 4, "prompts_per_step": 4},
+    "test_time": {"problems": 200, "G": 8},
+    "g_scaling": {"problems": 40, "Gs": [1, 2, 4, 8, 16]},
+    "training": {"steps": 8, "eval_every": 4, "eval_problems": 40, "G": 4, "prompts_per_step": 4},
     "max_new_tokens": 64,
 }
 QUICK = {
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"rollouts.n={g}",
                         f"rollouts.max_new_tokens={mnt}",
                         f"output.run_name=g{g}",
-                        "eval.aggregators=[majority, {name: synthesis, max_new_tokens: 96}]",
+                        "eval.aggregators=[{name: majority, fallback: number}, {name: synthesis, max_new_tokens: 96}]",
                     ],
                     args.runs / f"g-scaling-G{g}",
                     reuse,
