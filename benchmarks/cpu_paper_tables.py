@@ -224,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "mode": "quick" if args.quick else "full",
         "settings": cfg,
-        "machine": machine(),
+        # --collect tabulates runs made earlier, maybe by other processes: not this one's threads
+        "machine": {**machine(), "tabulated_only": True} if args.collect else machine(),
         "wall_s": {},
         "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
     }

@@ -21,8 +21,14 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         "# CPU-scale paper tables (arithmetic task, embedded SmolLM2-135M)",
         "",
-        f"Machine: {r['machine']['cpu']}, {r['machine']['cores_used']} core(s) used, "
-        f"{r['machine']['torch_threads']} torch thread(s). Mode: {r['mode']}. Wall time: "
+        f"Machine: {r['machine']['cpu']}, "
+        + (
+            "tabulated with --collect from runs made earlier (how they ran: README.md). "
+            if r["machine"].get("tabulated_only")
+            else f"{r['machine']['cores_used']} core(s) used, "
+            f"{r['machine']['torch_threads']} torch thread(s). "
+        )
+        + f"Mode: {r['mode']}. Wall time: "
         + ", ".join(f"{k} {v / 60:.1f} min" for k, v in r["wall_s"].items() if v is not None)
         + f" (total {sum(v for v in r['wall_s'].values() if v) / 60:.0f} min).",
         "",
