@@ -13,6 +13,7 @@ from cat_framework.components import (
     RewardDeriver,
     Roles,
     TrainableBackend,
+    WeightChecksums,
 )
 from cat_framework.errors import (
     BackendError,
@@ -77,6 +78,7 @@ __all__ = [
     "TrainableBackend",
     "UnknownComponentError",
     "Verdict",
+    "WeightChecksums",
     "__version__",
     "default_plugins",
     "hookimpl",

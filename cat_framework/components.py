@@ -10,7 +10,7 @@ Instances are built by the pipeline with validated params and the run's :class:`
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -71,6 +71,17 @@ class Component:
         return self.roles
 
 
+@dataclass(frozen=True)
+class WeightChecksums:
+    """Float64 sums of the weights a backend serves, by checkpoint (``state_dict``) name. A
+    weight the backend stores fused with others is keyed by its parts' names joined by ``+``
+    (its sum is theirs: a sum is additive over concatenation). The trainer compares each with
+    its own tensors' sums: they agree when ``|served - trained| <= rtol * sum(|trained|)``."""
+
+    sums: dict[str, float]
+    rtol: float
+
+
 class Backend(Component, ABC):
     """Turns prompts into text and token log-probabilities."""
 
@@ -104,6 +115,19 @@ class Backend(Component, ABC):
     @property
     def supports_update_weights(self) -> bool:
         return type(self).update_weights is not Backend.update_weights
+
+    def release_memory(self) -> bool:
+        """Free what this backend holds on the accelerator until its next :meth:`update_weights`
+        (a colocated engine while the trainer updates: its weights and KV cache would otherwise
+        sit beside the optimizer states). ``False``: it cannot (the default)."""
+        return False
+
+    def weight_checksums(self) -> WeightChecksums | None:
+        """What this backend serves now, for the trainer's weight-parity check after
+        :meth:`update_weights` (an engine that silently kept an old tensor would sample from
+        weights the trainer never had). ``None``: it cannot tell (the trainer logs that no check
+        is possible)."""
+        return None
 
     def close(self) -> None:
         """Release processes, servers or memory. Safe to call twice."""
@@ -145,6 +169,23 @@ class TrainableBackend(Backend):
     @abstractmethod
     def update_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
         """Copy tensors into ``model`` in place, by ``state_dict`` name."""
+
+    #: set by the engine when ``model`` is sharded over processes and generates without a
+    #: gathered copy (``trainer.fsdp_gather_for_generation: false``): each forward pass of
+    #: ``model`` is then a collective. Call it before *every* forward of ``model``
+    #: (``generate`` and ``score``); it returns when all processes run that forward together,
+    #: after running :meth:`idle_forward` for processes that are further along
+    lockstep: Callable[[], None] | None = None
+
+    def idle_forward(self) -> None:
+        """One minimal forward pass of ``model`` (no gradients, result unused): what a process
+        runs while another one needs a forward it has no work for. Implementing it declares
+        that this backend can generate in lock-step (see ``lockstep``)."""
+        raise NotSupportedError(f"backend {self.name!r} cannot generate in lock-step")
+
+    @classmethod
+    def supports_lockstep(cls) -> bool:
+        return cls.idle_forward is not TrainableBackend.idle_forward
 
 
 class Aggregator(Component, ABC):
@@ -224,4 +265,5 @@ __all__ = [
     "Roles",
     "Task",
     "TrainableBackend",
+    "WeightChecksums",
 ]

@@ -3,12 +3,13 @@ needs beyond data parallelism.
 
 Under FSDP2 each process holds 1/N of the policy's weights, gradients and optimizer states, and
 every forward pass all-gathers layer by layer: a collective that all processes must enter
-together. Rollouts cannot run on the sharded module (each process samples different prompts for
-a different number of steps), so the trainer keeps a *generation copy*: full weights, no
-gradients, refreshed after every optimizer step by streaming the sharded parameters one at a time
-(``full_tensor()``, never the whole model at once). The frozen pi_0 is sharded the same way when
-it only gives KL-reference log-probs (same number of forward passes on every process); when it is
-also the anchor or the judge it generates, so it stays whole.
+together. Rollouts make a different number of forward passes on each process, so by default the
+trainer keeps a *generation copy*: full weights, no gradients, refreshed after every optimizer
+step by streaming the sharded parameters one at a time (``full_tensor()``, never the whole model
+at once). The frozen pi_0 is sharded the same way when it only gives KL-reference log-probs (same
+number of forward passes on every process); when it is also the anchor or the judge it generates,
+so it stays whole. With ``trainer.fsdp_gather_for_generation: false`` neither exists whole: the
+sharded modules generate in lock-step (:mod:`cat_framework.engine.lockstep`).
 
 accelerate only builds FSDP on accelerators; on a CPU it launches gloo data parallelism and
 ignores the FSDP settings. :func:`enable_on_cpu` turns such a launch into an FSDP2 one (the same

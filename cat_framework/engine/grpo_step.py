@@ -115,9 +115,10 @@ class GRPOStep:
         t1 = time.perf_counter()
         phase("teacher")
         teach = self.teacher.teach(groups, self.rollouts.n)
+        self.policy.sync_generation()  # lock-step: until every process is done generating
         t2 = time.perf_counter()
         phase("update")
-        self.policy.release_generation_copy()  # FSDP2: back with the push after the update
+        self.policy.release_sampler_memory()  # FSDP2: back with the push after the update
         rows = to_rows(self.policy, groups, teach)
         batch = rows.batch.to(dev)
         g = self.rollouts.n
@@ -202,7 +203,7 @@ class GRPOStep:
         self.optimizer.zero_grad(set_to_none=True)
         if self.policy.pushes_weights:
             t_push = time.perf_counter()
-            self.policy.sampler.update_weights(self.policy.trained_tensors())
+            self.policy.push_weights()
             extra["time/training/push_weights"] = time.perf_counter() - t_push
         t3 = time.perf_counter()
         local_tok = float(mask.sum().item()) or 1.0

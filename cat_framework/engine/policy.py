@@ -20,7 +20,10 @@ import structlog
 import torch
 
 from cat_framework.components import Backend, Roles, TrainableBackend
-from cat_framework.engine import fsdp
+from cat_framework.engine import fsdp, parity
+from cat_framework.engine import lora as lora_push
+from cat_framework.engine.lockstep import Lockstep
+from cat_framework.engine.lora import base_name
 from cat_framework.errors import CatError, UnknownComponentError
 from cat_framework.pipeline import Pipeline
 from cat_framework.pipeline.build import BackendPool
@@ -78,6 +81,14 @@ class PolicyModels:
     lora: bool
     sharded: bool = False  # FSDP2: ``model`` holds shards; ``sampler`` a gathered copy
     generation: torch.nn.Module | None = None  # that gathered copy (FSDP2 only)
+    lockstep: Lockstep | None = None  # FSDP2 without a copy: the sharded modules generate
+    _slept: bool = False
+
+    def sync_generation(self) -> None:
+        """Under lock-step generation, keep stepping until every process is done generating;
+        call it where all processes arrive before their next other collective."""
+        if self.lockstep is not None:
+            self.lockstep.drain()
 
     @property
     def pushes_weights(self) -> bool:
@@ -101,10 +112,37 @@ class PolicyModels:
         with self.peft.disable_adapter():
             yield model if model is not None else self.model
 
+    def push_weights(self) -> None:
+        """Send the trained weights to the sampler (an engine, or the gathered generation copy),
+        then check that an engine serves exactly them (:mod:`cat_framework.engine.parity`; the
+        copy is checked while it is filled). Under FSDP2 every process pushes to its own."""
+        self.sampler.update_weights(self.trained_tensors())
+        pushed, self._pushed = getattr(self, "_pushed", None), None
+        if pushed is None or parity.check_engine(self.sampler, pushed):
+            return
+        if not getattr(self, "_parity_unchecked", False):
+            self._parity_unchecked = True
+            log.info("no weight parity check: the sampler cannot report what it serves",
+                     backend=self.sampler.name)  # fmt: skip
+
     def trained_tensors(self) -> Iterable[tuple[str, torch.Tensor]]:
         """The weights a separate sampling engine needs, named as in the base checkpoint (LoRA
         merged in for the duration of the push). Sharded weights are gathered one tensor at a
-        time, so every process must consume the whole iterator (a collective per tensor)."""
+        time, so every process must consume the whole iterator (a collective per tensor). What
+        goes to an engine is recorded for :meth:`push_weights`'s parity check."""
+        if self.generation is not None:
+            yield from self._trained_tensors()
+            return
+        self._pushed = parity.Pushed()
+        yield from self._pushed.record(self._trained_tensors())
+
+    def _trained_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        if self.sharded and self.lora:  # the whole PEFT copy takes adapters; an engine, merged
+            if self.generation is not None:
+                yield from lora_push.push_adapters(self.model, self.generation)
+            else:
+                yield from lora_push.merged_tensors(self.model)
+            return
         if self.sharded:
             if self.generation is None:
                 yield from fsdp.full_tensors(self.model)
@@ -129,20 +167,22 @@ class PolicyModels:
         finally:
             self.peft.unmerge_adapter()
 
-    def release_generation_copy(self) -> None:
-        """Free the gathered generation copy's weights while the sharded module trains (the
-        next push of :meth:`trained_tensors` brings them back); a no-op otherwise."""
+    def release_sampler_memory(self) -> None:
+        """Before the update: free the gathered generation copy's weights (under LoRA its base
+        never changes: kept), or ask a separate engine to release its memory (vLLM sleep mode);
+        the next :meth:`push_weights` brings them back."""
         if self.generation is not None:
-            fsdp.release(self.generation)
+            if not self.lora:
+                fsdp.release(self.generation)
+        elif self.pushes_weights and self.sampler.release_memory() and not self._slept:
+            self._slept = True  # said once: it happens every step
+            log.info("sampler sleeps during updates", backend=self.sampler.name)
 
     def close(self) -> None:
+        if self.lockstep is not None:
+            log.info("lockstep generation", **self.lockstep.summary())
         for backend in {id(b): b for b in (self.sampler, self.trainable)}.values():
             backend.close()
-
-
-def base_name(peft_name: str) -> str:
-    """``base_model.model.x.base_layer.weight`` -> ``x.weight`` (the base checkpoint's name)."""
-    return peft_name.removeprefix("base_model.model.").replace(".base_layer.", ".")
 
 
 def trainable_class(comp_cls: type[Backend], plugins: Plugins) -> type[TrainableBackend]:
@@ -191,7 +231,11 @@ def build_policy(
 
     Under FSDP2 (``accelerator`` shards) the trained module is sharded later by
     ``accelerator.prepare``; rollouts come from a whole generation copy that the trainer
-    refreshes after every optimizer step, and pi_0 is sharded too unless it must generate."""
+    refreshes after every optimizer step, and pi_0 is sharded too unless it must generate.
+    Under LoRA and FSDP2 the copy carries the same adapters (pushes carry only them) and pi_0 is
+    that copy with adapters off for generation, the sharded module with adapters off for KL.
+    With ``trainer.fsdp_gather_for_generation: false`` there is no copy: the sharded policy
+    (and a sharded pi_0) generate in lock-step (:mod:`cat_framework.engine.lockstep`)."""
     cfg = pipeline.config
     sharded = accelerator is not None and fsdp.is_fsdp2(accelerator)
     comp = pipeline.component("models", "policy")
@@ -209,7 +253,7 @@ def build_policy(
     if cls is not comp.cls:  # e.g. vllm samples; a transformers twin of the same model trains
         params = {"model": params["model"]}
     if params.get("device", "auto") == "auto":
-        params["device"] = str(device)
+        params["device"] = "cpu" if device.type == "cpu" else str(device)  # FSDP2: "cpu:0"
     trainable = cls(params)
     model, tokenizer = trainable.model, trainable.tokenizer
     if not isinstance(model, torch.nn.Module):
@@ -218,39 +262,79 @@ def build_policy(
             f"{type(model).__name__}, not a torch.nn.Module"
         )
     lora = cfg.trainer.lora
-    if sharded and lora is not None:
-        raise CatError(
-            "trainer.lora under FSDP2 is not supported yet: train LoRA with data parallelism "
-            "(pipelines/accelerate/ddp.yaml), or full parameters under FSDP2"
-        )
     sampler: Backend = trainable if cls is comp.cls else pool.get(comp)
     generation = None
-    if sharded and sampler is trainable:  # generation needs whole weights: a gathered copy
+    on_shards = sharded and not cfg.trainer.fsdp_gather_for_generation
+    lockstep = _lockstep(pipeline, cls, accelerator) if on_shards else None
+    if sharded and not on_shards and sampler is trainable:  # whole weights: a gathered copy
         generation = _frozen_copy(model)
         sampler = cls.from_model(generation, tokenizer, params)
+    if lockstep is not None and sampler is trainable:  # generate on the shards, all together
+        lockstep.attach(trainable)
     if cfg.trainer.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     frozen = None
     if lora is not None:
+        engine = sharded and generation is None and sampler is not trainable
+        if engine and need_frozen and pi0_generates(pipeline):
+            frozen = _frozen_copy(model)  # pi_0 must generate whole, and the engine gets merges
         model = add_lora(model, lora)
         anchor: Backend = AdapterDisabledBackend(trainable, model)
+        if generation is not None:  # FSDP2: a whole PEFT copy (engine/lora.py says why)
+            peft_copy = _lora_copy(generation, model, lora)
+            anchor = AdapterDisabledBackend(cast(TrainableBackend, sampler), peft_copy)
+        elif frozen is not None:
+            anchor = cls.from_model(frozen, tokenizer, params)
+        elif engine:  # pi_0 is the engine before its first push (synthesis in mode: sft)
+            anchor = sampler
     else:
         if need_frozen:
             frozen = _frozen_copy(model)
         # sharded, the trained module cannot generate: pi_0 is the generation copy before step 1
         anchor = sampler if sharded else trainable
-        if frozen is not None and sharded and not pi0_generates(pipeline):
-            frozen = fsdp.shard_frozen(frozen, accelerator)  # KL log-probs only: in lock-step
-        elif frozen is not None:
+        if frozen is not None and sharded and (on_shards or not pi0_generates(pipeline)):
+            frozen = fsdp.shard_frozen(frozen, accelerator)  # forwards in lock-step
+        if frozen is not None and (not sharded or pi0_generates(pipeline)):
             anchor = cls.from_model(frozen, tokenizer, params)
+            if lockstep is not None:  # a sharded pi_0 that generates: in lock-step too
+                lockstep.attach(cast(TrainableBackend, anchor))
     model.train()
     return PolicyModels(
-        model, tokenizer, trainable, sampler, anchor, frozen, lora is not None, sharded, generation
-    )
+        model, tokenizer, trainable, sampler, anchor, frozen, lora is not None, sharded,
+        generation, lockstep,
+    )  # fmt: skip
+
+
+def _lockstep(pipeline: Pipeline, cls: type[TrainableBackend], accelerator: Any) -> Lockstep | None:
+    """The lock-step agreement for ``trainer.fsdp_gather_for_generation: false`` (None with
+    one process: its sharded module generates alone), after checking the setup allows it."""
+    trainer = pipeline.config.trainer
+    where = "trainer.fsdp_gather_for_generation: false"
+    if trainer.lora is not None:
+        raise CatError(
+            f"{where} does not support trainer.lora yet: set trainer.fsdp_gather_for_generation: "
+            "true (a gathered generation copy) to train LoRA under FSDP2"
+        )
+    if not cls.supports_lockstep():
+        raise CatError(
+            f"{where}: backend {cls.name!r} cannot generate in lock-step on sharded weights "
+            "(it implements no idle_forward, see TrainableBackend in cat_framework.components); "
+            "set trainer.fsdp_gather_for_generation: true"
+        )
+    return Lockstep(accelerator.device) if accelerator.num_processes > 1 else None
 
 
 def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(model).eval().requires_grad_(False)
+
+
+def _lora_copy(generation: torch.nn.Module, model: torch.nn.Module, lora: Lora) -> Any:
+    """Wrap the whole generation copy with adapters equal to ``model``'s (without drawing from
+    the global RNG, so a sharded run samples like an unsharded one)."""
+    with torch.random.fork_rng(devices=[]):
+        peft_copy = add_lora(generation, lora)
+    lora_push.copy_adapters(model, peft_copy)
+    return peft_copy.eval().requires_grad_(False)
 
 
 def pi0_generates(pipeline: Pipeline) -> bool:

@@ -64,6 +64,7 @@ def synthesize_references(
         seeds = [derive_seed(cfg.seed, "sft", i) for i, _ in chunk]
         groups = explore(policy.sampler, [p for _, p in chunk], cfg.rollouts, seeds=seeds)
         refs = teacher.references(groups) if groups else []
+        policy.sync_generation()  # lock-step: a process with fewer prompts steps on
         rows = [
             build_record("sft", 0, g, {r.method: r}, r.method).to_dict()
             for g, r in zip(groups, refs, strict=True)
@@ -104,7 +105,7 @@ def run_sft(
         if ckpt is not None:
             load_checkpoint(ckpt, policy.model, optimizer, scheduler, acc.process_index)
             start = ckpt.step
-        policy.release_generation_copy()  # FSDP2: back with the push after training
+        policy.release_sampler_memory()  # FSDP2: back with the push after training
         with StepProgress(total, start, enabled=acc.is_main_process) as bar:
             for step in range(start + 1, total + 1):
                 t0 = time.perf_counter()
@@ -129,9 +130,10 @@ def run_sft(
                 )  # fmt: skip
                 bar.update(step, metrics)
         if policy.pushes_weights:  # the sampler (an engine, a gathered copy) gets the result
-            policy.sampler.update_weights(policy.trained_tensors())
+            policy.push_weights()
         if cfg.data.eval is not None and acc.is_main_process:
             evaluate_final(pipeline, roles, run_dir, total, plugins)
+        policy.sync_generation()
         acc.wait_for_everyone()
         check_replicas_agree(policy.model, acc)
         final = save_final(run_dir, policy, acc)

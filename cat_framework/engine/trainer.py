@@ -105,7 +105,7 @@ def run_train(
             load_checkpoint(ckpt, policy.model, optimizer, scheduler, acc.process_index)
             start = ckpt.step
             if policy.pushes_weights:
-                policy.sampler.update_weights(policy.trained_tensors())
+                policy.push_weights()
             log.info("resumed", step=start, checkpoint=str(ckpt.path))
         step_fn = GRPOStep(
             policy, train_model, teacher, optimizer, scheduler, acc, cfg.rollouts, tc
@@ -118,6 +118,7 @@ def run_train(
                 row = {"step": 0, **evaluator(0)}
                 append_jsonl(run_dir / "metrics.jsonl", [row])
                 plugins.notify("on_step_end", run_dir=str(run_dir.resolve()), step=0, metrics=row)
+            policy.sync_generation()  # lock-step: the others step with the main process
             acc.wait_for_everyone()
         with StepProgress(tc.steps, start, enabled=acc.is_main_process) as bar:
             for step in range(start + 1, tc.steps + 1):
@@ -130,6 +131,7 @@ def run_train(
                 if evaluator is not None and tc.eval_every and step % tc.eval_every == 0:
                     if acc.is_main_process:
                         metrics.update(evaluator(step))
+                    policy.sync_generation()
                     acc.wait_for_everyone()
                 finish_step(
                     run_dir, step, metrics, records=records, trainer=tc, last_step=tc.steps,

@@ -11,7 +11,7 @@ import structlog
 import torch
 
 from cat_framework.components import Dataset
-from cat_framework.engine import fsdp
+from cat_framework.engine import fsdp, lora
 from cat_framework.engine.checkpoint import (
     latest_checkpoint,
     save_checkpoint,
@@ -166,8 +166,11 @@ def save_final(run_dir: Path, policy: Any, acc: Any) -> Path | None:
     # (the generation copy is done with by now: its memory makes room for the whole model)
     state = None
     if fsdp.is_fsdp2(acc):
-        policy.release_generation_copy()
-        state = fsdp.full_state_dict(policy.model)
+        policy.release_sampler_memory()
+        if policy.lora:  # the adapter folder needs the adapters only: never gather the base
+            state = dict(lora.adapter_tensors(policy.model))
+        else:
+            state = fsdp.full_state_dict(policy.model)
     if not acc.is_main_process:
         return None
     path = run_dir / "final"

@@ -197,6 +197,12 @@ class Trainer(Strict):
     lora: Lora | None = Field(None, description="Train LoRA adapters instead of all weights.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="accelerate setting.")
+    fsdp_gather_for_generation: bool = Field(
+        True,
+        description="FSDP2 only: sample from a whole generation copy refilled after every step "
+        "(memory for speed); false: generate on the sharded weights, every process decoding in "
+        "lock-step until all are done (docs/scaling.md). Ignored without FSDP2.",
+    )
     save_every: int = Field(
         50, ge=0, le=MAX_STEPS, description="Checkpoint every N steps (0 = only at the end)."
     )

@@ -19,7 +19,7 @@ from cat_framework.engine.checkpoint import (
     rng_file,
     shard_files,
 )
-from cat_framework.engine.policy import PolicyModels, build_policy
+from cat_framework.engine.policy import AdapterDisabledBackend, PolicyModels, build_policy
 from cat_framework.engine.safe_state import save_state
 from cat_framework.errors import CatError
 from cat_framework.pipeline import load_pipeline
@@ -46,17 +46,54 @@ class ShardingAccelerator:
     num_processes = 2
 
 
-def test_lora_under_fsdp2_is_refused_with_the_alternative(tmp_path, tiny_policy, toy_data):
-    trainer = "{steps: 1, prompts_per_step: 2, learning_rate: 0.01, lora: {r: 4, alpha: 8}}"
+def test_lora_under_fsdp2_builds_a_whole_peft_copy_fed_adapters(tmp_path, tiny_policy, toy_data):
+    """LoRA under FSDP2 (the 2-process run is in test_fsdp_lora.py): rollouts from a whole PEFT
+    copy with the trained module's adapters, pi_0 = that copy with adapters off, the KL reference
+    = the (sharded) module with adapters off; a push carries the adapters only."""
+    trainer = "{steps: 1, prompts_per_step: 2, beta: 0.01, lora: {r: 4, alpha: 8}}"
     plugins = load_plugins(entry_points=False)
     pipeline = load_pipeline(
         write_pipeline(tmp_path, tiny_policy, toy_data, trainer), plugins=plugins
     )
-    with pytest.raises(CatError, match=r"trainer.lora under FSDP2(?s:.*)ddp\.yaml"):
-        build_policy(
-            pipeline, plugins, BackendPool(), torch.device("cpu"), need_frozen=False,
-            accelerator=ShardingAccelerator(),
-        )  # fmt: skip
+    policy = build_policy(
+        pipeline, plugins, BackendPool(), torch.device("cpu"), need_frozen=True,
+        accelerator=ShardingAccelerator(),
+    )  # fmt: skip
+    assert policy.lora and policy.sharded and policy.frozen is None
+    assert policy.pushes_weights and policy.sampler.model is policy.generation
+    assert isinstance(policy.anchor, AdapterDisabledBackend)
+    assert policy.anchor.inner is policy.sampler  # pi_0 generates on the whole copy
+
+    def adapters(module):
+        named = module.state_dict().items()
+        return {n.removeprefix("base_model.model."): t for n, t in named if "lora_" in n}
+
+    own, served = adapters(policy.model), adapters(policy.generation)
+    assert own and own.keys() == served.keys()
+    assert all(torch.equal(t, served[n]) for n, t in own.items())  # the same initial adapters
+    assert not any(p.requires_grad for p in policy.generation.parameters())
+    with torch.no_grad():
+        for name, param in policy.model.named_parameters():
+            if "lora_B" in name:
+                param.add_(0.5)  # an update
+    policy.release_sampler_memory()  # under LoRA the copy's base is kept: never pushed
+    assert all(p.numel() for p in policy.generation.parameters())
+    pushed: list[str] = []
+
+    def push():  # the sampler copies each tensor as it comes: the parity check runs at the end
+        for name, tensor in policy.trained_tensors():
+            pushed.append(name)
+            yield name, tensor
+
+    policy.sampler.update_weights(push())
+    assert sorted(pushed) == sorted(adapters(policy.generation))  # adapters only, checked
+    served = adapters(policy.generation)
+    assert all(torch.equal(t, served[n]) for n, t in adapters(policy.model).items())
+    base = TransformersBackend({"model": str(tiny_policy), "device": "cpu"})
+    context, continuation = ["Q: 1+1?"], ["A: 2"]
+    pi_0 = base.score(context, continuation)
+    assert policy.anchor.score(context, continuation) == pi_0  # adapters off: the base
+    assert policy.sampler.score(context, continuation) != pi_0  # the trained adapters
 
 
 def sharded_checkpoint(root, processes: int = 2, skip: str | None = None):
@@ -111,7 +148,7 @@ def test_the_generation_copy_is_freed_and_refilled_by_the_push(tiny_model, tiny_
     policy = generation_copy_policy(tiny_model, tiny_tokenizer)
     with torch.no_grad():
         tiny_model.lm_head.weight.add_(1.0)  # an update
-    policy.release_generation_copy()
+    policy.release_sampler_memory()
     assert all(p.numel() == 0 for p in policy.generation.parameters())
     policy.sampler.update_weights(policy.trained_tensors())
     served = policy.generation.state_dict()

@@ -24,15 +24,26 @@ class SeparateEngine(Backend):
 
     class Params(ComponentParams):
         model: str = Field(description="Model folder.")
+        sleeps: bool = Field(False, description="Release memory during updates (sleep mode).")
 
     def __init__(self, params: Any = None, *, roles: Any = None) -> None:
         super().__init__(params, roles=roles)
         self.engine = TransformersBackend({"model": self.params.model, "device": "cpu"})
         self.pushes: list[dict[str, torch.Tensor]] = []
+        self.events: list[str] = []
+        self.asleep = False
         SeparateEngine.instances.append(self)
 
     def generate(self, requests):
+        assert not self.asleep, "generate() on a sleeping engine"
+        self.events.append("generate")
         return self.engine.generate(requests)
+
+    def release_memory(self) -> bool:
+        if self.params.sleeps:
+            self.asleep = True
+            self.events.append("sleep")
+        return self.params.sleeps
 
     def score(self, contexts, continuations):
         return self.engine.score(contexts, continuations)
@@ -41,6 +52,8 @@ class SeparateEngine(Backend):
         return self.engine.encode_context(context)
 
     def update_weights(self, named_tensors):
+        self.asleep = False
+        self.events.append("push")
         tensors = {k: v.detach().clone() for k, v in named_tensors}
         self.pushes.append(tensors)
         self.engine.update_weights(tensors.items())
@@ -106,3 +119,24 @@ def test_lora_pushes_merged_weights(tmp_path, tiny_policy, toy_data, captured):
         if k.endswith("layers.0.self_attn.q_proj.base_layer.weight") or k.endswith(key)
     )
     torch.testing.assert_close(push[pushed_key], merged[merged_key])
+
+
+def test_an_engine_that_can_sleep_sleeps_through_every_update(tmp_path, tiny_policy, toy_data):
+    """vLLM's sleep mode needs a GPU; this engine records the calls the real one would get."""
+    SeparateEngine.instances.clear()
+    trainer = "{steps: 2, prompts_per_step: 3, learning_rate: 0.01, beta: 0.01}"
+    path = engine_pipeline(tmp_path, tiny_policy, toy_data, trainer)
+    path.write_text(
+        path.read_text().replace(
+            "backend: separate_engine,", "backend: separate_engine, sleeps: true,"
+        )
+    )
+    run(path, tmp_path / "run", ("engine", EnginePlugin()))
+    (engine,) = SeparateEngine.instances
+    steps = "".join("G" if e == "generate" else e[0].upper() for e in engine.events)
+    # per step: rollouts (and the teacher) generate, the engine sleeps for the update, the push
+    # wakes it; never a sleep without the push that ends it, never a generate while asleep
+    assert steps.count("S") == 2 and steps.count("P") == 2, engine.events
+    assert "SP" in steps and steps.index("S") > steps.index("G") and steps.endswith("P"), steps
+    log = read_jsonl(tmp_path / "run" / "log.jsonl")
+    assert sum(e["event"] == "sampler sleeps during updates" for e in log) == 1

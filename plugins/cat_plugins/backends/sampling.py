@@ -3,7 +3,8 @@ micro-batches, KV-cache row selection, and per-row seeded sampling with top-k / 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -96,4 +97,16 @@ def filter_candidates(
     return torch.where((use_k | use_p)[:, None], filtered, scaled)
 
 
-__all__ = ["filter_candidates", "left_pad", "pack", "sample", "select_rows"]
+@contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """Eval mode for the call (no dropout, KV cache on even under gradient checkpointing),
+    then back to whatever mode the trainer had."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+__all__ = ["eval_mode", "filter_candidates", "left_pad", "pack", "sample", "select_rows"]

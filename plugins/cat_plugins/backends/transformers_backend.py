@@ -9,8 +9,7 @@ copies per step. ``benchmarks/generation.py`` compares both on the same batch.
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +21,7 @@ from cat_framework import BackendError, Completion, ComponentParams, Roles
 from cat_framework.components import TrainableBackend
 from cat_framework.types import GenerationRequest, Message
 from cat_plugins.backends.embedded import looks_local, model_source_problem, resolve_model_path
-from cat_plugins.backends.sampling import left_pad, pack, sample, select_rows
+from cat_plugins.backends.sampling import eval_mode, left_pad, pack, sample, select_rows
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _SEED_MIX = 0x9E3779B97F4A7C15
@@ -205,7 +204,7 @@ class TransformersBackend(TrainableBackend):
         # sort by prompt length so micro-batches carry little padding
         order = sorted(range(len(requests)), key=lambda i: len(prompts[i]))
         units = [(i, j) for i in order for j in range(requests[i].n)]
-        with _eval_mode(self.model), torch.inference_mode():
+        with eval_mode(self.model), self._no_grad():
             for batch in pack(
                 units,
                 lambda u: len(prompts[u[0]]) + requests[u[0]].max_new_tokens,
@@ -214,6 +213,21 @@ class TransformersBackend(TrainableBackend):
                 for row in self._generate_batch(batch, requests, prompts, seeds):
                     results[row.request][row.sample] = self._finish(row, requests[row.request])
         return [list(r) for r in results]  # type: ignore[arg-type]
+
+    def _forward(self, **inputs: Any) -> Any:
+        if self.lockstep is not None:  # sharded weights: every process runs this forward
+            self.lockstep()
+        return self.model(**inputs)
+
+    def _no_grad(self) -> Any:
+        # FSDP2's gathered weights must not become inference tensors: training reuses them
+        return torch.no_grad() if self.lockstep is not None else torch.inference_mode()
+
+    def idle_forward(self) -> None:
+        """One token through the model: a lock-step process with nothing left to generate."""
+        ids = torch.tensor([[self.pad_id]], device=self.device)
+        with eval_mode(self.model), torch.no_grad():
+            self.model(input_ids=ids, use_cache=False, logits_to_keep=1)
 
     def _generate_batch(
         self,
@@ -229,16 +243,17 @@ class TransformersBackend(TrainableBackend):
         ids, mask = left_pad([prompts[i] for i in uniq], self.pad_id, dev)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         expand = torch.tensor([r.prompt for r in rows], device=dev)
-        out = self.model(
+        out = self._forward(
             input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1
         )
         cache, logits = out.past_key_values, out.logits[:, -1]
         if len(uniq) != len(rows) and not select_rows(cache, expand):
             # a cache kind without batch selection: prefill every row instead
             ids, mask, pos = ids[expand], mask[expand], pos[expand]
-            out = self.model(
-                ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1
-            )
+            out = self._forward(
+                input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                logits_to_keep=1,
+            )  # fmt: skip
             cache, logits, expand = out.past_key_values, out.logits[:, -1], None
         if expand is not None:
             logits, mask = logits[expand], mask[expand]
@@ -276,7 +291,7 @@ class TransformersBackend(TrainableBackend):
                     temp, top_k, top_p = temp[index], top_k[index], top_p[index]
             next_pos = next_pos + 1
             mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
-            out = self.model(
+            out = self._forward(
                 input_ids=tokens[:, None],
                 attention_mask=mask,
                 position_ids=next_pos[:, None],
@@ -336,11 +351,11 @@ class TransformersBackend(TrainableBackend):
             )
             for sub in pack(batch, lambda i: (len(cont[i]) + 1) * vocab, _LOGITS_BUDGET)
         )
-        with _eval_mode(self.model), torch.inference_mode():
+        with eval_mode(self.model), self._no_grad():
             for batch in batches:
                 ids, mask = left_pad([ctx[i] + cont[i] for i in batch], self.pad_id, self.device)
                 keep = max(len(cont[i]) for i in batch) + 1
-                out = self.model(
+                out = self._forward(
                     input_ids=ids,
                     attention_mask=mask,
                     position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
@@ -379,21 +394,6 @@ class TransformersBackend(TrainableBackend):
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-@contextmanager
-def _eval_mode(model: Any) -> Iterator[None]:
-    """Eval mode for the call (no dropout, KV cache on even under gradient checkpointing),
-    then back to whatever mode the trainer had."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 __all__ = ["TransformersBackend", "TransformersParams"]

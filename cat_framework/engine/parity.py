@@ -1,0 +1,111 @@
+"""Weight parity between the trainer and a separate sampling engine (vLLM): after every push,
+the engine must serve exactly the weights the trainer produced. A push that skips a tensor, or
+an engine that silently ignores a name it does not load, would otherwise leave rollouts coming
+from stale weights with no error anywhere.
+
+The trainer records a float64 sum (and absolute sum) of each tensor while it streams them out
+(:class:`Pushed`); once the engine has loaded them, the engine's own sums
+(:meth:`cat_framework.components.Backend.weight_checksums`) are compared with them
+(:func:`check_engine`). Cost: one pass over each tensor on the trainer side, in chunks (no
+float64 copy of a whole tensor), and whatever the backend spends reading its weights (vLLM: a
+sum per tensor, or one matrix-vector product per layer where its CPU kernels repacked them).
+Sums cannot see a permutation within a tensor; they do see a stale, missing or damaged one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+
+import structlog
+import torch
+
+from cat_framework.components import Backend, WeightChecksums
+from cat_framework.errors import CatError
+
+log = structlog.get_logger("cat_framework.parity")
+
+_CHUNK = 1 << 22
+
+
+def sums(tensor: torch.Tensor) -> tuple[float, float]:
+    """(sum, sum of absolute values) in float64, summed in chunks."""
+    total = absolute = 0.0
+    for chunk in tensor.detach().reshape(-1).split(_CHUNK):
+        wide = chunk.double()
+        total += float(wide.sum())
+        absolute += float(wide.abs().sum())
+    return total, absolute
+
+
+class Pushed:
+    """The sums of the tensors a push carried, recorded as they stream past."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, tuple[float, float]] = {}
+
+    def record(
+        self, named_tensors: Iterable[tuple[str, torch.Tensor]]
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        for name, tensor in named_tensors:
+            self.sums[name] = sums(tensor)
+            yield name, tensor
+
+
+def mismatches(served: WeightChecksums, pushed: Pushed) -> tuple[list[str], int]:
+    """The served weights that differ from the pushed ones, and how many were compared. A
+    served key none of whose parts the push carried is not compared (an engine may name a
+    weight the trainer does not have)."""
+    wrong, compared = [], 0
+    for key, value in served.sums.items():
+        parts = key.split("+")
+        carried = [p in pushed.sums for p in parts]
+        if not any(carried):
+            continue
+        compared += 1
+        if not all(carried):  # a fused weight the push carried only part of
+            wrong.append(f"{parts[carried.index(False)]} (not pushed)")
+            continue
+        total = math.fsum(pushed.sums[p][0] for p in parts)
+        scale = math.fsum(pushed.sums[p][1] for p in parts)
+        if math.isnan(total) and math.isnan(value):
+            continue  # NaN weights are the trainer's problem, not the push's
+        if not abs(value - total) <= served.rtol * scale:
+            wrong.append(_shown(parts))
+    return wrong, compared
+
+
+def _shown(parts: list[str]) -> str:
+    """``a.q_proj.weight (fused with k_proj, v_proj)`` for a fused weight."""
+    if len(parts) == 1:
+        return parts[0]
+    others = ", ".join(p.rpartition(".")[0].rpartition(".")[2] for p in parts[1:])
+    return f"{parts[0]} (fused with {others})"
+
+
+def check_engine(backend: Backend, pushed: Pushed) -> bool:
+    """Compare what ``backend`` serves with what the push carried; raise :class:`CatError`
+    naming the tensors that differ. False when the backend cannot report its weights."""
+    served = backend.weight_checksums()
+    if served is None:
+        return False
+    wrong, compared = mismatches(served, pushed)
+    if wrong:
+        raise CatError(
+            f"weight parity check failed after pushing the trained weights to the {backend.name} "
+            f"engine: {len(wrong)} of {compared} tensor(s) differ from the trainer's "
+            f"({', '.join(wrong[:3])}; relative tolerance {served.rtol:.1e}); rollouts would "
+            "come from other weights than the trainer's. A push that skipped or misnamed a "
+            "tensor, or an engine that did not load it, causes this"
+        )
+    if compared == 0:
+        log.warning(
+            "weight parity: no tensor compared",
+            backend=backend.name,
+            served=len(served.sums),
+            pushed=len(pushed.sums),
+        )
+    return True
+
+
+__all__ = ["Pushed", "check_engine", "mismatches", "sums"]

@@ -1,0 +1,170 @@
+"""Lock-step generation on sharded weights (``trainer.fsdp_gather_for_generation: false``), on
+CPU with 2 processes (gloo): no generation copy exists, every process steps until all are done.
+
+- ``mode: train``, 3 steps, matches one process (tolerances of test_fsdp.py: metrics to 1e-5
+  relative, weights to 1e-5 + 1e-4 x |w| on >= 99.9% of coordinates, 2 x lr everywhere).
+- ``mode: sft``: pi_0 synthesizes in lock-step, one process has no prompt in the last chunk.
+- Uneven work: prompts of very different lengths, a small ``max_batch_tokens`` (different numbers
+  of micro-batches per process), stop strings (rows finish at different lengths), a sharded pi_0
+  that synthesizes references, and an evaluation the main process runs alone: finishes (no
+  hang) with the same rollouts, references and evaluation as the gathered copy."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from tests.engine.test_fsdp import TRAINER, assert_same_training, launch
+from tests.engine.test_trainer import read_jsonl, run, write_pipeline
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+LOCKSTEP = TRAINER.replace("beta: 0.01", "beta: 0.01, fsdp_gather_for_generation: false")
+
+
+def lockstep_summaries(run_dir) -> list[dict]:
+    return [e for e in read_jsonl(run_dir / "log.jsonl") if e["event"] == "lockstep generation"]
+
+
+def test_lockstep_two_processes_match_one_process(tmp_path, tiny_policy, toy_data):
+    from safetensors.torch import load_file
+
+    pipeline = write_pipeline(tmp_path, tiny_policy, toy_data, LOCKSTEP)
+    proc = launch("run", str(pipeline), "--run-dir", str(tmp_path / "fsdp"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = read_jsonl(tmp_path / "fsdp" / "log.jsonl")
+    assert sum(e["event"] == "fsdp2 on cpu" for e in log) == 2
+    summaries = lockstep_summaries(tmp_path / "fsdp")
+    assert len(summaries) == 2 and all(s["forwards"] > 0 for s in summaries)
+    state = tmp_path / "fsdp" / "checkpoints" / "step-000003" / "state.json"
+    assert json.loads(state.read_text())["sharded"] is True
+
+    run(pipeline, tmp_path / "single")
+    one = load_file(str(tmp_path / "single" / "final" / "model.safetensors"))
+    two = load_file(str(tmp_path / "fsdp" / "final" / "model.safetensors"))
+    assert_same_training(one, two, load_file(str(tiny_policy / "model.safetensors")))
+    sharded = read_jsonl(tmp_path / "fsdp" / "metrics.jsonl")
+    single = read_jsonl(tmp_path / "single" / "metrics.jsonl")
+    assert [m["step"] for m in sharded] == [1, 2, 3]
+    for a, b in zip(sharded, single, strict=True):
+        assert a["reward/mean"] == pytest.approx(b["reward/mean"])
+        for key in ("loss", "kl", "grad_norm", "entropy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
+    key = lambda r: (r["step"], r["prompt_id"])  # noqa: E731
+    records = [
+        sorted(read_jsonl(tmp_path / d / "records.jsonl"), key=key) for d in ("fsdp", "single")
+    ]
+    assert records[0] == records[1]  # the same tokens sampled from the shards
+
+
+UNEVEN_DATA = [
+    {"id": "short", "question": "1 + 1?", "answer": "2"},
+    {"id": "long", "question": "Add these: " + " + ".join(["1"] * 30) + ".", "answer": "30"},
+    {"id": "mid", "question": "What is 7 + 8, and why?", "answer": "15"},
+    {"id": "longer", "question": "Sum " + ", ".join(str(i) for i in range(25)), "answer": "300"},
+]
+
+
+def uneven_pipeline(tmp_path, tiny_policy, gather: bool):
+    data = tmp_path / "uneven.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in UNEVEN_DATA))
+    jsonl = f'{{dataset: jsonl, path: "{data}", answer_field: answer, id_field: id}}'
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(
+        textwrap.dedent(f"""\
+        name: uneven
+        mode: train
+        seed: 3
+        models:
+          policy: {{backend: transformers, model: "{tiny_policy}", device: cpu,
+                    max_batch_tokens: 96}}
+        data:
+          train: {jsonl}
+          eval: {jsonl}
+        rollouts: {{n: 4, temperature: 1.0, max_new_tokens: 16, stop: [q, x, z, j, k, Q, X]}}
+        aggregator: {{name: synthesis, max_new_tokens: 12}}
+        reward: programmatic
+        eval: {{limit: 3}}
+        trainer: {{steps: 2, prompts_per_step: 2, micro_batch_size: 4, learning_rate: 0.01,
+                   beta: 0.01, eval_before: true, fsdp_gather_for_generation: {str(gather).lower()},
+                   reference_fallback: {{name: majority, fallback: number}}}}
+        """)
+    )
+    return path
+
+
+def test_lockstep_survives_uneven_work_and_matches_the_gathered_copy(tmp_path, tiny_policy):
+    from safetensors.torch import load_file
+
+    runs = {}
+    for name, gather in (("lockstep", False), ("gathered", True)):
+        work = tmp_path / name
+        work.mkdir()
+        pipeline = uneven_pipeline(work, tiny_policy, gather)
+        proc = launch("run", str(pipeline), "--run-dir", str(work / "run"))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[name] = work / "run"
+    summaries = lockstep_summaries(runs["lockstep"])
+    assert len(summaries) == 2 and not lockstep_summaries(runs["gathered"])
+    assert max(s["idle_forwards"] for s in summaries) > 0  # one process waited on the other
+    lengths = {
+        r["tokens"]
+        for rec in read_jsonl(runs["lockstep"] / "records.jsonl")
+        for r in rec["rollouts"]
+    }
+    assert len(lengths) > 2  # rows really finished at different lengths
+    key = lambda r: (r["step"], r["prompt_id"])  # noqa: E731
+    records = {n: sorted(read_jsonl(d / "records.jsonl"), key=key) for n, d in runs.items()}
+    assert records["lockstep"] == records["gathered"]  # rollouts and pi_0's references
+    evals = {n: read_jsonl(d / "eval" / "step-000000.jsonl") for n, d in runs.items()}
+    assert evals["lockstep"] == evals["gathered"]
+    metrics = {n: read_jsonl(d / "metrics.jsonl") for n, d in runs.items()}
+    assert [m["step"] for m in metrics["lockstep"]] == [0, 1, 2]
+    for a, b in zip(metrics["lockstep"][1:], metrics["gathered"][1:], strict=True):
+        assert set(a) == set(b) - {"time/training/push_weights"}  # no copy, no push
+        for key_ in ("reward/mean", "loss", "kl", "grad_norm", "entropy"):
+            assert a.get(key_) == pytest.approx(b.get(key_), rel=1e-5, abs=1e-7), key_
+    one = load_file(str(runs["lockstep"] / "final" / "model.safetensors"))
+    two = load_file(str(runs["gathered"] / "final" / "model.safetensors"))
+    assert_same_training(one, two, load_file(str(tiny_policy / "model.safetensors")))
+
+
+def test_lockstep_sft_with_a_process_that_has_no_prompt(tmp_path, tiny_policy):
+    """``mode: sft`` synthesizes with pi_0 in lock-step; 5 prompts in chunks of 4 leave one
+    process without a prompt in the last chunk, and it must still step with the other."""
+    from safetensors.torch import load_file
+
+    data = tmp_path / "five.jsonl"
+    rows = [
+        {"id": f"q{i}", "question": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(5)
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    runs = {}
+    for name, gather in (("lockstep", "false"), ("gathered", "true")):
+        trainer = (
+            "{steps: 2, prompts_per_step: 4, micro_batch_size: 2, learning_rate: 0.01, "
+            f"fsdp_gather_for_generation: {gather}}}"
+        )
+        work = tmp_path / name
+        work.mkdir()
+        path = write_pipeline(work, tiny_policy, data, trainer)
+        text = path.read_text().replace("mode: train", "mode: sft")
+        text = text.replace("reward: programmatic\n", "").replace(
+            "{name: majority, fallback: number}", "{name: synthesis, max_new_tokens: 12}"
+        )
+        path.write_text(text.replace("{dataset: jsonl,", "{dataset: jsonl, task: freeform,"))
+        proc = launch("run", str(path), "--run-dir", str(work / "run"))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[name] = work / "run"
+    assert len(lockstep_summaries(runs["lockstep"])) == 2
+    key = lambda r: r["prompt_id"]  # noqa: E731
+    records = {n: sorted(read_jsonl(d / "records.jsonl"), key=key) for n, d in runs.items()}
+    assert len(records["lockstep"]) == 5 and records["lockstep"] == records["gathered"]
+    metrics = {n: read_jsonl(d / "metrics.jsonl") for n, d in runs.items()}
+    for a, b in zip(metrics["lockstep"], metrics["gathered"], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), a["step"]
+    one = load_file(str(runs["lockstep"] / "final" / "model.safetensors"))
+    two = load_file(str(runs["gathered"] / "final" / "model.safetensors"))
+    assert_same_training(one, two, load_file(str(tiny_policy / "model.safetensors")))
