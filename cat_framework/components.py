@@ -76,10 +76,20 @@ class WeightChecksums:
     """Float64 sums of the weights a backend serves, by checkpoint (``state_dict``) name. A
     weight the backend stores fused with others is keyed by its parts' names joined by ``+``
     (its sum is theirs: a sum is additive over concatenation). The trainer compares each with
-    its own tensors' sums: they agree when ``|served - trained| <= rtol * sum(|trained|)``."""
+    its own tensors' sums, cast to ``dtype`` first (the engine holds exactly that rounding of
+    them): they agree when ``|served - trained| <= tol * sum(|trained|)``, where ``tol`` is float64
+    summation noise (:data:`EXACT_RTOL`) for the keys in ``exact`` (read element by element, so
+    any differing element shows unless differences cancel) and ``rtol`` for the others (read
+    through a kernel, e.g. an all-ones probe)."""
 
     sums: dict[str, float]
     rtol: float
+    dtype: Any = None  # a torch.dtype; None: the trainer's own
+    exact: frozenset[str] = frozenset()
+
+
+#: relative tolerance of a sum read element by element: float64 summation order only
+EXACT_RTOL = 1e-9
 
 
 class Backend(Component, ABC):

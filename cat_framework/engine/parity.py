@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 import structlog
 import torch
 
-from cat_framework.components import Backend, WeightChecksums
+from cat_framework.components import EXACT_RTOL, Backend, WeightChecksums
 from cat_framework.errors import CatError
 
 log = structlog.get_logger("cat_framework.parity")
@@ -38,18 +38,44 @@ def sums(tensor: torch.Tensor) -> tuple[float, float]:
     return total, absolute
 
 
-class Pushed:
-    """The sums of the tensors a push carried, recorded as they stream past."""
+#: the lower precisions an engine may serve a float32 trainer's weights in
+_ENGINE_DTYPES = (torch.bfloat16, torch.float16)
 
-    def __init__(self) -> None:
-        self.sums: dict[str, tuple[float, float]] = {}
+
+def sums_by_dtype(tensor: torch.Tensor) -> dict[torch.dtype, tuple[float, float]]:
+    """:func:`sums` of ``tensor`` as it is and, for float32, as each lower precision an engine
+    may hold it in (compared in the engine's dtype, a stale or zeroed tensor cannot hide in
+    rounding)."""
+    out = {tensor.dtype: sums(tensor)}
+    if tensor.dtype == torch.float32:
+        for dtype in _ENGINE_DTYPES:
+            out[dtype] = sums(tensor.to(dtype))
+    return out
+
+
+class Pushed:
+    """The sums of the tensors a push carried, recorded as they stream past, and the names the
+    trainer meant to push (``expected``): a name missing from the push is caught on the
+    trainer's side, whatever the engine reports."""
+
+    def __init__(self, expected: Iterable[str] | None = None) -> None:
+        self.sums: dict[str, dict[torch.dtype, tuple[float, float]]] = {}
+        self.expected = None if expected is None else set(expected)
 
     def record(
         self, named_tensors: Iterable[tuple[str, torch.Tensor]]
     ) -> Iterator[tuple[str, torch.Tensor]]:
         for name, tensor in named_tensors:
-            self.sums[name] = sums(tensor)
+            self.sums[name] = sums_by_dtype(tensor)
             yield name, tensor
+
+    def skipped(self) -> list[str]:
+        """The expected names the push did not carry."""
+        return sorted((self.expected or set()) - set(self.sums))
+
+    def of(self, name: str, dtype: torch.dtype | None) -> tuple[float, float]:
+        by_dtype = self.sums[name]
+        return by_dtype.get(dtype) or next(iter(by_dtype.values()))  # type: ignore[arg-type]
 
 
 def mismatches(served: WeightChecksums, pushed: Pushed) -> tuple[list[str], int]:
@@ -66,11 +92,12 @@ def mismatches(served: WeightChecksums, pushed: Pushed) -> tuple[list[str], int]
         if not all(carried):  # a fused weight the push carried only part of
             wrong.append(f"{parts[carried.index(False)]} (not pushed)")
             continue
-        total = math.fsum(pushed.sums[p][0] for p in parts)
-        scale = math.fsum(pushed.sums[p][1] for p in parts)
+        total = math.fsum(pushed.of(p, served.dtype)[0] for p in parts)
+        scale = math.fsum(pushed.of(p, served.dtype)[1] for p in parts)
         if math.isnan(total) and math.isnan(value):
             continue  # NaN weights are the trainer's problem, not the push's
-        if not abs(value - total) <= served.rtol * scale:
+        rtol = EXACT_RTOL if key in served.exact else served.rtol
+        if not abs(value - total) <= rtol * scale:
             wrong.append(_shown(parts))
     return wrong, compared
 
@@ -85,7 +112,15 @@ def _shown(parts: list[str]) -> str:
 
 def check_engine(backend: Backend, pushed: Pushed) -> bool:
     """Compare what ``backend`` serves with what the push carried; raise :class:`CatError`
-    naming the tensors that differ. False when the backend cannot report its weights."""
+    naming the tensors that differ, or the push skipped. False when the backend cannot report
+    its weights (a skipped name is still caught)."""
+    skipped = pushed.skipped()
+    if skipped:
+        raise CatError(
+            f"weight parity check failed: the push to the {backend.name} engine skipped "
+            f"{len(skipped)} of the trainer's tensor(s) ({', '.join(skipped[:3])}); rollouts "
+            "would come from stale weights"
+        )
     served = backend.weight_checksums()
     if served is None:
         return False
@@ -94,7 +129,8 @@ def check_engine(backend: Backend, pushed: Pushed) -> bool:
         raise CatError(
             f"weight parity check failed after pushing the trained weights to the {backend.name} "
             f"engine: {len(wrong)} of {compared} tensor(s) differ from the trainer's "
-            f"({', '.join(wrong[:3])}; relative tolerance {served.rtol:.1e}); rollouts would "
+            f"({', '.join(wrong[:3])}; relative tolerance {EXACT_RTOL:.0e} read directly, "
+            f"{served.rtol:.1e} through a kernel); rollouts would "
             "come from other weights than the trainer's. A push that skipped or misnamed a "
             "tensor, or an engine that did not load it, causes this"
         )
@@ -108,4 +144,4 @@ def check_engine(backend: Backend, pushed: Pushed) -> bool:
     return True
 
 
-__all__ = ["Pushed", "check_engine", "mismatches", "sums"]
+__all__ = ["Pushed", "check_engine", "mismatches", "sums", "sums_by_dtype"]

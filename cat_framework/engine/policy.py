@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 import structlog
@@ -22,7 +22,7 @@ import torch
 from cat_framework.components import Backend, Roles, TrainableBackend
 from cat_framework.engine import fsdp, parity
 from cat_framework.engine import lora as lora_push
-from cat_framework.engine.lockstep import Lockstep
+from cat_framework.engine.lockstep import Lockstep, for_run
 from cat_framework.engine.lora import base_name
 from cat_framework.errors import CatError, UnknownComponentError
 from cat_framework.pipeline import Pipeline
@@ -77,12 +77,14 @@ class PolicyModels:
     trainable: TrainableBackend  # wraps ``model`` (tokenisation, scoring)
     sampler: Backend  # samples rollouts: ``trainable`` itself, or an engine fed new weights
     anchor: Backend  # frozen pi_0
-    frozen: torch.nn.Module | None  # the pi_0 copy (None under LoRA: adapters off instead)
+    frozen: torch.nn.Module | None  # the pi_0 copy (under LoRA only beside an engine + FSDP2)
     lora: bool
     sharded: bool = False  # FSDP2: ``model`` holds shards; ``sampler`` a gathered copy
     generation: torch.nn.Module | None = None  # that gathered copy (FSDP2 only)
     lockstep: Lockstep | None = None  # FSDP2 without a copy: the sharded modules generate
-    _slept: bool = False
+    _slept: bool = field(default=False, init=False, repr=False)  # release_memory logged
+    _pushed: parity.Pushed | None = field(default=None, init=False, repr=False)
+    _parity_unchecked: bool = field(default=False, init=False, repr=False)  # logged once
 
     def sync_generation(self) -> None:
         """Under lock-step generation, keep stepping until every process is done generating;
@@ -117,10 +119,10 @@ class PolicyModels:
         then check that an engine serves exactly them (:mod:`cat_framework.engine.parity`; the
         copy is checked while it is filled). Under FSDP2 every process pushes to its own."""
         self.sampler.update_weights(self.trained_tensors())
-        pushed, self._pushed = getattr(self, "_pushed", None), None
+        pushed, self._pushed = self._pushed, None
         if pushed is None or parity.check_engine(self.sampler, pushed):
             return
-        if not getattr(self, "_parity_unchecked", False):
+        if not self._parity_unchecked:
             self._parity_unchecked = True
             log.info("no weight parity check: the sampler cannot report what it serves",
                      backend=self.sampler.name)  # fmt: skip
@@ -133,8 +135,15 @@ class PolicyModels:
         if self.generation is not None:
             yield from self._trained_tensors()
             return
-        self._pushed = parity.Pushed()
+        self._pushed = parity.Pushed(expected=self._push_names())
         yield from self._pushed.record(self._trained_tensors())
+
+    def _push_names(self) -> list[str]:
+        """What a push must carry: every weight, by its base checkpoint name (no gathering)."""
+        names = self.model.state_dict().keys()
+        if not self.lora:
+            return list(names)
+        return [base_name(n) for n in names if not lora_push.is_adapter(n)]
 
     def _trained_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         if self.sharded and self.lora:  # the whole PEFT copy takes adapters; an engine, merged
@@ -265,7 +274,7 @@ def build_policy(
     sampler: Backend = trainable if cls is comp.cls else pool.get(comp)
     generation = None
     on_shards = sharded and not cfg.trainer.fsdp_gather_for_generation
-    lockstep = _lockstep(pipeline, cls, accelerator) if on_shards else None
+    lockstep = for_run(pipeline.config.trainer, cls, accelerator) if on_shards else None
     if sharded and not on_shards and sampler is trainable:  # whole weights: a gathered copy
         generation = _frozen_copy(model)
         sampler = cls.from_model(generation, tokenizer, params)
@@ -276,7 +285,7 @@ def build_policy(
     frozen = None
     if lora is not None:
         engine = sharded and generation is None and sampler is not trainable
-        if engine and need_frozen and pi0_generates(pipeline):
+        if engine and pi0_generates(pipeline):  # also in sft: the final evaluation's anchor
             frozen = _frozen_copy(model)  # pi_0 must generate whole, and the engine gets merges
         model = add_lora(model, lora)
         anchor: Backend = AdapterDisabledBackend(trainable, model)
@@ -285,7 +294,7 @@ def build_policy(
             anchor = AdapterDisabledBackend(cast(TrainableBackend, sampler), peft_copy)
         elif frozen is not None:
             anchor = cls.from_model(frozen, tokenizer, params)
-        elif engine:  # pi_0 is the engine before its first push (synthesis in mode: sft)
+        elif engine:  # pi_0 serves no role that generates: the engine stands in
             anchor = sampler
     else:
         if need_frozen:
@@ -303,25 +312,6 @@ def build_policy(
         model, tokenizer, trainable, sampler, anchor, frozen, lora is not None, sharded,
         generation, lockstep,
     )  # fmt: skip
-
-
-def _lockstep(pipeline: Pipeline, cls: type[TrainableBackend], accelerator: Any) -> Lockstep | None:
-    """The lock-step agreement for ``trainer.fsdp_gather_for_generation: false`` (None with
-    one process: its sharded module generates alone), after checking the setup allows it."""
-    trainer = pipeline.config.trainer
-    where = "trainer.fsdp_gather_for_generation: false"
-    if trainer.lora is not None:
-        raise CatError(
-            f"{where} does not support trainer.lora yet: set trainer.fsdp_gather_for_generation: "
-            "true (a gathered generation copy) to train LoRA under FSDP2"
-        )
-    if not cls.supports_lockstep():
-        raise CatError(
-            f"{where}: backend {cls.name!r} cannot generate in lock-step on sharded weights "
-            "(it implements no idle_forward, see TrainableBackend in cat_framework.components); "
-            "set trainer.fsdp_gather_for_generation: true"
-        )
-    return Lockstep(accelerator.device) if accelerator.num_processes > 1 else None
 
 
 def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:

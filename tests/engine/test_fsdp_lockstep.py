@@ -3,7 +3,8 @@ CPU with 2 processes (gloo): no generation copy exists, every process steps unti
 
 - ``mode: train``, 3 steps, matches one process (tolerances of test_fsdp.py: metrics to 1e-5
   relative, weights to 1e-5 + 1e-4 x |w| on >= 99.9% of coordinates, 2 x lr everywhere).
-- ``mode: sft``: pi_0 synthesizes in lock-step, one process has no prompt in the last chunk.
+- ``mode: sft``: one process has no prompt in the last synthesis chunk (synthesis runs before
+  the policy is sharded, so this checks the agreement's drain, not sharded generation).
 - Uneven work: prompts of very different lengths, a small ``max_batch_tokens`` (different numbers
   of micro-batches per process), stop strings (rows finish at different lengths), a sharded pi_0
   that synthesizes references, and an evaluation the main process runs alone: finishes (no
@@ -132,8 +133,9 @@ def test_lockstep_survives_uneven_work_and_matches_the_gathered_copy(tmp_path, t
 
 
 def test_lockstep_sft_with_a_process_that_has_no_prompt(tmp_path, tiny_policy):
-    """``mode: sft`` synthesizes with pi_0 in lock-step; 5 prompts in chunks of 4 leave one
-    process without a prompt in the last chunk, and it must still step with the other."""
+    """``mode: sft``: 5 prompts in chunks of 4 leave one process without a prompt in the last
+    synthesis chunk; it must still take part in every agreement (pi_0 synthesizes before the
+    policy is sharded, so the forwards are whole-weight: this checks the drain)."""
     from safetensors.torch import load_file
 
     data = tmp_path / "five.jsonl"

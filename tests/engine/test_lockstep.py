@@ -163,3 +163,40 @@ def test_lockstep_with_lora_is_refused_with_the_alternative(tmp_path, tiny_polic
     trainer = "{steps: 1, prompts_per_step: 2, fsdp_gather_for_generation: false, lora: {r: 4}}"
     with pytest.raises(CatError, match=r"fsdp_gather_for_generation: false(?s:.*)lora(?s:.*)true"):
         lockstep_policy(tmp_path, tiny_policy, toy_data, trainer)
+
+
+SHARDED_ALONE = """
+import os, sys, torch, torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from cat_framework import GenerationRequest
+from cat_plugins.backends.transformers_backend import TransformersBackend
+
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2])
+dist.init_process_group("gloo", rank=0, world_size=1)
+backend = TransformersBackend({"model": sys.argv[1], "device": "cpu"})
+fully_shard(backend.model)  # one process: no lockstep hook, but sharded weights all the same
+backend.generate([GenerationRequest(text="a b", n=2, max_new_tokens=4, seed=1)])
+ids = torch.tensor([[1, 5, 6]])
+backend.model(input_ids=ids, labels=ids).loss.backward()  # training reuses what generate gathered
+dist.destroy_process_group()
+print("ok")
+"""
+
+
+def test_a_sharded_module_in_one_process_generates_and_then_trains(tmp_path, tiny_policy):
+    """FSDP2 with one process (``accelerate launch --num_processes 1`` with an FSDP2 config):
+    generation must not turn the gathered weights into inference tensors."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    script = tmp_path / "alone.py"
+    script.write_text(SHARDED_ALONE)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tiny_policy), port],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]

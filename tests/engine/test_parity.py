@@ -84,3 +84,32 @@ def test_check_engine_fails_loudly_and_says_when_it_cannot_check():
     with pytest.raises(CatError, match=r"weight parity check failed(?s:.*)1 of 1 tensor\(s\)"):
         check_engine(Reporting(WeightChecksums({"w": 3.0}, rtol=0.0)), record)
     assert not check_engine(Reporting(None), record)
+
+
+def test_a_tensor_the_trainer_did_not_push_fails_whatever_the_engine_reports():
+    """The producer skipped it (not the transport): the engine cannot know it was expected."""
+    record = Pushed(expected=["w", "v"])
+    list(record.record([("w", torch.ones(4))]))
+    with pytest.raises(CatError, match=r"skipped 1 of the trainer's tensor\(s\) \(v\)"):
+        check_engine(Reporting(WeightChecksums({"w": 4.0}, rtol=0.0)), record)
+    with pytest.raises(CatError, match="skipped"):
+        check_engine(Reporting(None), record)  # even an engine that cannot report
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_a_stale_or_zeroed_weight_shows_in_the_engines_dtype(dtype):
+    """Compared in the dtype the engine holds, a weight read element by element must match to
+    float64 summation noise: one small optimizer step, or a zeroed tensor, cannot hide in the
+    rounding of a bfloat16 engine (a tolerance of bfloat16's epsilon would let both through)."""
+    torch.manual_seed(0)
+    old = torch.randn(1 << 20) * 0.02
+    new = old + 1e-4 * torch.sign(torch.randn(1 << 20))  # one Adam-sized step, random signs
+    record = recorded({"w": new})
+
+    def served(t: torch.Tensor) -> WeightChecksums:
+        total = float(t.to(dtype).double().sum())
+        return WeightChecksums({"w": total}, rtol=1.0, dtype=dtype, exact=frozenset({"w"}))
+
+    assert mismatches(served(new), record)[0] == []
+    assert mismatches(served(old), record)[0] == ["w"]
+    assert mismatches(served(torch.zeros_like(new)), record)[0] == ["w"]

@@ -109,4 +109,11 @@ def eval_mode(model: Any) -> Iterator[None]:
         model.train(was_training)
 
 
-__all__ = ["eval_mode", "filter_candidates", "left_pad", "pack", "sample", "select_rows"]
+__all__ = ["eval_mode", "filter_candidates", "left_pad", "pack", "sample", "select_rows", "sharded"]
+
+
+def sharded(model: Any) -> bool:
+    """Whether ``model`` holds FSDP2-sharded (DTensor) parameters."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())

@@ -21,7 +21,7 @@ from cat_framework import BackendError, Completion, ComponentParams, Roles
 from cat_framework.components import TrainableBackend
 from cat_framework.types import GenerationRequest, Message
 from cat_plugins.backends.embedded import looks_local, model_source_problem, resolve_model_path
-from cat_plugins.backends.sampling import eval_mode, left_pad, pack, sample, select_rows
+from cat_plugins.backends.sampling import eval_mode, left_pad, pack, sample, select_rows, sharded
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _SEED_MIX = 0x9E3779B97F4A7C15
@@ -221,7 +221,8 @@ class TransformersBackend(TrainableBackend):
 
     def _no_grad(self) -> Any:
         # FSDP2's gathered weights must not become inference tensors: training reuses them
-        return torch.no_grad() if self.lockstep is not None else torch.inference_mode()
+        # (sharded also in one process, where no lockstep hook is set)
+        return torch.no_grad() if self.lockstep or sharded(self.model) else torch.inference_mode()
 
     def idle_forward(self) -> None:
         """One token through the model: a lock-step process with nothing left to generate."""

@@ -326,14 +326,10 @@ class VLLMBackend(Backend):
         of the trainer's tensors plus float32 accumulation where the CPU kernel is probed."""
         if not self.in_process or self._quantized or self.params.tensor_parallel_size > 1:
             return None
-        import torch
-
-        from cat_plugins.backends.vllm_checksums import PROBE_RTOL, worker_sums
+        from cat_plugins.backends.vllm_checksums import engine_checksums
 
         self._check_awake()
-        (sums,) = self.llm.collective_rpc(worker_sums)
-        dtype = self._dtype if isinstance(self._dtype, torch.dtype) else torch.float32
-        return WeightChecksums(sums, rtol=PROBE_RTOL + torch.finfo(dtype).eps)
+        return engine_checksums(self.llm, self._dtype)
 
     def _stage(self, weights: Iterable[tuple[str, Any]]) -> str:
         """Write the tensors as the only checkpoint file of this backend's staging folder.

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from cat_framework import WeightChecksums
+
 #: elements summed at a time (bounds the float64 copy)
 _CHUNK = 1 << 22
 #: float32 accumulation error of the all-ones probe, relative to the weight's absolute sum
@@ -47,16 +49,20 @@ def _probe(layer: torch.nn.Module, weight: torch.Tensor, width: int) -> float:
         return float64_sum(layer.cpu_linear(ones, weight, None))
 
 
-def served_sums(model: torch.nn.Module) -> dict[str, float]:
+def served_sums(model: torch.nn.Module) -> tuple[dict[str, float], set[str]]:
     """Float64 sum of every weight ``model`` (a vLLM model in this process) serves, by checkpoint
-    name; weights that are neither readable nor probe-able are left out (nothing to compare)."""
+    name, and the names read element by element (the rest went through a kernel probe);
+    weights that are neither readable nor probe-able are left out (nothing to compare)."""
     packed = dict(getattr(model, "packed_modules_mapping", None) or {})
     sums: dict[str, float] = {}
+    exact: set[str] = set()
     for name, param in model.named_parameters():
         module_name, _, param_name = name.rpartition(".")
         layer = model.get_submodule(module_name)
         if param.numel():
-            sums[checkpoint_key(name, packed)] = float64_sum(param)
+            key = checkpoint_key(name, packed)
+            sums[key] = float64_sum(param)
+            exact.add(key)
         elif param_name == "weight" and hasattr(layer, "cpu_linear"):
             width = getattr(layer, "input_size_per_partition", None)
             if width:
@@ -64,12 +70,34 @@ def served_sums(model: torch.nn.Module) -> dict[str, float]:
     head = getattr(model, "lm_head", None)
     if head is not None and hasattr(head, "cpu_linear") and hasattr(head, "weight"):
         sums[HEAD] = _probe(head, head.weight, int(head.embedding_dim))  # the packed copy
-    return sums
+        exact.discard(HEAD)
+    return sums, exact
 
 
-def worker_sums(worker: Any) -> dict[str, float]:
+def worker_sums(worker: Any) -> tuple[dict[str, float], set[str]]:
     """Run inside the engine's worker (``LLM.collective_rpc``)."""
     return served_sums(worker.model_runner.get_model())
 
 
-__all__ = ["HEAD", "PROBE_RTOL", "checkpoint_key", "float64_sum", "served_sums", "worker_sums"]
+def engine_checksums(llm: Any, dtype: Any) -> WeightChecksums | None:
+    """What an in-process, single-worker engine serves (``None`` with several workers: each
+    holds a part). Directly read weights compare exactly in the engine's ``dtype``; probed ones
+    within the probe's float32 accumulation error plus the dtype's rounding."""
+    results = llm.collective_rpc(worker_sums)
+    if len(results) != 1:
+        return None
+    sums, exact = results[0]
+    dtype = dtype if isinstance(dtype, torch.dtype) else torch.float32
+    rtol = PROBE_RTOL + torch.finfo(dtype).eps
+    return WeightChecksums(sums, rtol=rtol, dtype=dtype, exact=frozenset(exact))
+
+
+__all__ = [
+    "HEAD",
+    "PROBE_RTOL",
+    "checkpoint_key",
+    "engine_checksums",
+    "float64_sum",
+    "served_sums",
+    "worker_sums",
+]
