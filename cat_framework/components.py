@@ -195,6 +195,8 @@ class TrainableBackend(Backend):
 
     @classmethod
     def supports_lockstep(cls) -> bool:
+        """Whether the backend implements :meth:`idle_forward`, so the trainer may generate on
+        FSDP2 shards (``trainer.fsdp_gather_for_generation: false``) instead of refusing."""
         return cls.idle_forward is not TrainableBackend.idle_forward
 
 
