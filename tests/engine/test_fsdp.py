@@ -48,6 +48,25 @@ def kl_only_pi0(path: Path) -> Path:
     return path
 
 
+def assert_same_run(sharded: Path, single: Path, steps: list[int]) -> list[dict]:
+    """Two runs of one pipeline agree: training metrics to 1e-5 relative (a null, e.g. the
+    reward of an all-unscorable step, stays null) and the same records (rollouts, rewards,
+    references) by step and prompt (processes gather their shards in another order). Returns
+    the first run's metrics for further checks."""
+    runs = [read_jsonl(d / "metrics.jsonl") for d in (sharded, single)]
+    assert [m["step"] for m in runs[0]] == steps
+    for a, b in zip(*runs, strict=True):
+        for key in ("reward/mean", "loss", "kl", "grad_norm", "entropy"):
+            if b.get(key) is None:
+                assert a.get(key) is None, key
+            else:
+                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
+    key = lambda r: (r["step"], r["prompt_id"])  # noqa: E731
+    records = [sorted(read_jsonl(d / "records.jsonl"), key=key) for d in (sharded, single)]
+    assert records[0] == records[1]
+    return runs[0]
+
+
 def test_fsdp2_two_processes_match_one_process(tmp_path, tiny_policy, toy_data):
     pipeline = kl_only_pi0(write_pipeline(tmp_path, tiny_policy, toy_data, TRAINER))
     proc = launch("run", str(pipeline), "--run-dir", str(tmp_path / "fsdp"))
@@ -69,19 +88,7 @@ def test_fsdp2_two_processes_match_one_process(tmp_path, tiny_policy, toy_data):
     start = load_file(str(tiny_policy / "model.safetensors"))
     assert set(one) == set(two)
     assert_same_training(one, two, start)
-    sharded = read_jsonl(tmp_path / "fsdp" / "metrics.jsonl")
-    single = read_jsonl(tmp_path / "single" / "metrics.jsonl")
-    assert [m["step"] for m in sharded] == [1, 2, 3]
-    for a, b in zip(sharded, single, strict=True):
-        assert a["reward/mean"] == pytest.approx(b["reward/mean"])
-        for key in ("loss", "kl", "grad_norm", "entropy"):
-            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
-    # the same rollouts and rewards (processes gather their shards in another order)
-    key = lambda r: (r["step"], r["prompt_id"])  # noqa: E731
-    records = [
-        sorted(read_jsonl(tmp_path / d / "records.jsonl"), key=key) for d in ("fsdp", "single")
-    ]
-    assert records[0] == records[1]
+    assert_same_run(tmp_path / "fsdp", tmp_path / "single", [1, 2, 3])
 
 
 def assert_same_training(
@@ -96,10 +103,13 @@ def assert_same_training(
         assert float(diff.max()) <= 2 * 0.01, key
 
 
-def test_fsdp2_sft_matches_one_process(tmp_path, tiny_policy, toy_data):
-    trainer = (
-        "{steps: 4, sft_epochs: 2, prompts_per_step: 4, micro_batch_size: 2, learning_rate: 0.01}"
-    )
+def sft_matches_one_process(
+    tmp_path: Path, tiny_policy: Path, toy_data: Path, trainer: str
+) -> tuple[Path, Path]:
+    """Run ``mode: sft`` (pi_0 synthesizes the references) under FSDP2 with 2 processes and in
+    one process, and check what must agree: losses to 1e-5 relative and the same references
+    (compared by prompt: the main process writes each batch's rows process by process).
+    Returns (one process's run, the sharded run) for the weight checks."""
     path = write_pipeline(tmp_path, tiny_policy, toy_data, trainer)
     text = (
         path.read_text().replace("mode: train", "mode: sft").replace("reward: programmatic\n", "")
@@ -117,14 +127,21 @@ def test_fsdp2_sft_matches_one_process(tmp_path, tiny_policy, toy_data):
     assert [m["step"] for m in sharded] == [1, 2, 3, 4]
     for a, b in zip(sharded, read_jsonl(tmp_path / "single" / "metrics.jsonl"), strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), a["step"]
-    # the same references (the main process writes each batch's rows process by process)
     refs = [
         sorted(read_jsonl(tmp_path / d / "records.jsonl"), key=lambda r: r["prompt_id"])
         for d in ("fsdp", "single")
     ]
     assert len(refs[0]) == 6 and refs[0] == refs[1]
-    one = load_file(str(tmp_path / "single" / "final" / "model.safetensors"))
-    two = load_file(str(tmp_path / "fsdp" / "final" / "model.safetensors"))
+    return tmp_path / "single", tmp_path / "fsdp"
+
+
+def test_fsdp2_sft_matches_one_process(tmp_path, tiny_policy, toy_data):
+    trainer = (
+        "{steps: 4, sft_epochs: 2, prompts_per_step: 4, micro_batch_size: 2, learning_rate: 0.01}"
+    )
+    single, sharded = sft_matches_one_process(tmp_path, tiny_policy, toy_data, trainer)
+    one = load_file(str(single / "final" / "model.safetensors"))
+    two = load_file(str(sharded / "final" / "model.safetensors"))
     assert_same_training(one, two, load_file(str(tiny_policy / "model.safetensors")))
 
 

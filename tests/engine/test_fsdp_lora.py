@@ -17,7 +17,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.engine.test_fsdp import KILL_AFTER_STEP_3, launch
+from tests.engine.test_fsdp import (
+    KILL_AFTER_STEP_3,
+    assert_same_run,
+    launch,
+    sft_matches_one_process,
+)
 from tests.engine.test_trainer import comparable, read_jsonl, run, write_pipeline
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -62,20 +67,9 @@ def test_fsdp2_lora_two_processes_match_one_process(tmp_path, tiny_policy, toy_d
 
     run(pipeline, tmp_path / "single")
     assert_same_adapters(tmp_path / "single", tmp_path / "fsdp")
-    sharded = read_jsonl(tmp_path / "fsdp" / "metrics.jsonl")
-    single = read_jsonl(tmp_path / "single" / "metrics.jsonl")
-    assert [m["step"] for m in sharded] == [1, 2, 3]
-    assert sharded[-1]["kl"] > 0  # the reference (adapters off) differs from the policy
-    for a, b in zip(sharded, single, strict=True):
-        assert a["reward/mean"] == pytest.approx(b["reward/mean"])
-        for key in ("loss", "kl", "grad_norm", "entropy"):
-            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
     # the same rollouts every step: the whole copy received the trained adapters
-    key = lambda r: (r["step"], r["prompt_id"])  # noqa: E731
-    records = [
-        sorted(read_jsonl(tmp_path / d / "records.jsonl"), key=key) for d in ("fsdp", "single")
-    ]
-    assert records[0] == records[1]
+    sharded = assert_same_run(tmp_path / "fsdp", tmp_path / "single", [1, 2, 3])
+    assert sharded[-1]["kl"] > 0  # the reference (adapters off) differs from the policy
 
 
 def test_fsdp2_lora_sft_matches_one_process(tmp_path, tiny_policy, toy_data):
@@ -83,31 +77,9 @@ def test_fsdp2_lora_sft_matches_one_process(tmp_path, tiny_policy, toy_data):
         f"{{steps: 4, sft_epochs: 2, prompts_per_step: 4, micro_batch_size: 2, "
         f"learning_rate: {LR}, {LORA}}}"
     )
-    path = write_pipeline(tmp_path, tiny_policy, toy_data, trainer)
-    text = (
-        path.read_text().replace("mode: train", "mode: sft").replace("reward: programmatic\n", "")
-    )
-    text = text.replace(
-        "{name: majority, fallback: number}", "{name: synthesis, max_new_tokens: 12}"
-    )  # the anchor (pi_0: adapters off) synthesizes the references
-    path.write_text(text.replace("{dataset: jsonl,", "{dataset: jsonl, task: freeform,"))
-    proc = launch("run", str(path), "--run-dir", str(tmp_path / "fsdp"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    state = tmp_path / "fsdp" / "checkpoints" / "step-000004" / "state.json"
-    assert json.loads(state.read_text())["sharded"] is True  # really FSDP2, not DDP
-    run(path, tmp_path / "single")
-    sharded = read_jsonl(tmp_path / "fsdp" / "metrics.jsonl")
-    assert [m["step"] for m in sharded] == [1, 2, 3, 4]
-    for a, b in zip(sharded, read_jsonl(tmp_path / "single" / "metrics.jsonl"), strict=True):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), a["step"]
-    # the same references, synthesized by pi_0 (adapters off) in both; the main process writes
-    # each batch's rows process by process, so compare them by prompt
-    refs = [
-        sorted(read_jsonl(tmp_path / d / "records.jsonl"), key=lambda r: r["prompt_id"])
-        for d in ("fsdp", "single")
-    ]
-    assert refs[0] and refs[0] == refs[1]
-    assert_same_adapters(tmp_path / "single", tmp_path / "fsdp")
+    # pi_0 (the PEFT copy, adapters off) synthesizes the references in both runs
+    single, sharded = sft_matches_one_process(tmp_path, tiny_policy, toy_data, trainer)
+    assert_same_adapters(single, sharded)
 
 
 def test_fsdp2_lora_resume_is_exact(tmp_path, tiny_policy, toy_data):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.engine.test_fsdp import TRAINER as FULL
-from tests.engine.test_fsdp import launch
+from tests.engine.test_fsdp import assert_same_run, launch
 from tests.engine.test_fsdp_lora import LORA, assert_same_adapters
 from tests.engine.test_fsdp_vllm import single, tiny_llama, vllm_pipeline
 from tests.engine.test_trainer import read_jsonl
@@ -51,18 +51,8 @@ def test_fsdp2_lora_with_vllm_sampler_matches_one_process(tmp_path, vllm_policy,
         events = [e["event"] for e in log]  # the parity check ran, and compared tensors
         assert not any(e.startswith(("no weight parity check", "weight parity:")) for e in events)
 
-    sharded = read_jsonl(tmp_path / "fsdp" / "metrics.jsonl")
-    one = read_jsonl(tmp_path / "single" / "metrics.jsonl")
-    assert [m["step"] for m in sharded] == [1, 2, 3]
+    # the same samples: the engines served the same merges
+    sharded = assert_same_run(tmp_path / "fsdp", tmp_path / "single", [1, 2, 3])
     assert sharded[-1]["kl"] > 0  # the reference (adapters off) differs from the policy
-    for a, b in zip(sharded, one, strict=True):
-        assert a["time/training/push_weights"] > 0  # every step pushed into the engines
-        assert a["reward/mean"] == pytest.approx(b["reward/mean"])
-        for key in ("loss", "kl", "grad_norm", "entropy"):
-            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
-    key = lambda r: (r["step"], r["prompt_id"])  # noqa: E731
-    records = [
-        sorted(read_jsonl(tmp_path / d / "records.jsonl"), key=key) for d in ("fsdp", "single")
-    ]
-    assert records[0] == records[1]  # the same samples: the engines served the same merges
+    assert all(m["time/training/push_weights"] > 0 for m in sharded)  # every step pushed
     assert_same_adapters(tmp_path / "single", tmp_path / "fsdp")

@@ -20,7 +20,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.engine.test_fsdp import TRAINER, assert_same_training, kl_only_pi0, launch
+from tests.engine.test_fsdp import (
+    TRAINER,
+    assert_same_run,
+    assert_same_training,
+    kl_only_pi0,
+    launch,
+)
 from tests.engine.test_trainer import read_jsonl, write_pipeline
 from tests.plugins.backends.conftest import build_tiny_tokenizer
 
@@ -95,19 +101,9 @@ def test_vllm_sampler_under_fsdp2_matches_one_process(tmp_path, vllm_policy, toy
     log = read_jsonl(tmp_path / "single" / "log.jsonl")
     assert not any(e["event"].startswith("no weight parity check") for e in log)
 
-    sharded = read_jsonl(tmp_path / "fsdp" / "metrics.jsonl")
-    one = read_jsonl(tmp_path / "single" / "metrics.jsonl")
-    assert [m["step"] for m in sharded] == [1, 2, 3]
-    for a, b in zip(sharded, one, strict=True):
-        assert a["time/training/push_weights"] > 0  # every step pushed into the engines
-        assert a["reward/mean"] == pytest.approx(b["reward/mean"])
-        for key in ("loss", "kl", "grad_norm", "entropy"):
-            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
-    key = lambda r: (r["step"], r["prompt_id"])  # noqa: E731
-    records = [
-        sorted(read_jsonl(tmp_path / d / "records.jsonl"), key=key) for d in ("fsdp", "single")
-    ]
-    assert records[0] == records[1]  # the same samples: the engines served the same weights
+    # the same samples: the engines served the same weights
+    sharded = assert_same_run(tmp_path / "fsdp", tmp_path / "single", [1, 2, 3])
+    assert all(m["time/training/push_weights"] > 0 for m in sharded)  # every step pushed
     start = load_file(str(vllm_policy / "model.safetensors"))
     a = load_file(str(tmp_path / "single" / "final" / "model.safetensors"))
     b = load_file(str(tmp_path / "fsdp" / "final" / "model.safetensors"))
