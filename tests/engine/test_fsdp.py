@@ -103,14 +103,8 @@ def assert_same_training(
         assert float(diff.max()) <= 2 * 0.01, key
 
 
-def sft_matches_one_process(
-    tmp_path: Path, tiny_policy: Path, toy_data: Path, trainer: str
-) -> tuple[Path, Path]:
-    """Run ``mode: sft`` (pi_0 synthesizes the references) under FSDP2 with 2 processes and in
-    one process, and check what must agree: losses to 1e-5 relative and the same references
-    (compared by prompt: the main process writes each batch's rows process by process).
-    Returns (one process's run, the sharded run) for the weight checks."""
-    path = write_pipeline(tmp_path, tiny_policy, toy_data, trainer)
+def to_sft(path: Path) -> Path:
+    """The test pipeline as ``mode: sft`` whose references pi_0 synthesizes (free-form)."""
     text = (
         path.read_text().replace("mode: train", "mode: sft").replace("reward: programmatic\n", "")
     )
@@ -118,6 +112,17 @@ def sft_matches_one_process(
         "{name: majority, fallback: number}", "{name: synthesis, max_new_tokens: 12}"
     )
     path.write_text(text.replace("{dataset: jsonl,", "{dataset: jsonl, task: freeform,"))
+    return path
+
+
+def sft_matches_one_process(
+    tmp_path: Path, tiny_policy: Path, toy_data: Path, trainer: str
+) -> tuple[Path, Path]:
+    """Run ``mode: sft`` (pi_0 synthesizes the references) under FSDP2 with 2 processes and in
+    one process, and check what must agree: losses to 1e-5 relative and the same references
+    (compared by prompt: the main process writes each batch's rows process by process).
+    Returns (one process's run, the sharded run) for the weight checks."""
+    path = to_sft(write_pipeline(tmp_path, tiny_policy, toy_data, trainer))
     proc = launch("run", str(path), "--run-dir", str(tmp_path / "fsdp"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = tmp_path / "fsdp" / "checkpoints" / "step-000004" / "state.json"

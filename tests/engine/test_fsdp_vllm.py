@@ -26,6 +26,7 @@ from tests.engine.test_fsdp import (
     assert_same_training,
     kl_only_pi0,
     launch,
+    to_sft,
 )
 from tests.engine.test_trainer import read_jsonl, write_pipeline
 from tests.plugins.backends.conftest import build_tiny_tokenizer
@@ -52,7 +53,7 @@ def tiny_llama(head_dim: int = 32, tied: bool = False) -> torch.nn.Module:
         num_attention_heads=64 // head_dim,
         num_key_value_heads=1,
         head_dim=head_dim,
-        max_position_embeddings=512,
+        max_position_embeddings=2048,  # room for a synthesis prompt (the sft test)
         tie_word_embeddings=tied,
         bos_token_id=1,
         eos_token_id=2,
@@ -104,6 +105,35 @@ def test_vllm_sampler_under_fsdp2_matches_one_process(tmp_path, vllm_policy, toy
     # the same samples: the engines served the same weights
     sharded = assert_same_run(tmp_path / "fsdp", tmp_path / "single", [1, 2, 3])
     assert all(m["time/training/push_weights"] > 0 for m in sharded)  # every step pushed
+    start = load_file(str(vllm_policy / "model.safetensors"))
+    a = load_file(str(tmp_path / "single" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "fsdp" / "final" / "model.safetensors"))
+    assert_same_training(a, b, start)
+
+
+def test_vllm_sampler_under_fsdp2_sft_matches_one_process(tmp_path, vllm_policy, toy_data):
+    """``mode: sft``: the engine (pi_0 before any push) synthesizes every reference, the sharded
+    twin trains on them, the final push is parity-checked; one process does the same."""
+    pipeline = to_sft(vllm_pipeline(tmp_path, vllm_policy, toy_data))
+    # a synthesis prompt holds all G rollouts: a longer context than the rollouts need
+    pipeline.write_text(pipeline.read_text().replace("max_model_len: 256", "max_model_len: 1024"))
+    for name, launcher in (("fsdp", None), ("single", single)):
+        run_dir = tmp_path / name
+        proc = launcher(pipeline, run_dir) if launcher else launch(
+            "run", str(pipeline), "--run-dir", str(run_dir)
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        log = read_jsonl(run_dir / "log.jsonl")
+        assert not any(e["event"].startswith("no weight parity check") for e in log)
+    sharded = read_jsonl(tmp_path / "fsdp" / "metrics.jsonl")
+    assert sharded and all("loss" in m for m in sharded)
+    for a, b in zip(sharded, read_jsonl(tmp_path / "single" / "metrics.jsonl"), strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), a["step"]
+    refs = [
+        sorted(read_jsonl(tmp_path / d / "records.jsonl"), key=lambda r: r["prompt_id"])
+        for d in ("fsdp", "single")
+    ]
+    assert refs[0] and refs[0] == refs[1]  # the engine synthesized the same references
     start = load_file(str(vllm_policy / "model.safetensors"))
     a = load_file(str(tmp_path / "single" / "final" / "model.safetensors"))
     b = load_file(str(tmp_path / "fsdp" / "final" / "model.safetensors"))

@@ -33,6 +33,7 @@ from cat_plugins.backends.vllm_support import (
     INSTALL_HINT,
     SUPPORTED_VLLM,
     callers_random_state,
+    check_prompt_fits,
     check_vllm_version,
     cpu_env_defaults,
     import_vllm,
@@ -159,6 +160,7 @@ class VLLMBackend(Backend):
         self.tied_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
         self._dtype = getattr(model_config, "dtype", None)
         self._quantized = getattr(model_config, "quantization", None) is not None
+        self._max_len = getattr(model_config, "max_model_len", None)
         self._asleep = False
         self._staging: str | None = None  # weights for an engine in another process
 
@@ -199,6 +201,7 @@ class VLLMBackend(Backend):
         prompts, params = [], []
         for req in requests:
             ids = self.encode_context(req.messages if req.messages is not None else req.text or "")
+            check_prompt_fits(len(ids), self._max_len)
             prompts.append(self._prompt(ids))
             params.append(
                 self._sampling_params(

@@ -25,6 +25,18 @@ _EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.wei
 _LORA_NAME = re.compile(r"\.lora_(A|B|embedding_A|embedding_B|magnitude_vector)\b")
 
 
+def check_prompt_fits(n_tokens: int, max_model_len: int | None) -> None:
+    """A prompt the engine's context cannot hold is a configuration error (vLLM's own message
+    reads like an internal failure): name the fix. Synthesis prompts hold all G rollouts."""
+    if max_model_len is not None and n_tokens >= max_model_len:
+        raise BackendError(
+            f"vllm backend: a prompt of {n_tokens} tokens does not fit max_model_len "
+            f"{max_model_len} (with room to generate): raise the backend's max_model_len, or "
+            "shorten the prompts (a synthesis or judge prompt holds the rollouts: fewer or "
+            "shorter rollouts)"
+        )
+
+
 def check_vllm_version(version: str) -> None:
     """Raise :class:`BackendError` when ``version`` is outside the tested range.
 
@@ -153,6 +165,7 @@ __all__ = [
     "SUPPORTED_VLLM",
     "TIED_HEAD",
     "callers_random_state",
+    "check_prompt_fits",
     "check_vllm_version",
     "cpu_env_defaults",
     "import_vllm",

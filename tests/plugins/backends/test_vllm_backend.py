@@ -110,6 +110,15 @@ def test_sleep_mode_on_cpu_is_refused_before_starting_an_engine():
         VLLMBackend({**ENGINE, "enable_sleep_mode": True})
 
 
+def test_a_prompt_longer_than_the_context_is_a_configuration_error():
+    from cat_plugins.backends.vllm_support import check_prompt_fits
+
+    check_prompt_fits(255, 256)
+    check_prompt_fits(10_000, None)  # unknown limit: vLLM decides
+    with pytest.raises(BackendError, match="605 tokens does not fit max_model_len 256"):
+        check_prompt_fits(605, 256)
+
+
 # -- one real engine ----------------------------------------------------------------------------
 
 
