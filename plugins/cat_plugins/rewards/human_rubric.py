@@ -43,11 +43,11 @@ from cat_framework import (
     Verdict,
 )
 from cat_plugins.prompts import render
+from cat_plugins.rewards.judge_schedule import ask_judge
 from cat_plugins.rewards.judging import (
     Assessment,
     JudgeAnswer,
     ScorableParams,
-    ask_batched,
     assess,
     chat,
     check_template,
@@ -221,18 +221,13 @@ class HumanRubricReward(RewardDeriver):
                 )
         p = self.params
         keys = [(i, c) for i, (prompt, _) in enumerate(items) for c in prompt.rubric or ()]
-        answers = ask_batched(
-            self.require_roles().judge,
+        answers = ask_judge(
+            self,
             [
                 chat(self.grader_prompt(items[i][0], items[i][1], c), p.system_message)
                 for i, c in keys
             ],
             lambda text: parse_grader_json(text)[0],
-            max_new_tokens=p.judge_max_new_tokens,
-            temperature=p.judge_temperature,
-            max_retries=p.max_judge_retries,
-            retry_temperature=p.retry_temperature,
-            seed=p.seed,
         )
         per_item: list[list[tuple[Criterion, JudgeAnswer[bool]]]] = [[] for _ in items]
         for (i, c), a in zip(keys, answers, strict=True):

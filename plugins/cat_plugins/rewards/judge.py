@@ -25,10 +25,10 @@ from cat_framework import (
     RolloutGroup,
 )
 from cat_plugins.prompts import render
+from cat_plugins.rewards.judge_schedule import ask_judge
 from cat_plugins.rewards.judging import (
     PROMPT_TAGS,
     JudgeParams,
-    ask_batched,
     assess,
     chat,
     check_template,
@@ -100,8 +100,8 @@ class JudgeReward(RewardDeriver):
             if ref.text.strip()
             for r in range(len(group.rollouts))
         ]
-        answers = ask_batched(
-            self.require_roles().judge,
+        answers = ask_judge(
+            self,
             [
                 chat(
                     self.judge_prompt(groups[g], references[g], groups[g].rollouts[r].text),
@@ -110,11 +110,6 @@ class JudgeReward(RewardDeriver):
                 for g, r in keys
             ],
             parse_verdict,
-            max_new_tokens=p.judge_max_new_tokens,
-            temperature=p.judge_temperature,
-            max_retries=p.max_judge_retries,
-            retry_temperature=p.retry_temperature,
-            seed=p.seed,
         )
         judged = dict(zip(keys, answers, strict=True))
         out = []

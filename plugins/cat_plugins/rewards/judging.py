@@ -59,6 +59,16 @@ class JudgeParams(ComponentParams):
     system_message: str | None = Field(
         None, description="Optional system message sent before every judge prompt."
     )
+    judge_schedule: bool = Field(
+        True,
+        description="Deduplicate a step's judge questions, reuse greedy verdicts across steps and "
+        "order requests by shared prefix (judge_schedule.py); false: ask every question as is.",
+    )
+    judge_cache_size: int = Field(
+        100_000,
+        ge=0,
+        description="Most verdicts the run's judge cache keeps (LRU; 0 = no cache).",
+    )
 
 
 class ScorableParams(JudgeParams):

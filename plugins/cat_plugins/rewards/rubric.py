@@ -12,9 +12,10 @@
    derived from ``s`` would reward style, not content. At most ``max_criteria`` criteria are kept
    (bounding the judge's cost).
 2. **Judging.** The judge answers yes/no for every (rollout, criterion) pair: all pairs of the batch
-   in one batched call, greedy, a few tokens each; unparsed answers are re-asked (batched, bounded)
-   and then recorded as ``met=None``; a request that failed after the backend's retries is
-   recorded ``met=None, failed=true``. Both are *unscorable* verdicts.
+   in one batched call (deduplicated, cached across steps, ordered by shared prefix:
+   :mod:`.judge_schedule`), greedy, a few tokens each; unparsed answers are re-asked (batched,
+   bounded) and then recorded as ``met=None``; a request that failed after the backend's retries
+   is recorded ``met=None, failed=true``. Both are *unscorable* verdicts.
 3. **Reward** = criteria met / criteria (the paper's ``R_rub``). A rollout with unscorable
    verdicts is itself unscorable (``None``) unless their share is at most
    ``max_unscorable_share`` (default 0): then the reward is met / scorable criteria, recorded as
@@ -44,6 +45,7 @@ from cat_framework import (
     RolloutGroup,
 )
 from cat_plugins.prompts import render
+from cat_plugins.rewards.judge_schedule import ask_judge, judge_scheduler
 from cat_plugins.rewards.judging import (
     PROMPT_TAGS,
     JudgeAnswer,
@@ -231,8 +233,8 @@ class RubricReward(RewardDeriver):
             for r in range(len(group.rollouts))
             for c in range(len(rubrics[g].criteria))
         ]
-        answers = ask_batched(
-            self.require_roles().judge,
+        answers = ask_judge(
+            self,
             [
                 chat(
                     self.judge_prompt(
@@ -243,11 +245,6 @@ class RubricReward(RewardDeriver):
                 for g, r, c in keys
             ],
             parse_verdict,
-            max_new_tokens=p.judge_max_new_tokens,
-            temperature=p.judge_temperature,
-            max_retries=p.max_judge_retries,
-            retry_temperature=p.retry_temperature,
-            seed=p.seed,
         )
         judged = dict(zip(keys, answers, strict=True))
         out = []
@@ -307,4 +304,5 @@ class RubricReward(RewardDeriver):
                 verdicts_unparsed=sum(1 for a in answers if a.value is None and not a.failed),
                 verdicts_failed=sum(1 for a in answers if a.failed),
                 verdicts_total=len(answers),
+                **(judge_scheduler(self).last.to_dict() if self.params.judge_schedule else {}),
             )
