@@ -98,15 +98,13 @@ class JudgeScheduler:
         parse: Callable[[str], V | None],
         *,
         max_new_tokens: int,
-        temperature: float = 0.0,
-        max_retries: int = 0,
-        retry_temperature: float = 0.7,
-        seed: int = 0,
         cacheable: bool = True,
+        **options: Any,
     ) -> list[JudgeAnswer[V]]:
         """:func:`ask_batched`'s answers for ``conversations``, in their order, asking the
-        backend only for distinct, uncached ones, sorted by their text."""
-        use_cache = cacheable and temperature == 0.0 and self.cache_size > 0
+        backend only for distinct, uncached ones, sorted by their text (``options``: the rest of
+        :func:`ask_batched`'s keywords)."""
+        use_cache = cacheable and options.get("temperature", 0.0) == 0.0 and self.cache_size > 0
         judge = (*judge_identity(backend), max_new_tokens)
         texts = [conversation_text(c) for c in conversations]
         first: dict[str, int] = {}  # text -> index of its first occurrence
@@ -127,10 +125,7 @@ class JudgeScheduler:
             [conversations[first[t]] for t in todo],
             parse,
             max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            max_retries=max_retries,
-            retry_temperature=retry_temperature,
-            seed=seed,
+            **options,
         )
         for text, answer in zip(todo, answers, strict=True):
             found[text] = answer
