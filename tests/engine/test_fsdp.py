@@ -169,9 +169,9 @@ KILL_AFTER_STEP_3 = textwrap.dedent("""\
 """)
 
 
-def test_fsdp2_resume_is_exact(tmp_path, tiny_policy, toy_data):
-    trainer = TRAINER.replace("steps: 3", "steps: 4, save_every: 2, lr_scheduler: linear")
-    pipeline = write_pipeline(tmp_path, tiny_policy, toy_data, trainer)  # pi_0 anchor: whole
+def straight_and_resumed(tmp_path: Path, pipeline: Path) -> tuple[Path, Path]:
+    """Run ``pipeline`` (4 steps, checkpoints every 2) straight, and again killed after step 3
+    then resumed; check the metrics and records agree and return (straight, resumed) runs."""
     straight = launch("run", str(pipeline), "--run-dir", str(tmp_path / "straight"))
     assert straight.returncode == 0, straight.stderr[-3000:]
     script = tmp_path / "kill.py"
@@ -181,10 +181,17 @@ def test_fsdp2_resume_is_exact(tmp_path, tiny_policy, toy_data):
     assert [m["step"] for m in read_jsonl(tmp_path / "cut" / "metrics.jsonl")] == [1, 2, 3]
     resumed = launch("run", str(pipeline), "--resume", str(tmp_path / "cut"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a = load_file(str(tmp_path / "straight" / "final" / "model.safetensors"))
-    b = load_file(str(tmp_path / "cut" / "final" / "model.safetensors"))
+    runs = tmp_path / "straight", tmp_path / "cut"
+    metrics = [read_jsonl(d / "metrics.jsonl") for d in runs]
+    assert comparable(metrics[0]) == comparable(metrics[1])
+    assert read_jsonl(runs[0] / "records.jsonl") == read_jsonl(runs[1] / "records.jsonl")
+    return runs
+
+
+def test_fsdp2_resume_is_exact(tmp_path, tiny_policy, toy_data):
+    trainer = TRAINER.replace("steps: 3", "steps: 4, save_every: 2, lr_scheduler: linear")
+    pipeline = write_pipeline(tmp_path, tiny_policy, toy_data, trainer)  # pi_0 anchor: whole
+    straight, cut = straight_and_resumed(tmp_path, pipeline)
+    a = load_file(str(straight / "final" / "model.safetensors"))
+    b = load_file(str(cut / "final" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    m_straight = read_jsonl(tmp_path / "straight" / "metrics.jsonl")
-    assert comparable(m_straight) == comparable(read_jsonl(tmp_path / "cut" / "metrics.jsonl"))
-    r_straight = read_jsonl(tmp_path / "straight" / "records.jsonl")
-    assert r_straight == read_jsonl(tmp_path / "cut" / "records.jsonl")

@@ -18,12 +18,12 @@ import torch
 from safetensors.torch import load_file
 
 from tests.engine.test_fsdp import (
-    KILL_AFTER_STEP_3,
     assert_same_run,
     launch,
     sft_matches_one_process,
+    straight_and_resumed,
 )
-from tests.engine.test_trainer import comparable, read_jsonl, run, write_pipeline
+from tests.engine.test_trainer import read_jsonl, run, write_pipeline
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -85,20 +85,8 @@ def test_fsdp2_lora_sft_matches_one_process(tmp_path, tiny_policy, toy_data):
 def test_fsdp2_lora_resume_is_exact(tmp_path, tiny_policy, toy_data):
     trainer = TRAINER.replace("steps: 3", "steps: 4, save_every: 2, lr_scheduler: linear")
     pipeline = write_pipeline(tmp_path, tiny_policy, toy_data, trainer)
-    straight = launch("run", str(pipeline), "--run-dir", str(tmp_path / "straight"))
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    script = tmp_path / "kill.py"
-    script.write_text(KILL_AFTER_STEP_3)
-    killed = launch(str(pipeline), str(tmp_path / "cut"), script=script)
-    assert killed.returncode != 0
-    assert [m["step"] for m in read_jsonl(tmp_path / "cut" / "metrics.jsonl")] == [1, 2, 3]
-    resumed = launch("run", str(pipeline), "--resume", str(tmp_path / "cut"))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a = load_file(str(tmp_path / "straight" / ADAPTERS))
-    b = load_file(str(tmp_path / "cut" / ADAPTERS))
-    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
-    m_straight = read_jsonl(tmp_path / "straight" / "metrics.jsonl")
-    assert comparable(m_straight) == comparable(read_jsonl(tmp_path / "cut" / "metrics.jsonl"))
     # step 4's rollouts come from the resumed adapters, pushed to the whole copy at the resume
-    r_straight = read_jsonl(tmp_path / "straight" / "records.jsonl")
-    assert r_straight == read_jsonl(tmp_path / "cut" / "records.jsonl")
+    straight, cut = straight_and_resumed(tmp_path, pipeline)
+    a = load_file(str(straight / ADAPTERS))
+    b = load_file(str(cut / ADAPTERS))
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
