@@ -6,7 +6,8 @@ from stale weights with no error anywhere.
 The trainer records a float64 sum (and absolute sum) of each tensor while it streams them out
 (:class:`Pushed`); once the engine has loaded them, the engine's own sums
 (:meth:`cat_framework.components.Backend.weight_checksums`) are compared with them
-(:func:`check_engine`). Cost: one pass over each tensor on the trainer side, in chunks (no
+(:func:`check_engine`). Cost: one pass over each tensor on the trainer side (after the first
+check, in the engine's dtype only; the first push sums each lower precision too), in chunks (no
 float64 copy of a whole tensor), and whatever the backend spends reading its weights (vLLM: a
 sum per tensor, or one matrix-vector product per layer where its CPU kernels repacked them).
 Sums cannot see a permutation within a tensor; they do see a stale, missing or damaged one.
@@ -42,14 +43,17 @@ def sums(tensor: torch.Tensor) -> tuple[float, float]:
 _ENGINE_DTYPES = (torch.bfloat16, torch.float16)
 
 
-def sums_by_dtype(tensor: torch.Tensor) -> dict[torch.dtype, tuple[float, float]]:
-    """:func:`sums` of ``tensor`` as it is and, for float32, as each lower precision an engine
-    may hold it in (compared in the engine's dtype, a stale or zeroed tensor cannot hide in
-    rounding)."""
+def sums_by_dtype(
+    tensor: torch.Tensor, dtype: torch.dtype | None = None
+) -> dict[torch.dtype, tuple[float, float]]:
+    """:func:`sums` of ``tensor`` as it is and, for float32, as the lower precision an engine
+    holds it in (``dtype``; unknown before the first check: each one it may be), so it is
+    compared in the engine's dtype: a stale or zeroed tensor cannot hide in rounding."""
     out = {tensor.dtype: sums(tensor)}
     if tensor.dtype == torch.float32:
-        for dtype in _ENGINE_DTYPES:
-            out[dtype] = sums(tensor.to(dtype))
+        for low in _ENGINE_DTYPES if dtype is None else (dtype,):
+            if low in _ENGINE_DTYPES:
+                out[low] = sums(tensor.to(low))
     return out
 
 
@@ -58,15 +62,18 @@ class Pushed:
     trainer meant to push (``expected``): a name missing from the push is caught on the
     trainer's side, whatever the engine reports."""
 
-    def __init__(self, expected: Iterable[str] | None = None) -> None:
+    def __init__(
+        self, expected: Iterable[str] | None = None, dtype: torch.dtype | None = None
+    ) -> None:
         self.sums: dict[str, dict[torch.dtype, tuple[float, float]]] = {}
         self.expected = None if expected is None else set(expected)
+        self.dtype = dtype  # the engine's, once a check has told it
 
     def record(
         self, named_tensors: Iterable[tuple[str, torch.Tensor]]
     ) -> Iterator[tuple[str, torch.Tensor]]:
         for name, tensor in named_tensors:
-            self.sums[name] = sums_by_dtype(tensor)
+            self.sums[name] = sums_by_dtype(tensor, self.dtype)
             yield name, tensor
 
     def skipped(self) -> list[str]:
@@ -110,10 +117,11 @@ def _shown(parts: list[str]) -> str:
     return f"{parts[0]} (fused with {others})"
 
 
-def check_engine(backend: Backend, pushed: Pushed) -> bool:
+def check_engine(backend: Backend, pushed: Pushed) -> WeightChecksums | None:
     """Compare what ``backend`` serves with what the push carried; raise :class:`CatError`
-    naming the tensors that differ, or the push skipped. False when the backend cannot report
-    its weights (a skipped name is still caught)."""
+    naming the tensors that differ, or the push skipped. Returns what the engine reported
+    (its dtype lets the next push sum only that one), None when it cannot report its weights
+    (a skipped name is still caught)."""
     skipped = pushed.skipped()
     if skipped:
         raise CatError(
@@ -123,7 +131,7 @@ def check_engine(backend: Backend, pushed: Pushed) -> bool:
         )
     served = backend.weight_checksums()
     if served is None:
-        return False
+        return None
     wrong, compared = mismatches(served, pushed)
     if wrong:
         raise CatError(
@@ -141,7 +149,7 @@ def check_engine(backend: Backend, pushed: Pushed) -> bool:
             served=len(served.sums),
             pushed=len(pushed.sums),
         )
-    return True
+    return served
 
 
 __all__ = ["Pushed", "check_engine", "mismatches", "sums", "sums_by_dtype"]

@@ -85,6 +85,7 @@ class PolicyModels:
     _slept: bool = field(default=False, init=False, repr=False)  # release_memory logged
     _pushed: parity.Pushed | None = field(default=None, init=False, repr=False)
     _parity_unchecked: bool = field(default=False, init=False, repr=False)  # logged once
+    _engine_dtype: Any = field(default=None, init=False, repr=False)  # from the last check
 
     def sync_generation(self) -> None:
         """Under lock-step generation, keep stepping until every process is done generating;
@@ -120,7 +121,11 @@ class PolicyModels:
         copy is checked while it is filled). Under FSDP2 every process pushes to its own."""
         self.sampler.update_weights(self.trained_tensors())
         pushed, self._pushed = self._pushed, None
-        if pushed is None or parity.check_engine(self.sampler, pushed):
+        if pushed is None:
+            return
+        served = parity.check_engine(self.sampler, pushed)
+        if served is not None:
+            self._engine_dtype = served.dtype
             return
         if not self._parity_unchecked:
             self._parity_unchecked = True
@@ -135,7 +140,7 @@ class PolicyModels:
         if self.generation is not None:
             yield from self._trained_tensors()
             return
-        self._pushed = parity.Pushed(expected=self._push_names())
+        self._pushed = parity.Pushed(expected=self._push_names(), dtype=self._engine_dtype)
         yield from self._pushed.record(self._trained_tensors())
 
     def _push_names(self) -> list[str]:

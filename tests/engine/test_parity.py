@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cat_framework.components import Backend, WeightChecksums
-from cat_framework.engine.parity import Pushed, check_engine, mismatches, sums
+from cat_framework.engine.parity import Pushed, check_engine, mismatches, sums, sums_by_dtype
 from cat_framework.errors import CatError
 
 Q, K, V = (f"model.layers.0.self_attn.{m}_proj.weight" for m in "qkv")
@@ -113,3 +113,10 @@ def test_a_stale_or_zeroed_weight_shows_in_the_engines_dtype(dtype):
     assert mismatches(served(new), record)[0] == []
     assert mismatches(served(old), record)[0] == ["w"]
     assert mismatches(served(torch.zeros_like(new)), record)[0] == ["w"]
+
+
+def test_once_the_engines_dtype_is_known_only_it_is_summed():
+    t = torch.randn(64)
+    assert set(sums_by_dtype(t)) == {torch.float32, torch.bfloat16, torch.float16}
+    assert set(sums_by_dtype(t, torch.float32)) == {torch.float32}
+    assert set(sums_by_dtype(t, torch.bfloat16)) == {torch.float32, torch.bfloat16}
