@@ -59,6 +59,11 @@ def rng_file(process_index: int) -> str:
     return f"rng-{process_index}.safetensors"
 
 
+def pending_file(process_index: int) -> str:
+    """One process's rollouts sampled ahead for the next step (``trainer.async_rollouts``)."""
+    return f"pending-rollouts-{process_index}.json"
+
+
 def shard_files(process_index: int) -> tuple[str, str]:
     """The weights and optimizer files of one process in a sharded (FSDP2) checkpoint."""
     return f"trainable-{process_index}.safetensors", f"optimizer-{process_index}.safetensors"
@@ -157,8 +162,10 @@ def save_checkpoint(
     accelerator: Any,
     state: dict[str, Any],
     keep: int,
+    pending: Any = None,
 ) -> Path | None:
-    """Write ``step-NNNNNN`` atomically (all processes call this: each writes its RNG streams);
+    """Write ``step-NNNNNN`` atomically (all processes call this: each writes its RNG streams
+    and, under one-step-off rollouts, the ``pending`` rollouts it sampled for the next step);
     prune to the ``keep`` newest. Checkpoints of later steps are dropped too: they belong to
     the timeline a resume abandoned.
 
@@ -171,6 +178,8 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     save_state(tmp / rng_file(accelerator.process_index), rng_state())
+    if pending is not None:
+        atomic_write_json(tmp / pending_file(accelerator.process_index), pending)
     sharded = fsdp.is_fsdp2(accelerator)
     if sharded:  # every process writes its shards
         weights, optim = shard_files(accelerator.process_index)
@@ -193,6 +202,7 @@ def save_checkpoint(
         "step": step,
         "processes": accelerator.num_processes,
         **({"sharded": True} if sharded else {}),
+        **({"pending_rollouts": True} if pending is not None else {}),
     }
     atomic_write_json(tmp / STATE, {**meta, **state})
     fsync_dir(tmp)
@@ -234,6 +244,13 @@ def check_checkpoint(path: Path) -> Checkpoint:
             raise InvalidCheckpoint(f"{weight} is missing") from None
         except Exception as e:  # SafetensorError: truncated or not a safetensors file
             raise InvalidCheckpoint(f"{weight} is damaged ({e})") from None
+    for i in range(processes) if state.get("pending_rollouts") else ():
+        try:
+            json.loads((path / pending_file(i)).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InvalidCheckpoint(f"{pending_file(i)} is missing") from None
+        except (OSError, ValueError) as e:
+            raise InvalidCheckpoint(f"{pending_file(i)} is not readable JSON ({e})") from None
     for name in (*states, SCHEDULER, *(rng_file(i) for i in range(processes))):
         file = path / name
         if not file.exists():
@@ -319,6 +336,21 @@ def load_checkpoint(
         )
 
 
+def load_pending(ckpt: Checkpoint, process_index: int) -> tuple[Any, Path] | None:
+    """This process's rollouts sampled ahead for the step after ``ckpt`` (plain JSON, validated
+    by the caller), and the file they came from; None when the checkpoint holds none."""
+    if not ckpt.state.get("pending_rollouts"):
+        return None
+    file = ckpt.path / pending_file(process_index)
+    try:
+        return json.loads(file.read_text(encoding="utf-8")), file
+    except (OSError, ValueError) as e:
+        raise CatError(
+            f"checkpoint {ckpt.path}: {file.name} cannot be read ({e}): resume with the process "
+            "count the run was started with, or from an earlier checkpoint"
+        ) from None
+
+
 def _check_layout(ckpt: Checkpoint, model: torch.nn.Module, process_index: int) -> bool:
     """Whether ``ckpt`` is sharded; refuses a layout this run cannot restore."""
     sharded = bool(ckpt.state.get("sharded"))
@@ -357,6 +389,7 @@ __all__ = [
     "check_checkpoint",
     "latest_checkpoint",
     "load_checkpoint",
+    "load_pending",
     "save_checkpoint",
     "tidy_checkpoints",
     "trainable_state",

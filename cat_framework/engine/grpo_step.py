@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from cat_framework.engine import grpo
+from cat_framework.engine.async_rollouts import RolloutsAhead
 from cat_framework.engine.policy import PolicyModels
 from cat_framework.engine.progress import phase
 from cat_framework.engine.record_builder import build_record
@@ -107,18 +108,37 @@ class GRPOStep:
         return self.acc.gather(t.to(self.acc.device)).cpu()
 
     # ------------------------------------------------------------------ the step
-    def __call__(self, prompts: Sequence[Prompt], seeds: Sequence[int], step: int) -> StepOutput:
+    def __call__(
+        self,
+        prompts: Sequence[Prompt],
+        seeds: Sequence[int],
+        step: int,
+        ahead: RolloutsAhead | None = None,
+    ) -> StepOutput:
+        """One step; with ``ahead`` (one-step-off) its rollouts may have been sampled during the
+        previous update, and the next step's are sampled during this one."""
         cfg, acc, dev = self.cfg, self.acc, self.acc.device
         t0 = time.perf_counter()
         phase("rollouts")
-        groups = explore(self.policy.sampler, prompts, self.rollouts, seeds=seeds)
+        staleness = 0
+        extra: dict[str, float] = {}
+        if ahead is None:
+            groups = explore(self.policy.sampler, prompts, self.rollouts, seeds=seeds)
+        else:
+            taken = ahead.take(step, prompts, seeds)
+            groups, staleness = taken.groups, taken.staleness
+            extra["time/rollouts_sampling"] = taken.sample_seconds
         t1 = time.perf_counter()
+        sampling = extra.get("time/rollouts_sampling", t1 - t0)
         phase("teacher")
         teach = self.teacher.teach(groups, self.rollouts.n)
         self.policy.sync_generation()  # lock-step: until every process is done generating
         t2 = time.perf_counter()
         phase("update")
-        self.policy.release_sampler_memory()  # FSDP2: back with the push after the update
+        if ahead is not None:
+            ahead.start(step + 1)  # with the weights the sampler holds: pushed after the update
+        else:
+            self.policy.release_sampler_memory()  # FSDP2: back with the push after the update
         rows = to_rows(self.policy, groups, teach)
         batch = rows.batch.to(dev)
         g = self.rollouts.n
@@ -126,7 +146,6 @@ class GRPOStep:
         if cfg.mask_truncated_completions:
             mask = grpo.truncation_mask(mask, rows.truncated.to(dev))
         ref_logp = None
-        extra: dict[str, float] = {}
         if cfg.beta > 0:
             with self.policy.reference() as ref:
                 ref_logp = self._logps(ref, batch)
@@ -144,17 +163,19 @@ class GRPOStep:
             adv = grpo.group_advantages(rewards, g, "none") / (spread + 1e-4)
         else:
             adv = grpo.group_advantages(rewards, g, cfg.scale_rewards)
-        need_old = cfg.num_iterations > 1 or (
-            cfg.vllm_importance_sampling and self.policy.pushes_weights
+        # importance weights: for an engine's log-prob mismatch, and for stale rollouts
+        correct = (cfg.vllm_importance_sampling and self.policy.pushes_weights) or staleness > 0
+        if staleness > 0 and rows.engine_logp is None:
+            raise RuntimeError(
+                f"backend {self.policy.sampler.name!r} returned no log-probs for its rollouts, "
+                "so stale rollouts (trainer.async_rollouts) cannot be importance-weighted"
+            )
+        old_logp = (
+            self._logps(self.policy.model, batch) if cfg.num_iterations > 1 or correct else None
         )
-        old_logp = self._logps(self.policy.model, batch) if need_old else None
         is_w = None
         stats: dict[str, float] = {}
-        if (
-            cfg.vllm_importance_sampling
-            and self.policy.pushes_weights
-            and rows.engine_logp is not None
-        ):
+        if correct and rows.engine_logp is not None:
             assert old_logp is not None
             is_w = grpo.importance_weights(old_logp, rows.engine_logp.to(dev))
             stats["is_weight/mean"] = float((is_w * mask).sum().item())
@@ -201,6 +222,9 @@ class GRPOStep:
             self.optimizer.step()
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if ahead is not None:  # the sampler keeps the old weights until it is done
+            extra["time/rollouts_wait"] = ahead.join()
+            extra["rollouts/staleness"] = float(staleness)
         if self.policy.pushes_weights:
             t_push = time.perf_counter()
             self.policy.push_weights()
@@ -215,7 +239,7 @@ class GRPOStep:
                 "time/teacher": t2 - t1,
                 "time/training": t3 - t2,
                 "time/step": t3 - t0,
-                "tokens_per_s": gen_tokens / max(t1 - t0, 1e-9),
+                "tokens_per_s": gen_tokens / max(sampling, 1e-9),
                 "lr": float(self.scheduler.get_last_lr()[0]),
                 # nested under time/teacher/ so they are not stacked twice with time/teacher
                 **{

@@ -280,9 +280,19 @@ def build_policy(
     generation = None
     on_shards = sharded and not cfg.trainer.fsdp_gather_for_generation
     lockstep = for_run(pipeline.config.trainer, cls, accelerator) if on_shards else None
+    if on_shards and cfg.trainer.async_rollouts:
+        raise CatError(
+            "trainer.async_rollouts: 1 samples from whole weights while the update runs, but "
+            "trainer.fsdp_gather_for_generation: false generates on the shards (every forward a "
+            "collective of all processes): set one of them back"
+        )
     if sharded and not on_shards and sampler is trainable:  # whole weights: a gathered copy
         generation = _frozen_copy(model)
         sampler = cls.from_model(generation, tokenizer, params)
+    elif cfg.trainer.async_rollouts and sampler is trainable:
+        # one-step-off: sampling must keep the old weights while the update changes them
+        sampler = cls.from_model(_frozen_copy(model), tokenizer, params)
+        log.info("one-step-off rollouts sample from a copy of the weights, refreshed per step")
     if lockstep is not None and sampler is trainable:  # generate on the shards, all together
         lockstep.attach(trainable)
     if cfg.trainer.gradient_checkpointing:

@@ -16,7 +16,8 @@ from typing import Any
 import structlog
 
 from cat_framework.components import Dataset
-from cat_framework.engine.checkpoint import load_checkpoint
+from cat_framework.engine.async_rollouts import RolloutsAhead
+from cat_framework.engine.checkpoint import load_checkpoint, load_pending
 from cat_framework.engine.diagnostics import step_diagnostics
 from cat_framework.engine.evaluate import Evaluation, flat_metrics, load_prompts, summarize
 from cat_framework.engine.files import atomic_write_text
@@ -39,6 +40,7 @@ from cat_framework.pipeline import Pipeline
 from cat_framework.pipeline.build import BackendPool, build_component
 from cat_framework.plugins import Plugins
 from cat_framework.records import parse_records
+from cat_framework.types import Prompt
 
 log = structlog.get_logger("cat_framework.trainer")
 
@@ -89,6 +91,7 @@ def run_train(
         pipeline, plugins, pool, acc.device, need_frozen=needs_frozen_copy(pipeline),
         accelerator=acc,
     )  # fmt: skip
+    ahead: RolloutsAhead | None = None
     try:
         roles = build_training_roles(pipeline, pool, policy)
         fallback = pipeline.component("trainer", "reference_fallback")
@@ -99,6 +102,17 @@ def run_train(
         )
         optimizer, scheduler = make_optimizer(policy.model, pipeline, tc.steps * tc.num_iterations)
         train_model, optimizer = acc.prepare(policy.model, optimizer)
+
+        def plan(step: int) -> tuple[list[Prompt], list[int]] | None:
+            """This process's prompts and rollout seeds for ``step`` (whole groups)."""
+            if step > tc.steps:
+                return None
+            order = step_prompts(len(prompts), tc.prompts_per_step, step, cfg.seed)
+            mine = shard(list(range(len(order))), acc.process_index, acc.num_processes)
+            seeds = [derive_seed(cfg.seed, "rollouts", step, k) for k in mine]
+            return [prompts[order[k]] for k in mine], seeds
+
+        ahead = RolloutsAhead(policy.sampler, cfg.rollouts, plan) if tc.async_rollouts else None
         ckpt = resume_point(run_dir, resume, acc)
         start = 0
         if ckpt is not None:
@@ -106,6 +120,10 @@ def run_train(
             start = ckpt.step
             if policy.pushes_weights:
                 policy.push_weights()
+            pending = load_pending(ckpt, acc.process_index)
+            planned = plan(start + 1)
+            if ahead is not None and pending is not None and planned is not None:
+                ahead.restore(pending[0], planned[0], str(pending[1]))
             log.info("resumed", step=start, checkpoint=str(ckpt.path))
         step_fn = GRPOStep(
             policy, train_model, teacher, optimizer, scheduler, acc, cfg.rollouts, tc
@@ -122,10 +140,9 @@ def run_train(
             acc.wait_for_everyone()
         with StepProgress(tc.steps, start, enabled=acc.is_main_process) as bar:
             for step in range(start + 1, tc.steps + 1):
-                order = step_prompts(len(prompts), tc.prompts_per_step, step, cfg.seed)
-                mine = shard(list(range(len(order))), acc.process_index, acc.num_processes)
-                seeds = [derive_seed(cfg.seed, "rollouts", step, k) for k in mine]
-                out = step_fn([prompts[order[k]] for k in mine], seeds, step)
+                planned = plan(step)
+                assert planned is not None
+                out = step_fn(*planned, step, ahead)
                 records = gather_records(acc, out.records)
                 metrics = {"step": step, **out.metrics, **teacher_metrics(records, task)}
                 if evaluator is not None and tc.eval_every and step % tc.eval_every == 0:
@@ -138,12 +155,15 @@ def run_train(
                     model=policy.model, optimizer=optimizer, scheduler=scheduler,
                     accelerator=acc, plugins=plugins,
                     state={"prompts_seen": step * tc.prompts_per_step},
+                    pending=ahead.state() if ahead is not None else None,
                 )  # fmt: skip
                 bar.update(step, metrics)
                 last = metrics
         check_replicas_agree(policy.model, acc)
         final = save_final(run_dir, policy, acc)
     finally:
+        if ahead is not None:
+            ahead.close()
         policy.close()
         pool.close()
     return {"steps": tc.steps, "final_model": str(final) if final else None, "last_metrics": last}

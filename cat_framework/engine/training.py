@@ -82,6 +82,7 @@ def finish_step(
     accelerator: Any,
     plugins: Any,
     state: dict[str, Any] | None = None,
+    pending: Any = None,
 ) -> None:
     """A step's bookkeeping, the same for every training mode: run files (main process), a
     checkpoint when ``trainer.save_every`` says so or at the last step (all processes), then
@@ -94,7 +95,7 @@ def finish_step(
     if (trainer.save_every and step % trainer.save_every == 0) or step == last_step:
         save_checkpoint(
             run_dir, step, model, optimizer, scheduler, accelerator, state or {},
-            trainer.keep_checkpoints,
+            trainer.keep_checkpoints, pending,
         )  # fmt: skip
     if accelerator.is_main_process:
         plugins.notify("on_step_end", run_dir=str(run_dir.resolve()), step=step, metrics=metrics)

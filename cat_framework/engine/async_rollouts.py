@@ -1,0 +1,162 @@
+"""One-step-off rollouts (``trainer.async_rollouts: 1``): the next step's rollouts are sampled
+while this step's update runs.
+
+Step t trains on rollouts sampled with the weights *before* step t-1's update: the sampler
+(an engine or a sampling copy of the weights, never the trained module itself) keeps serving
+the old weights until the update ends and the new ones are pushed. The one-step staleness is
+corrected like an engine mismatch, by truncated per-token importance weights
+``min(pi_theta_old / pi_sampler, cap)`` (:func:`cat_framework.engine.grpo.importance_weights`),
+and every step records its staleness (``rollouts/staleness``: 0 for a step sampled in place).
+
+Only rollout sampling overlaps the update (its reference log-probs included); the teacher runs
+before the sampling starts, because its roles (a judge that is the policy, minPPL scoring with
+the policy) may share the sampler, and a backend is not assumed to serve two threads at once.
+
+Exact resume: a checkpoint taken after step t holds step t+1's rollouts, already sampled with
+weights no checkpoint keeps, as plain JSON (``pending-rollouts-<process>.json``); a resumed run
+trains on exactly those.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cat_framework.components import Backend
+from cat_framework.engine.teacher import explore
+from cat_framework.errors import CatError
+from cat_framework.pipeline.schema import Rollouts
+from cat_framework.types import Completion, Prompt, RolloutGroup
+
+#: what a step needs to sample: its prompts and their seeds (None: no such step)
+Plan = Callable[[int], "tuple[Sequence[Prompt], Sequence[int]] | None"]
+
+
+@dataclass
+class Taken:
+    """A step's rollouts and how many updates ago their weights were current."""
+
+    groups: list[RolloutGroup]
+    staleness: int
+    sample_seconds: float  # how long sampling them took (in the background for staleness 1)
+
+
+class RolloutsAhead:
+    """Samples step t+1's rollouts on a background thread while step t updates."""
+
+    def __init__(self, sampler: Backend, rollouts: Rollouts, plan: Plan) -> None:
+        self.sampler, self.rollouts, self.plan = sampler, rollouts, plan
+        self._thread: threading.Thread | None = None
+        self._outcome: tuple[int, list[RolloutGroup], float] | BaseException | None = None
+        self._pending: tuple[int, list[RolloutGroup], float] | None = None
+
+    def take(self, step: int, prompts: Sequence[Prompt], seeds: Sequence[int]) -> Taken:
+        """``step``'s rollouts: those sampled ahead, or (the first step, the first after a
+        resume without any) sampled now with the current weights."""
+        if self._pending is not None and self._pending[0] == step:
+            _, groups, seconds = self._pending
+            self._pending = None
+            return Taken(groups, 1, seconds)
+        t0 = time.perf_counter()
+        groups = explore(self.sampler, prompts, self.rollouts, seeds=seeds)
+        return Taken(groups, 0, time.perf_counter() - t0)
+
+    def start(self, step: int) -> None:
+        """Begin sampling ``step``'s rollouts with the weights the sampler holds now."""
+        planned = self.plan(step)
+        if planned is None:
+            return
+        prompts, seeds = planned
+        self._outcome = None
+        self._thread = threading.Thread(
+            target=self._sample, args=(step, list(prompts), list(seeds)),
+            name="cat-rollouts-ahead", daemon=True,
+        )  # fmt: skip
+        self._thread.start()
+
+    def _sample(self, step: int, prompts: list[Prompt], seeds: list[int]) -> None:
+        t0 = time.perf_counter()
+        try:
+            groups = explore(self.sampler, prompts, self.rollouts, seeds=seeds)
+            self._outcome = (step, groups, time.perf_counter() - t0)
+        except BaseException as exc:  # re-raised on the training thread by join()
+            self._outcome = exc
+
+    def join(self) -> float:
+        """Wait for the background sampling (before new weights reach the sampler); returns the
+        seconds the update waited for it. An error in the sampling is raised here."""
+        if self._thread is None:
+            return 0.0
+        t0 = time.perf_counter()
+        self._thread.join()
+        self._thread = None
+        outcome, self._outcome = self._outcome, None
+        if isinstance(outcome, BaseException):
+            raise outcome
+        assert outcome is not None
+        self._pending = outcome
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        """Let a background sampling finish, dropping its rollouts (a run that failed mid-step:
+        the sampler must not be closed under it)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread, self._outcome = None, None
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict[str, Any] | None:
+        """The sampled-ahead rollouts as plain data (for this process's checkpoint file)."""
+        if self._pending is None:
+            return None
+        step, groups, seconds = self._pending
+        return {
+            "step": step,
+            "sample_seconds": seconds,
+            "prompt_ids": [g.prompt.id for g in groups],
+            "rollouts": [[c.to_dict() for c in g.rollouts] for g in groups],
+        }
+
+    def restore(self, data: Any, prompts: Sequence[Prompt], where: str) -> None:
+        """Resume with the rollouts a checkpoint holds for the step after it; ``prompts`` are
+        that step's prompts by the run's schedule, which the file must name in order."""
+        step, groups = parse_pending(data, prompts, self.rollouts.sampled, where)
+        self._pending = (step, groups, float(data.get("sample_seconds", 0.0)))
+
+
+def parse_pending(
+    data: Any, prompts: Sequence[Prompt], per_group: int, where: str
+) -> tuple[int, list[RolloutGroup]]:
+    """Validate a pending-rollouts file's content (it comes from a run directory: data, never
+    trusted) against the prompts the schedule gives for its step."""
+
+    def bad(why: str) -> CatError:
+        return CatError(f"{where}: {why}; resume from an earlier checkpoint or start the run again")
+
+    if not isinstance(data, dict) or not isinstance(data.get("step"), int):
+        raise bad("not a pending-rollouts object with an integer 'step'")
+    ids, rows = data.get("prompt_ids"), data.get("rollouts")
+    if not isinstance(ids, list) or not isinstance(rows, list) or len(ids) != len(rows):
+        raise bad("'prompt_ids' and 'rollouts' must be lists of the same length")
+    expected = [p.id for p in prompts]
+    if ids != expected:
+        raise bad(
+            f"its rollouts are for prompts {ids[:3]}, but step {data['step']} samples "
+            f"{expected[:3]} (was data.train, trainer.prompts_per_step or the seed changed?)"
+        )
+    groups = []
+    for k, (prompt, completions) in enumerate(zip(prompts, rows, strict=True)):
+        try:
+            if not isinstance(completions, list) or len(completions) != per_group:
+                raise TypeError(f"a list of {per_group} completions is required (rollouts.n)")
+            rollouts = tuple(Completion.from_dict(c) for c in completions)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise bad(f"group {k} is not valid rollouts ({exc})") from None
+        groups.append(RolloutGroup(prompt, rollouts))
+    return data["step"], groups
+
+
+__all__ = ["Plan", "RolloutsAhead", "Taken", "parse_pending"]
