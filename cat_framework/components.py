@@ -118,6 +118,14 @@ class Backend(Component, ABC):
     #: for the trainer; ``None``: the one trainable backend installed
     trains_with: ClassVar[str | None] = None
 
+    @classmethod
+    def helper_cores(cls, params: ComponentParams) -> int:
+        """CPU cores that processes this backend would start beside the run's own keep busy (an
+        engine core in its own process), given its validated params; asked before it is built,
+        so the run gives its own torch threads only the rest (``docs/scaling.md#cpu-threads``).
+        Default 0: it computes in the calling process, or on another machine."""
+        return 0
+
     def update_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
         """Load new weights (e.g. the trainer's policy after an optimizer step)."""
         raise NotSupportedError(f"backend {self.name!r} cannot receive weight updates")

@@ -49,6 +49,7 @@ RESUME_SAFE: tuple[str, ...] = (
     "name",
     "description",
     "requires",
+    "threads",  # speed only (like OMP_NUM_THREADS, which is not recorded at all)
     "output",
     "trainer.steps",
     "trainer.save_every",

@@ -23,6 +23,7 @@ import yaml
 
 from cat_framework import __version__
 from cat_framework.engine.files import atomic_write_text
+from cat_framework.engine.threads import apply_thread_discipline, restore_threads
 from cat_framework.errors import CatError, ModeNotAvailableError
 from cat_framework.logs import attach_run_log, detach_run_log
 from cat_framework.pipeline import Pipeline
@@ -112,7 +113,9 @@ def run_pipeline(
         )
     plugins.notify("on_run_start", run_dir=str(path.resolve()), config=config)
     status, summary, error = "failed", {"run_dir": str(path)}, None
+    threads_before: int | None = None
     try:
+        _, threads_before = apply_thread_discipline(pipeline)  # every mode, every process
         summary = {
             **summary,
             **runner(pipeline=pipeline, run_dir=path, plugins=plugins, resume=resume),
@@ -126,6 +129,8 @@ def run_pipeline(
         error = failure_message(exc)
         raise
     finally:
+        if threads_before is not None:
+            restore_threads(threads_before)
         if is_main_process():
             _write_status(path, status, error)
             report = _write_report(path, status)

@@ -30,6 +30,7 @@ MAX_TOKENS = 262_144
 MAX_STEPS = 10_000_000
 MAX_BATCH = 1_000_000
 MAX_SEED = 2**32 - 1  # numpy's limit; torch and random accept it too
+MAX_THREADS = 4096
 #: what a run name may not contain: it would leave (or not name) a folder inside output.dir
 _NOT_PLAIN = re.compile(r"[/\\:\x00]|\.\.|^\s*\.?\s*$")
 
@@ -302,6 +303,12 @@ class PipelineConfig(Strict):
     requires: list[str] = Field(
         default_factory=list, description="Plugins (distribution names) this pipeline needs."
     )
+    threads: Literal["auto"] | int = Field(
+        "auto",
+        description="torch threads per process: 'auto' shares the usable cores among the run's "
+        "local processes and the helper processes it starts (OMP_NUM_THREADS wins over auto), "
+        "or a count that wins over everything (docs/scaling.md#cpu-threads).",
+    )
     models: Models
     data: Data = Field(default_factory=Data)
     rollouts: Rollouts = Field(default_factory=Rollouts)
@@ -315,6 +322,17 @@ class PipelineConfig(Strict):
     @classmethod
     def _named(cls, v: Any) -> Any:
         return _shorthand("name", v)
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _threads(cls, v: Any) -> Any:
+        ok = v == "auto" or (type(v) is int and 1 <= v <= MAX_THREADS)
+        if not ok:
+            raise ValueError(
+                f"threads must be 'auto' or a whole number from 1 to {MAX_THREADS} (torch "
+                f"threads per process), not {v!r}"
+            )
+        return v
 
 
 #: what each mode needs: (path, why)

@@ -1,4 +1,5 @@
-"""Engine tests run tiny models: one thread each is faster than contending for two cores."""
+"""Engine tests run tiny models: one thread each is faster than contending for two cores (the
+environment says so too, or a run's thread discipline would give it every core)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
+def _one_thread(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

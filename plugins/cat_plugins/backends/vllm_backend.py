@@ -36,6 +36,7 @@ from cat_plugins.backends.vllm_support import (
     check_prompt_fits,
     check_vllm_version,
     cpu_env_defaults,
+    engine_process_cores,
     import_vllm,
     installed_vllm_version,
     normalize_weight_names,
@@ -98,6 +99,14 @@ class VLLMBackend(Backend):
             description="Further keyword arguments for vllm.LLM (e.g. quantization, "
             "kv_cache_memory_bytes).",
         )
+
+    @classmethod
+    def helper_cores(cls, params: Any) -> int:
+        """The engine core's cores when it runs in its own process (0 in-process, the CPU
+        default), so the run's own torch threads get the rest."""
+        import torch
+
+        return engine_process_cores(params.tensor_parallel_size, torch.cuda.is_available())
 
     def __init__(self, params: Any = None, *, roles: Any = None) -> None:
         super().__init__(params, roles=roles)

@@ -105,6 +105,32 @@ def cpu_env_defaults(tensor_parallel_size: int) -> None:
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cores)
 
 
+def engine_process_cores(tensor_parallel_size: int, on_gpu: bool) -> int:
+    """Cores an engine core in its own process keeps busy, read from the environment as
+    :func:`cpu_env_defaults` would leave it: 0 in-process (the CPU default), else the cores it
+    binds on CPU (``VLLM_CPU_OMP_THREADS_BIND``; every allowed core when unset, ``auto`` or
+    ``nobind``), or one core for its scheduling loop on a GPU."""
+    default = "1" if on_gpu else "0"
+    if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", default) == "0":
+        return 0
+    if on_gpu:
+        return 1
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto").strip()
+    if bind in ("", "auto", "nobind") or tensor_parallel_size < 1:
+        return allowed or 1
+    return sum(_count_cpu_list(part) for part in bind.split("|"))
+
+
+def _count_cpu_list(spec: str) -> int:
+    """Cores in a CPU list such as ``0-3,8``."""
+    count = 0
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        lo, _, hi = item.partition("-")
+        count += int(hi) - int(lo) + 1 if hi else 1
+    return count
+
+
 @contextlib.contextmanager
 def callers_random_state() -> Iterator[None]:
     """Keep the caller's global random streams (Python, NumPy, torch): vLLM seeds them all with
@@ -168,6 +194,7 @@ __all__ = [
     "check_prompt_fits",
     "check_vllm_version",
     "cpu_env_defaults",
+    "engine_process_cores",
     "import_vllm",
     "installed_vllm_version",
     "normalize_weight_names",
