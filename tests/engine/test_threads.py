@@ -126,6 +126,24 @@ def test_vllm_counts_its_engine_process_only_when_it_runs_apart(monkeypatch):
         assert VLLMBackend.helper_cores(params) == 4
 
 
+@pytest.mark.parametrize(
+    ("cores", "env", "expected"),
+    [
+        ([0, 1], {}, [0, 1]),  # no launcher: the one engine binds every core
+        ([0, 1], {"LOCAL_WORLD_SIZE": "2", "LOCAL_RANK": "1"}, [1]),
+        ([0, 1, 2, 3, 4], {"LOCAL_WORLD_SIZE": "2", "LOCAL_RANK": "0"}, [0, 1]),
+        ([0, 1, 2, 3, 4], {"LOCAL_WORLD_SIZE": "2", "LOCAL_RANK": "1"}, [2, 3, 4]),
+        ([4, 5], {"LOCAL_WORLD_SIZE": "4", "LOCAL_RANK": "3"}, [5]),  # more processes than cores
+        ([0, 1], {"LOCAL_WORLD_SIZE": "x", "LOCAL_RANK": "1"}, [0, 1]),
+    ],
+)
+def test_colocated_vllm_engines_bind_their_own_slice_of_cores(cores, env, expected):
+    """Two processes that each start an in-process CPU engine must not both bind every core."""
+    from cat_plugins.backends.vllm_support import local_core_slice
+
+    assert local_core_slice(cores, env) == expected
+
+
 @pytest.mark.parametrize("value", ["0", "many", "true", "2.5"])
 def test_the_pipeline_key_is_validated(tmp_path, tiny_policy, toy_data, value):
     path = write_pipeline(tmp_path, tiny_policy, toy_data, TRAINER, f"threads: {value}\n")

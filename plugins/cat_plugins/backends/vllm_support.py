@@ -8,7 +8,7 @@ import contextlib
 import importlib.metadata as md
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from cat_framework import BackendError
@@ -96,13 +96,30 @@ def _broken_import(exc: Exception) -> str:
 
 
 def cpu_env_defaults(tensor_parallel_size: int) -> None:
-    """One in-process engine using every allowed core: vLLM's CPU defaults spawn an engine process
-    and reserve a core for it, which halves throughput on small machines."""
+    """One in-process engine using this process's share of the allowed cores: vLLM's CPU
+    defaults spawn an engine process and reserve a core for it, which halves throughput on small
+    machines. Under a launcher each local process binds its own slice (``LOCAL_RANK`` of
+    ``LOCAL_WORLD_SIZE``), so colocated engines do not all bind every core."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     if tensor_parallel_size == 1 and hasattr(os, "sched_getaffinity"):
-        cores = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
-        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cores)
+        cores = local_core_slice(sorted(os.sched_getaffinity(0)), os.environ)
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(str(c) for c in cores))
+
+
+def local_core_slice(cores: list[int], environ: Mapping[str, str]) -> list[int]:
+    """This local process's contiguous share of ``cores`` (all of them without a launcher; at
+    least one core each, shared round-robin when processes outnumber cores)."""
+    try:
+        size = int(environ.get("LOCAL_WORLD_SIZE", "1"))
+        rank = int(environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        return cores
+    if size <= 1 or not 0 <= rank < size:
+        return cores
+    if size >= len(cores):
+        return [cores[rank % len(cores)]]
+    return cores[rank * len(cores) // size : (rank + 1) * len(cores) // size]
 
 
 def engine_process_cores(tensor_parallel_size: int, on_gpu: bool) -> int:
@@ -197,6 +214,7 @@ __all__ = [
     "engine_process_cores",
     "import_vllm",
     "installed_vllm_version",
+    "local_core_slice",
     "normalize_weight_names",
     "with_tied_head",
 ]
