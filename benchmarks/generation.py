@@ -5,6 +5,10 @@ conversion, cold cache) against its second (cached folder; goal >= 3x faster).
     python benchmarks/generation.py [--max-new-tokens 64] [--repeats 3] [--out FILE]
     python benchmarks/generation.py --vllm --vllm-params '{"enforce_eager": true}'
     python benchmarks/generation.py --skip-load --max-new-tokens 8 --repeats 1   # smoke run
+    python benchmarks/generation.py --skip-load --sections step --max-new-tokens 128
+
+``--sections step`` is the P2 re-measure on the rollouts of a real GRPO step: the arithmetic
+prompts of ``benchmarks/grpo_vs_trl.py`` (2 x G=8, temperature 0.7, top_p 1.0, seeded).
 
 ``--vllm`` adds the ``vllm`` backend (imported only then) on the same requests. Runs alternate
 between runners and the best of ``--repeats`` is reported, which keeps a busy CPU from
@@ -66,6 +70,19 @@ def measure_load() -> dict[str, float]:
             else:
                 os.environ["CAT_CACHE_DIR"] = old
     return {"first_s": times[0], "second_s": times[1], "ratio": times[0] / times[1]}
+
+
+def step_requests(max_new_tokens: int, prompts: int = 2, g: int = 8) -> list[GenerationRequest]:
+    """The rollouts of one GRPO step: ``prompts`` arithmetic problems x ``g`` samples."""
+    from cat_plugins.datasets.arithmetic import ArithmeticDataset
+
+    data = ArithmeticDataset({"split": "train", "count": prompts, "seed": 0}).load()
+    return [
+        GenerationRequest(
+            messages=q.messages, n=g, max_new_tokens=max_new_tokens, temperature=0.7, seed=i
+        )
+        for i, q in enumerate(data)
+    ]
 
 
 def requests_for(max_new_tokens: int, sampled: bool) -> list[GenerationRequest]:
@@ -203,12 +220,16 @@ def report(load: dict[str, float] | None, sections: dict[str, Any], args: Any) -
             "",
             note,
             "",
-            "| runner | tokens | seconds | tok/s | time/token vs bare |",
+            "| runner | tokens | seconds | seconds vs bare | tok/s | time/token vs bare |",
         ]
-        lines.append("|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|")
         for name, r in results.items():
             rel = f"{base['tok_s'] / r['tok_s'] - 1:+.1%}" if base else "-"
-            row = f"| {name} | {r['tokens']} | {r['seconds']:.2f} | {r['tok_s']:.1f} | {rel} |"
+            wall = f"{r['seconds'] / base['seconds'] - 1:+.1%}" if base else "-"
+            row = (
+                f"| {name} | {r['tokens']} | {r['seconds']:.2f} | {wall} | {r['tok_s']:.1f} "
+                f"| {rel} |"
+            )
             lines.append(row)
         lines.append("")
     return "\n".join(lines)
@@ -224,6 +245,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vllm", action="store_true", help="also run the vllm backend")
     parser.add_argument("--vllm-params", default="{}", help="JSON params for the vllm backend")
     parser.add_argument("--out", type=Path, default=None, help="write the markdown report here")
+    parser.add_argument(
+        "--sections",
+        default="greedy,sampled,step",
+        help="comma-separated: greedy, sampled (open prompts), step (a GRPO step's rollouts)",
+    )
     args = parser.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv
     args.load_start = os.getloadavg()[0]
@@ -232,8 +258,19 @@ def main(argv: list[str] | None = None) -> None:
     backend = TransformersBackend({"model": "default", "device": "cpu"})
     other = vllm_backend(json.loads(args.vllm_params)) if args.vllm else None
     sections = {}
-    for sampled in (False, True):
-        requests = requests_for(args.max_new_tokens, sampled)
+    wanted = args.sections.split(",")
+    for kind in wanted:
+        if kind not in ("greedy", "sampled", "step"):
+            raise SystemExit(f"--sections: unknown section {kind!r} (greedy, sampled, step)")
+    for kind in ("greedy", "sampled", "step"):
+        if kind not in wanted:
+            continue
+        sampled = kind != "greedy"
+        requests = (
+            step_requests(args.max_new_tokens)
+            if kind == "step"
+            else requests_for(args.max_new_tokens, sampled)
+        )
         logs: dict[str, list] = {"backend": [], "bare": [], "vllm": []}
         runners = {
             "transformers backend": backend_runner(backend, requests, logs["backend"]),
@@ -242,7 +279,20 @@ def main(argv: list[str] | None = None) -> None:
         if other is not None:
             runners["vllm backend"] = backend_runner(other, requests, logs["vllm"])
         results = time_runners(runners, args.repeats)
-        if sampled:
+        if kind == "step":
+            title = (
+                f"A GRPO step's rollouts: 2 arithmetic prompts x G=8, temperature 0.7, "
+                f"top_p 1.0, max_new_tokens={args.max_new_tokens}"
+            )
+            note = (
+                "The prompts and sampling settings of `benchmarks/grpo_vs_trl.py`. Different "
+                "random draws per runner, so the kept token counts differ: 'seconds vs bare' "
+                "compares generating the step's rollouts, 'time/token' the cost per kept token. "
+                "Bare generate steps every row until the longest ends (or max_new_tokens) and "
+                "prefills each prompt G times; the backend drops finished rows and prefills a "
+                "prompt once per group, so it can be faster than bare generate."
+            )
+        elif sampled:
             title = "Sampled: 2 prompts x n=4, temperature 0.7, top_p 0.8"
             note = (
                 "Different random draws per runner: compare tok/s, not texts. Tokens are the "

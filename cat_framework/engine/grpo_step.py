@@ -88,17 +88,26 @@ class GRPOStep:
         self.params = [p for p in train_model.parameters() if p.requires_grad]
 
     # ------------------------------------------------------------------ helpers
-    def _micro(self, n: int) -> list[slice]:
-        size = self.cfg.micro_batch_size
-        return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+    def _micro(self, batch: TokenBatch) -> list[slice | torch.Tensor]:
+        """Micro-batches of rows of similar completion length (a stable sort), so each costs
+        its own width, not the step's longest (``completion_logps`` trims all-padding columns).
+        The loss is normalised by global counts, so the split does not change the gradient."""
+        n, size = len(batch.input_ids), self.cfg.micro_batch_size
+        if n <= size:
+            return [slice(0, n)]
+        order = torch.argsort(batch.completion_mask.sum(-1).cpu(), stable=True)
+        return [order[i : i + size].to(batch.input_ids.device) for i in range(0, n, size)]
 
     @torch.no_grad()
     def _logps(self, model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
-        parts = [
-            completion_logps(model, batch.rows(s), self.temperature)[0]
-            for s in self._micro(len(batch.input_ids))
-        ]
-        return torch.cat(parts)
+        out: torch.Tensor | None = None
+        for s in self._micro(batch):
+            logp = completion_logps(model, batch.rows(s), self.temperature)[0]
+            if out is None:
+                out = logp.new_zeros(batch.completion_mask.shape)
+            out[s] = logp
+        assert out is not None
+        return out
 
     def _global_sum(self, value: float) -> float:
         t = torch.tensor([float(value)], device=self.acc.device)
@@ -184,7 +193,7 @@ class GRPOStep:
         loss_kl_beta = cfg.beta if cfg.kl_in == "loss" else 0.0
         ent_sum = 0.0
         grad_norm = float("nan")
-        micro = self._micro(len(batch.input_ids))
+        micro = self._micro(batch)
         for it in range(cfg.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
             for k, s in enumerate(micro):

@@ -31,14 +31,32 @@ class TokenBatch:
     def completion_ids(self) -> torch.Tensor:
         return self.input_ids[:, self.prompt_width :]
 
-    def rows(self, index: Sequence[int] | slice) -> TokenBatch:
+    def rows(self, index: Sequence[int] | slice | torch.Tensor) -> TokenBatch:
         """A micro-batch (same column layout, so log-probs line up with the full batch)."""
-        idx = index if isinstance(index, slice) else torch.as_tensor(list(index))
+        idx = index if isinstance(index, (slice, torch.Tensor)) else torch.as_tensor(list(index))
         return TokenBatch(
             self.input_ids[idx],
             self.attention_mask[idx],
             self.completion_mask[idx],
             self.prompt_width,
+        )
+
+    def trimmed(self) -> TokenBatch:
+        """The same rows without the columns that are padding in every row: prompt columns
+        left of the longest prompt and completion columns right of the longest completion (a
+        length-sorted micro-batch then costs its own width, not the step's widest)."""
+        live = self.attention_mask.any(0)
+        first = min(int(live.long().argmax()) if bool(live.any()) else 0, self.prompt_width)
+        used = self.completion_mask.any(0).nonzero()
+        width_c = int(used[-1]) + 1 if len(used) else 1
+        end = self.prompt_width + width_c
+        if first == 0 and end == self.input_ids.shape[1]:
+            return self
+        return TokenBatch(
+            self.input_ids[:, first:end],
+            self.attention_mask[:, first:end],
+            self.completion_mask[:, :width_c],
+            self.prompt_width - first,
         )
 
     def to(self, device: Any) -> TokenBatch:
@@ -76,7 +94,10 @@ def completion_logps(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs [B, C] of the completion tokens under ``log_softmax(logits / temperature)`` (the
     same temperature the backend sampled with, so old and new log-probs are comparable), and
-    optionally the per-token entropy (no gradient)."""
+    optionally the per-token entropy (no gradient). All-padding columns are not computed: the
+    results are zero there (masked out by every caller)."""
+    full_width = batch.completion_mask.shape[1]
+    batch = batch.trimmed()
     width_c = batch.completion_mask.shape[1]
     positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
     out = model(
@@ -92,6 +113,9 @@ def completion_logps(
     if entropy:
         with torch.no_grad():
             ent = entropy_from_logits(logits.detach(), temperature)
+    if width_c < full_width:  # back to the caller's [B, C] layout
+        logp = torch.nn.functional.pad(logp, (0, full_width - width_c))
+        ent = torch.nn.functional.pad(ent, (0, full_width - width_c)) if ent is not None else None
     return logp, ent
 
 
