@@ -223,3 +223,29 @@ def test_nothing_is_sampled_past_the_last_step():
     ahead = RolloutsAhead(FailingSampler(None), Rollouts(n=2), plan)
     ahead.start(5)
     assert ahead.join() == 0.0 and ahead.state() is None and planned == [5]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_fsdp2_gathered_copy_samples_ahead_like_one_process(tmp_path, tiny_policy, toy_data):
+    """Under FSDP2 the gathered generation copy samples the next step during the sharded update
+    (it is kept, not freed, for that); 2 processes match one process."""
+    from tests.engine.test_fsdp import assert_same_run, kl_only_pi0, launch
+
+    pipeline = kl_only_pi0(pipeline_file(tmp_path / "p", tiny_policy, toy_data, 3, 1))
+    plugin = tmp_path / "p" / "run_with_plugin.py"
+    plugin.write_text(
+        f"import sys\nsys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})\n"
+        "from tests.engine.test_async_rollouts import PLUGIN\n"
+        "from tests.engine.test_trainer import run\n"
+        "from pathlib import Path\n"
+        "run(Path(sys.argv[1]), Path(sys.argv[2]), PLUGIN)\n"
+    )
+    proc = launch(str(pipeline), str(tmp_path / "fsdp"), script=plugin)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run(pipeline, tmp_path / "single", PLUGIN)
+    metrics = assert_same_run(tmp_path / "fsdp", tmp_path / "single", [1, 2, 3])
+    assert [m["rollouts/staleness"] for m in metrics] == [0.0, 1.0, 1.0]
+    assert metrics[1]["is_weight/mean"] == pytest.approx(
+        read_jsonl(tmp_path / "single" / "metrics.jsonl")[1]["is_weight/mean"], rel=1e-5
+    )
