@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -148,11 +148,18 @@ def read_run_config(path: Path) -> dict[str, Any]:
     return data
 
 
-def check_resume(path: Path, config: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+def check_resume(
+    path: Path, config: Mapping[str, Any], default_of: Callable[[str], Any] | None = None
+) -> dict[str, tuple[Any, Any]]:
     """Refuse to resume with a pipeline that would change the run's results; return the safe
-    changes (the caller records them and rewrites ``config.yaml``)."""
+    changes (the caller records them and rewrites ``config.yaml``). A key the run's
+    ``config.yaml`` lacks (written by a version without it) whose value is ``default_of(key)``
+    is no change: the run behaved as that default."""
     old = read_run_config(path)
     changes = config_changes(old, config)
+    if default_of is not None:
+        written = flatten(old)
+        changes = {k: v for k, v in changes.items() if k in written or v[1] != default_of(k)}
     unsafe = unsafe_changes(changes, str(config.get("mode")))
     if unsafe:
         shown = "; ".join(f"{k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in unsafe[:8])

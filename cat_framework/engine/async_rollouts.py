@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from cat_framework.components import Backend
 from cat_framework.engine.teacher import explore
 from cat_framework.errors import CatError
@@ -52,6 +54,7 @@ class RolloutsAhead:
         self._thread: threading.Thread | None = None
         self._outcome: tuple[int, list[RolloutGroup], float] | BaseException | None = None
         self._pending: tuple[int, list[RolloutGroup], float] | None = None
+        self._device: int | None = None
 
     def take(self, step: int, prompts: Sequence[Prompt], seeds: Sequence[int]) -> Taken:
         """``step``'s rollouts: those sampled ahead, or (the first step, the first after a
@@ -71,6 +74,7 @@ class RolloutsAhead:
             return
         prompts, seeds = planned
         self._outcome = None
+        self._device = torch.cuda.current_device() if torch.cuda.is_initialized() else None
         self._thread = threading.Thread(
             target=self._sample, args=(step, list(prompts), list(seeds)),
             name="cat-rollouts-ahead", daemon=True,
@@ -80,6 +84,8 @@ class RolloutsAhead:
     def _sample(self, step: int, prompts: list[Prompt], seeds: list[int]) -> None:
         t0 = time.perf_counter()
         try:
+            if self._device is not None:  # a new thread starts on GPU 0, not the process's own
+                torch.cuda.set_device(self._device)
             groups = explore(self.sampler, prompts, self.rollouts, seeds=seeds)
             self._outcome = (step, groups, time.perf_counter() - t0)
         except BaseException as exc:  # re-raised on the training thread by join()
@@ -120,24 +126,30 @@ class RolloutsAhead:
             "rollouts": [[c.to_dict() for c in g.rollouts] for g in groups],
         }
 
-    def restore(self, data: Any, prompts: Sequence[Prompt], where: str) -> None:
-        """Resume with the rollouts a checkpoint holds for the step after it; ``prompts`` are
-        that step's prompts by the run's schedule, which the file must name in order."""
-        step, groups = parse_pending(data, prompts, self.rollouts.sampled, where)
-        self._pending = (step, groups, float(data.get("sample_seconds", 0.0)))
+    def restore(self, data: Any, step: int, prompts: Sequence[Prompt], where: str) -> None:
+        """Resume with the rollouts a checkpoint holds for ``step`` (the one after it);
+        ``prompts`` are that step's prompts by the run's schedule, which the file must name in
+        order."""
+        groups, seconds = parse_pending(data, step, prompts, self.rollouts.sampled, where)
+        self._pending = (step, groups, seconds)
 
 
 def parse_pending(
-    data: Any, prompts: Sequence[Prompt], per_group: int, where: str
-) -> tuple[int, list[RolloutGroup]]:
+    data: Any, step: int, prompts: Sequence[Prompt], per_group: int, where: str
+) -> tuple[list[RolloutGroup], float]:
     """Validate a pending-rollouts file's content (it comes from a run directory: data, never
     trusted) against the prompts the schedule gives for its step."""
 
     def bad(why: str) -> CatError:
         return CatError(f"{where}: {why}; resume from an earlier checkpoint or start the run again")
 
-    if not isinstance(data, dict) or not isinstance(data.get("step"), int):
+    if not isinstance(data, dict) or type(data.get("step")) is not int:
         raise bad("not a pending-rollouts object with an integer 'step'")
+    if data["step"] != step:
+        raise bad(f"it holds rollouts for step {data['step']}, but the run resumes at step {step}")
+    seconds = data.get("sample_seconds", 0.0)
+    if type(seconds) not in (int, float) or not 0 < seconds < float("inf"):
+        raise bad(f"'sample_seconds' is {seconds!r}, not a positive number")
     ids, rows = data.get("prompt_ids"), data.get("rollouts")
     if not isinstance(ids, list) or not isinstance(rows, list) or len(ids) != len(rows):
         raise bad("'prompt_ids' and 'rollouts' must be lists of the same length")
@@ -155,8 +167,10 @@ def parse_pending(
             rollouts = tuple(Completion.from_dict(c) for c in completions)
         except (TypeError, ValueError, AttributeError) as exc:
             raise bad(f"group {k} is not valid rollouts ({exc})") from None
+        if any(c.logprobs is not None and len(c.logprobs) != len(c.token_ids) for c in rollouts):
+            raise bad(f"group {k} has rollouts whose log-probs and tokens differ in length")
         groups.append(RolloutGroup(prompt, rollouts))
-    return data["step"], groups
+    return groups, float(seconds)
 
 
 __all__ = ["Plan", "RolloutsAhead", "Taken", "parse_pending"]

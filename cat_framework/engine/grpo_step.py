@@ -23,6 +23,7 @@ from cat_framework.engine.progress import phase
 from cat_framework.engine.record_builder import build_record
 from cat_framework.engine.sequences import TokenBatch, build_batch, completion_logps
 from cat_framework.engine.teacher import Teacher, TeacherOutput, explore
+from cat_framework.errors import CatError
 from cat_framework.pipeline.schema import Rollouts, Trainer
 from cat_framework.types import Prompt, RolloutGroup
 
@@ -173,11 +174,13 @@ class GRPOStep:
         else:
             adv = grpo.group_advantages(rewards, g, cfg.scale_rewards)
         # importance weights: for an engine's log-prob mismatch, and for stale rollouts
-        correct = (cfg.vllm_importance_sampling and self.policy.pushes_weights) or staleness > 0
-        if staleness > 0 and rows.engine_logp is None:
-            raise RuntimeError(
-                f"backend {self.policy.sampler.name!r} returned no log-probs for its rollouts, "
-                "so stale rollouts (trainer.async_rollouts) cannot be importance-weighted"
+        engine = self.policy.pushes_weights and (cfg.vllm_importance_sampling or ahead is not None)
+        correct = engine or staleness > 0
+        if ahead is not None and rows.engine_logp is None:  # every step, every process alike
+            raise CatError(
+                f"trainer.async_rollouts: backend {self.policy.sampler.name!r} returned no "
+                "log-probs for its rollouts, so stale rollouts cannot be importance-weighted: "
+                "use a backend that reports them, or set trainer.async_rollouts: 0"
             )
         old_logp = (
             self._logps(self.policy.model, batch) if cfg.num_iterations > 1 or correct else None

@@ -134,7 +134,7 @@ class PolicyModels:
 
     def trained_tensors(self) -> Iterable[tuple[str, torch.Tensor]]:
         """The weights a separate sampling engine needs, named as in the base checkpoint (LoRA
-        merged in for the duration of the push). Sharded weights are gathered one tensor at a
+        merged into the pushed tensors, never into the trained module's own). Sharded weights are gathered one tensor at a
         time, so every process must consume the whole iterator (a collective per tensor). What
         goes to an engine is recorded for :meth:`push_weights`'s parity check."""
         if self.generation is not None:
@@ -173,13 +173,9 @@ class PolicyModels:
         if not self.lora:
             yield from self.model.state_dict().items()
             return
-        self.peft.merge_adapter()
-        try:
-            for name, tensor in self.model.state_dict().items():
-                if "lora_" not in name:
-                    yield base_name(name), tensor
-        finally:
-            self.peft.unmerge_adapter()
+        # W + s*B@A computed apart: merging into W and back (PEFT's merge/unmerge) would round
+        # pi_0's base weights in low precision on every push
+        yield from lora_push.merged_tensors(self.model)
 
     def release_sampler_memory(self) -> None:
         """Before the update: free the gathered generation copy's weights (under LoRA its base
@@ -280,7 +276,7 @@ def build_policy(
     generation = None
     on_shards = sharded and not cfg.trainer.fsdp_gather_for_generation
     lockstep = for_run(pipeline.config.trainer, cls, accelerator) if on_shards else None
-    if on_shards and cfg.trainer.async_rollouts:
+    if on_shards and cfg.trainer.async_rollouts and cfg.mode == "train":
         raise CatError(
             "trainer.async_rollouts: 1 samples from whole weights while the update runs, but "
             "trainer.fsdp_gather_for_generation: false generates on the shards (every forward a "
@@ -289,7 +285,7 @@ def build_policy(
     if sharded and not on_shards and sampler is trainable:  # whole weights: a gathered copy
         generation = _frozen_copy(model)
         sampler = cls.from_model(generation, tokenizer, params)
-    elif cfg.trainer.async_rollouts and sampler is trainable:
+    elif cfg.trainer.async_rollouts and cfg.mode == "train" and sampler is trainable:
         # one-step-off: sampling must keep the old weights while the update changes them
         sampler = cls.from_model(_frozen_copy(model), tokenizer, params)
         log.info("one-step-off rollouts sample from a copy of the weights, refreshed per step")

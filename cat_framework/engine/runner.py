@@ -27,6 +27,7 @@ from cat_framework.engine.threads import apply_thread_discipline, restore_thread
 from cat_framework.errors import CatError, ModeNotAvailableError
 from cat_framework.logs import attach_run_log, detach_run_log
 from cat_framework.pipeline import Pipeline
+from cat_framework.pipeline.schema import default_of
 from cat_framework.plugins import Plugins
 from cat_framework.rundir import check_fresh, check_resume, redact
 
@@ -96,7 +97,7 @@ def run_pipeline(
     path = Path(resume) if resume else new_run_dir(pipeline, run_dir)
     if is_main_process():  # only the main process judges and prepares the directory
         if resume:
-            changes = check_resume(path, config)
+            changes = check_resume(path, config, default_of)
         else:
             check_fresh(path, overwrite)
         path.mkdir(parents=True, exist_ok=True)

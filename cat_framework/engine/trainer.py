@@ -120,10 +120,9 @@ def run_train(
             start = ckpt.step
             if policy.pushes_weights:
                 policy.push_weights()
-            pending = load_pending(ckpt, acc.process_index)
             planned = plan(start + 1)
-            if ahead is not None and pending is not None and planned is not None:
-                ahead.restore(pending[0], planned[0], str(pending[1]))
+            if ahead is not None and planned is not None:
+                restore_pending(ahead, ckpt, start + 1, planned[0], acc)
             log.info("resumed", step=start, checkpoint=str(ckpt.path))
         step_fn = GRPOStep(
             policy, train_model, teacher, optimizer, scheduler, acc, cfg.rollouts, tc
@@ -155,7 +154,7 @@ def run_train(
                     model=policy.model, optimizer=optimizer, scheduler=scheduler,
                     accelerator=acc, plugins=plugins,
                     state={"prompts_seen": step * tc.prompts_per_step},
-                    pending=ahead.state() if ahead is not None else None,
+                    pending=ahead.state if ahead is not None else None,
                 )  # fmt: skip
                 bar.update(step, metrics)
                 last = metrics
@@ -167,6 +166,25 @@ def run_train(
         policy.close()
         pool.close()
     return {"steps": tc.steps, "final_model": str(final) if final else None, "last_metrics": last}
+
+
+def restore_pending(
+    ahead: RolloutsAhead, ckpt: Any, step: int, prompts: list[Prompt], acc: Any
+) -> None:
+    """The rollouts ``ckpt`` holds for ``step`` (sampled with weights no checkpoint keeps), for
+    ``ahead`` to train on; none with another process count (each process kept its own share):
+    then ``step`` samples in place, one step less stale."""
+    written = ckpt.state.get("processes", 1)
+    if ckpt.state.get("pending_rollouts") and written != acc.num_processes:
+        log.warning(
+            "the checkpoint's sampled-ahead rollouts were split over another process count: "
+            "sampling them again with the current weights",
+            checkpoint=str(ckpt.path), processes=written, now=acc.num_processes,
+        )  # fmt: skip
+        return
+    pending = load_pending(ckpt, acc.process_index)
+    if pending is not None:
+        ahead.restore(pending[0], step, prompts, str(pending[1]))
 
 
 def teacher_metrics(rows: list[dict[str, Any]], task: str) -> dict[str, float]:

@@ -4,6 +4,7 @@ schedule, run files, resume point, the final model, and a replica-agreement chec
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ def finish_step(
     accelerator: Any,
     plugins: Any,
     state: dict[str, Any] | None = None,
-    pending: Any = None,
+    pending: Callable[[], Any] | None = None,
 ) -> None:
     """A step's bookkeeping, the same for every training mode: run files (main process), a
     checkpoint when ``trainer.save_every`` says so or at the last step (all processes), then
@@ -95,7 +96,7 @@ def finish_step(
     if (trainer.save_every and step % trainer.save_every == 0) or step == last_step:
         save_checkpoint(
             run_dir, step, model, optimizer, scheduler, accelerator, state or {},
-            trainer.keep_checkpoints, pending,
+            trainer.keep_checkpoints, pending() if pending is not None else None,
         )  # fmt: skip
     if accelerator.is_main_process:
         plugins.notify("on_step_end", run_dir=str(run_dir.resolve()), step=step, metrics=metrics)

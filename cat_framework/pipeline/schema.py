@@ -12,7 +12,7 @@ typo such as ``n: 1000000000`` fails at ``validate`` instead of after the run di
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -348,3 +348,30 @@ MODE_REQUIREMENTS: dict[str, list[tuple[tuple[str, ...], str]]] = {
         (("aggregator",), "mode 'sft' needs an aggregator to synthesize targets"),
     ],
 }
+
+
+#: what :func:`default_of` returns for a key the schema does not define
+NO_DEFAULT = object()
+
+
+def default_of(key: str) -> Any:
+    """The schema's default for a dotted config key (``"trainer.async_rollouts"``), or
+    :data:`NO_DEFAULT`. A run's ``config.yaml`` written before a key existed lacks it; at its
+    default the key changes nothing, so resuming such a run is not a change of results."""
+    model: Any = PipelineConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        fields = getattr(model, "model_fields", None)
+        if not isinstance(fields, dict) or part not in fields:
+            return NO_DEFAULT
+        field = fields[part]
+        if i == len(parts) - 1:
+            if field.is_required():
+                return NO_DEFAULT
+            return field.get_default(call_default_factory=True)
+        nested = [t for t in (field.annotation, *get_args(field.annotation))
+                  if isinstance(t, type) and issubclass(t, BaseModel)]  # fmt: skip
+        if not nested:
+            return NO_DEFAULT
+        model = nested[0]
+    return NO_DEFAULT

@@ -101,7 +101,7 @@ def test_each_step_trains_on_rollouts_of_the_weights_one_update_older(
     run(pipeline, tmp_path / "async", PLUGIN)
     metrics = read_jsonl(tmp_path / "async" / "metrics.jsonl")
     assert [m["rollouts/staleness"] for m in metrics] == [0.0, 1.0, 1.0]
-    assert "is_weight/mean" not in metrics[0]  # sampled by the very weights it trains
+    assert metrics[0]["is_weight/mean"] == pytest.approx(1.0, abs=1e-4)  # the same weights
     # step 2's rollouts come from the initial weights (step 1's sampler), not from step 1's
     # (step 1's checkpoint holds them, token ids and sampler log-probs included)
     theta1 = weights_after(tmp_path / "async", 1, tiny_policy, tmp_path / "theta1")
@@ -187,6 +187,9 @@ def test_a_tampered_pending_file_is_a_clear_error(tmp_path, tiny_policy, toy_dat
     with pytest.raises(CatError, match=r"pending-rollouts-0\.json: its rollouts are for prompts"):
         run(pipeline, tmp_path / "cut", PLUGIN, resume=True)
     data["prompt_ids"].reverse()
+    file.write_text(json.dumps({**data, "step": 5}))
+    with pytest.raises(CatError, match="rollouts for step 5, but the run resumes at step 2"):
+        run(pipeline, tmp_path / "cut", PLUGIN, resume=True)
     data["rollouts"][0] = data["rollouts"][0][:1]
     file.write_text(json.dumps(data))
     with pytest.raises(CatError, match=r"group 0 is not valid rollouts \(a list of 4 completions"):
@@ -249,3 +252,33 @@ def test_fsdp2_gathered_copy_samples_ahead_like_one_process(tmp_path, tiny_polic
     assert metrics[1]["is_weight/mean"] == pytest.approx(
         read_jsonl(tmp_path / "single" / "metrics.jsonl")[1]["is_weight/mean"], rel=1e-5
     )
+
+
+def test_lora_pushes_leave_pi0_bit_for_bit(tmp_path, tiny_policy, toy_data, captured):
+    """Under LoRA the sampling copy gets W + s*B@A computed apart: the trained module's base
+    weights (pi_0: the anchor and the KL reference) never pass through a merge and unmerge."""
+    pipeline = pipeline_file(tmp_path, tiny_policy, toy_data, 3, 1)
+    text = pipeline.read_text().replace(
+        "async_rollouts: 1}", "async_rollouts: 1, lora: {r: 4, alpha: 8}}"
+    )
+    pipeline.write_text(text)
+    run(pipeline, tmp_path / "lora", PLUGIN)
+    start = load_file(str(tiny_policy / "model.safetensors"))
+    trained = captured[0].model.state_dict()
+    for name, tensor in trained.items():
+        if "lora_" in name:
+            continue
+        base = name.removeprefix("base_model.model.").replace(".base_layer", "")
+        assert torch.equal(tensor, start[base]), name
+
+
+def test_another_process_count_samples_the_pending_step_again(tmp_path):
+    """Pending rollouts were split by process: with another count they are not used."""
+    from types import SimpleNamespace
+
+    from cat_framework.engine.trainer import restore_pending
+
+    ahead = RolloutsAhead(FailingSampler(None), Rollouts(n=2), lambda step: None)
+    ckpt = SimpleNamespace(state={"pending_rollouts": True, "processes": 2}, path=tmp_path)
+    restore_pending(ahead, ckpt, 3, [], SimpleNamespace(num_processes=1, process_index=0))
+    assert ahead.state() is None  # nothing restored: step 3 samples in place

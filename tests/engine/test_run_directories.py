@@ -102,6 +102,20 @@ def test_resume_refuses_a_changed_pipeline_and_accepts_safe_changes(tmp_path, pl
     assert changed and changed[-1]["changes"] == {"eval.bootstrap": [10, 20]}
 
 
+def test_a_run_written_before_a_key_existed_resumes_at_its_default(tmp_path, plugins, toy_data):
+    """An upgrade adds keys (``trainer.async_rollouts``, ``threads``): an older run's config.yaml
+    lacks them, which is their default, not a change; a non-default value still is one."""
+    run_dir = tmp_path / "run"
+    text = evaluate_yaml(toy_data)
+    start(tmp_path, text, plugins, run_dir=str(run_dir))
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    del config["rollouts"]["top_k"], config["trainer"]["async_rollouts"]
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(CatError, match=r"rollouts\.top_k: None -> 5"):
+        start(tmp_path, text, plugins, overrides=("rollouts.top_k=5",), resume=str(run_dir))
+    start(tmp_path, text, plugins, resume=str(run_dir))  # the defaults: accepted
+
+
 def test_secrets_never_reach_run_files(tmp_path, plugins, toy_data):
     secret = "sk-THIS-IS-SECRET-42"
     judge = textwrap.dedent(f"""\

@@ -6,22 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from cat_framework.engine.sequences import build_batch, completion_logps
+from tests.plugins.backends.conftest import build_tiny_model
 
 
 def tiny_model() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    return LlamaForCausalLM(config).eval()
+    return build_tiny_model(64).eval()
 
 
 class WidthSpy(torch.nn.Module):

@@ -124,6 +124,9 @@ def test_vllm_counts_its_engine_process_only_when_it_runs_apart(monkeypatch):
         assert VLLMBackend.helper_cores(params) == len(os.sched_getaffinity(0))
         monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0-2,5")
         assert VLLMBackend.helper_cores(params) == 4
+        monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0-x,5")
+        with pytest.raises(CatError, match=r"VLLM_CPU_OMP_THREADS_BIND='0-x,5' is not a CPU"):
+            VLLMBackend.helper_cores(params)
 
 
 @pytest.mark.parametrize(

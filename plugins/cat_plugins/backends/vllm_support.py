@@ -136,7 +136,13 @@ def engine_process_cores(tensor_parallel_size: int, on_gpu: bool) -> int:
     bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto").strip()
     if bind in ("", "auto", "nobind") or tensor_parallel_size < 1:
         return allowed or 1
-    return sum(_count_cpu_list(part) for part in bind.split("|"))
+    try:
+        return sum(_count_cpu_list(part) for part in bind.split("|"))
+    except ValueError:
+        raise BackendError(
+            f"VLLM_CPU_OMP_THREADS_BIND={bind!r} is not a CPU list (such as 0-3 or 0,2,4): "
+            "correct it, or unset it to let the engine bind every allowed core"
+        ) from None
 
 
 def _count_cpu_list(spec: str) -> int:
