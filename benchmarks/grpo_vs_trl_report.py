@@ -72,27 +72,23 @@ fine-tuning run (G = 8, 2 prompts, 64 new tokens, 2 threads; 2,495 samples):
   generation wins by running fewer decode steps (finished rows leave the batch; each prompt is
   prefilled once per group), not per token.
 
-Fix made from the profile: each update micro-batch is forwarded at its own width
-(`TokenBatch.trimmed()`: the columns that are padding in every row of the micro-batch are
-skipped; log-probs are identical, `tests/engine/test_sequences_trim.py`). It is in the
-measured code, but its effect alone was not isolated and is small in group order (a group's
-longest rollout often reaches max_new_tokens); it is what lever 1 builds on.
+Fixes made from the profile, both in the measured code:
+- each update micro-batch is forwarded at its own width (`TokenBatch.trimmed()`: the columns
+  that are padding in every row of the micro-batch are skipped; log-probs are identical,
+  `tests/engine/test_sequences_trim.py`);
+- micro-batches are cut from the step's rows sorted by completion length (`GRPOStep._micro`;
+  the loss is normalised by global counts, so the gradient is the same sum), so the trim skips
+  most padding. {sort_note}
 
-What remains between 0.81x and 0.6x, and the next levers:
+What remains between the ratio above and 0.6x, and the next levers:
 
-1. **Length-sorted micro-batches** (not in the measured code): the step's rows go to
-   micro-batches in group order, so each micro-batch still pays for its longest row. Sorting
-   the rows by completion length before cutting micro-batches (the loss is normalised by
-   global counts, so the gradient is the same sum) lets the trim above skip most padding:
-   {sort_note}
+1. The update is the model's own forward and backward on the tokens it must see: only fewer
+   FLOPs (LoRA does not help on CPU: peft's extra matmuls) reduce it further.
 2. **Generation is weight-bandwidth bound**: fewer decode steps per token (a larger batch:
    more prompts per step, or sampling the next step during this update, `async_rollouts`,
    which on a 2-core CPU competes for the same cores) or fewer bytes per step (bf16 weights:
    not equal settings here) are the levers; a compiled static-cache decode would cut the
    per-step Python and kernel-launch cost that the ~39 ms single-row step carries.
-3. The update is the model's own forward and backward at equal micro-batches: beyond
-   trimming, only fewer FLOPs (LoRA does not help on CPU: peft's extra matmuls) or fewer
-   padded tokens reduce it.
 """
 
 
