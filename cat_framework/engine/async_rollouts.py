@@ -25,13 +25,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 import torch
 
 from cat_framework.components import Backend
+from cat_framework.engine.checkpoint import Checkpoint, load_pending
 from cat_framework.engine.teacher import explore
 from cat_framework.errors import CatError
 from cat_framework.pipeline.schema import Rollouts
 from cat_framework.types import Completion, Prompt, RolloutGroup
+
+log = structlog.get_logger("cat_framework.async_rollouts")
 
 #: what a step needs to sample: its prompts and their seeds (None: no such step)
 Plan = Callable[[int], "tuple[Sequence[Prompt], Sequence[int]] | None"]
@@ -42,8 +46,8 @@ class Taken:
     """A step's rollouts and how many updates ago their weights were current."""
 
     groups: list[RolloutGroup]
-    staleness: int
     sample_seconds: float  # how long sampling them took (in the background for staleness 1)
+    staleness: int
 
 
 class RolloutsAhead:
@@ -62,10 +66,15 @@ class RolloutsAhead:
         if self._pending is not None and self._pending[0] == step:
             _, groups, seconds = self._pending
             self._pending = None
-            return Taken(groups, 1, seconds)
+            return Taken(groups, seconds, staleness=1)
+        return Taken(*self._explore(prompts, seeds), staleness=0)
+
+    def _explore(
+        self, prompts: Sequence[Prompt], seeds: Sequence[int]
+    ) -> tuple[list[RolloutGroup], float]:
         t0 = time.perf_counter()
         groups = explore(self.sampler, prompts, self.rollouts, seeds=seeds)
-        return Taken(groups, 0, time.perf_counter() - t0)
+        return groups, time.perf_counter() - t0
 
     def start(self, step: int) -> None:
         """Begin sampling ``step``'s rollouts with the weights the sampler holds now."""
@@ -82,12 +91,10 @@ class RolloutsAhead:
         self._thread.start()
 
     def _sample(self, step: int, prompts: list[Prompt], seeds: list[int]) -> None:
-        t0 = time.perf_counter()
         try:
             if self._device is not None:  # a new thread starts on GPU 0, not the process's own
                 torch.cuda.set_device(self._device)
-            groups = explore(self.sampler, prompts, self.rollouts, seeds=seeds)
-            self._outcome = (step, groups, time.perf_counter() - t0)
+            self._outcome = (step, *self._explore(prompts, seeds))
         except BaseException as exc:  # re-raised on the training thread by join()
             self._outcome = exc
 
@@ -126,12 +133,27 @@ class RolloutsAhead:
             "rollouts": [[c.to_dict() for c in g.rollouts] for g in groups],
         }
 
-    def restore(self, data: Any, step: int, prompts: Sequence[Prompt], where: str) -> None:
-        """Resume with the rollouts a checkpoint holds for ``step`` (the one after it);
-        ``prompts`` are that step's prompts by the run's schedule, which the file must name in
-        order."""
-        groups, seconds = parse_pending(data, step, prompts, self.rollouts.sampled, where)
-        self._pending = (step, groups, seconds)
+    def resume(
+        self, ckpt: Checkpoint, step: int, prompts: Sequence[Prompt], processes: int, index: int
+    ) -> None:
+        """Train ``step`` (the one after ``ckpt``) on the rollouts the checkpoint holds for it,
+        sampled with weights no checkpoint keeps; ``prompts`` are that step's prompts for this
+        process (``index`` of ``processes``) by the run's schedule, which the file must name in
+        order. With another process count than the checkpoint's (each process kept its own
+        share) there are none to use: ``step`` then samples in place, one step less stale."""
+        written = ckpt.state.get("processes", 1)
+        if ckpt.state.get("pending_rollouts") and written != processes:
+            log.warning(
+                "the checkpoint's sampled-ahead rollouts were split over another process count: "
+                "sampling them again with the current weights",
+                checkpoint=str(ckpt.path), processes=written, now=processes,
+            )  # fmt: skip
+            return
+        pending = load_pending(ckpt, index)
+        if pending is not None:
+            data, where = pending
+            groups, seconds = parse_pending(data, step, prompts, self.rollouts.sampled, str(where))
+            self._pending = (step, groups, seconds)
 
 
 def parse_pending(

@@ -346,8 +346,8 @@ def load_pending(ckpt: Checkpoint, process_index: int) -> tuple[Any, Path] | Non
         return json.loads(file.read_text(encoding="utf-8")), file
     except (OSError, ValueError) as e:
         raise CatError(
-            f"checkpoint {ckpt.path}: {file.name} cannot be read ({e}): resume with the process "
-            "count the run was started with, or from an earlier checkpoint"
+            f"checkpoint {ckpt.path}: {file.name} cannot be read ({e}): resume from an earlier "
+            "checkpoint (move this one away), or start the run again"
         ) from None
 
 

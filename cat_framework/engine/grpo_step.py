@@ -134,12 +134,12 @@ class GRPOStep:
         extra: dict[str, float] = {}
         if ahead is None:
             groups = explore(self.policy.sampler, prompts, self.rollouts, seeds=seeds)
+            sampling = time.perf_counter() - t0
         else:
             taken = ahead.take(step, prompts, seeds)
-            groups, staleness = taken.groups, taken.staleness
-            extra["time/rollouts_sampling"] = taken.sample_seconds
+            groups, staleness, sampling = taken.groups, taken.staleness, taken.sample_seconds
+            extra["time/rollouts_sampling"] = sampling
         t1 = time.perf_counter()
-        sampling = extra.get("time/rollouts_sampling", t1 - t0)
         phase("teacher")
         teach = self.teacher.teach(groups, self.rollouts.n)
         self.policy.sync_generation()  # lock-step: until every process is done generating

@@ -17,7 +17,7 @@ import structlog
 
 from cat_framework.components import Dataset
 from cat_framework.engine.async_rollouts import RolloutsAhead
-from cat_framework.engine.checkpoint import load_checkpoint, load_pending
+from cat_framework.engine.checkpoint import load_checkpoint
 from cat_framework.engine.diagnostics import step_diagnostics
 from cat_framework.engine.evaluate import Evaluation, flat_metrics, load_prompts, summarize
 from cat_framework.engine.files import atomic_write_text
@@ -122,7 +122,7 @@ def run_train(
                 policy.push_weights()
             planned = plan(start + 1)
             if ahead is not None and planned is not None:
-                restore_pending(ahead, ckpt, start + 1, planned[0], acc)
+                ahead.resume(ckpt, start + 1, planned[0], acc.num_processes, acc.process_index)
             log.info("resumed", step=start, checkpoint=str(ckpt.path))
         step_fn = GRPOStep(
             policy, train_model, teacher, optimizer, scheduler, acc, cfg.rollouts, tc
@@ -166,25 +166,6 @@ def run_train(
         policy.close()
         pool.close()
     return {"steps": tc.steps, "final_model": str(final) if final else None, "last_metrics": last}
-
-
-def restore_pending(
-    ahead: RolloutsAhead, ckpt: Any, step: int, prompts: list[Prompt], acc: Any
-) -> None:
-    """The rollouts ``ckpt`` holds for ``step`` (sampled with weights no checkpoint keeps), for
-    ``ahead`` to train on; none with another process count (each process kept its own share):
-    then ``step`` samples in place, one step less stale."""
-    written = ckpt.state.get("processes", 1)
-    if ckpt.state.get("pending_rollouts") and written != acc.num_processes:
-        log.warning(
-            "the checkpoint's sampled-ahead rollouts were split over another process count: "
-            "sampling them again with the current weights",
-            checkpoint=str(ckpt.path), processes=written, now=acc.num_processes,
-        )  # fmt: skip
-        return
-    pending = load_pending(ckpt, acc.process_index)
-    if pending is not None:
-        ahead.restore(pending[0], step, prompts, str(pending[1]))
 
 
 def teacher_metrics(rows: list[dict[str, Any]], task: str) -> dict[str, float]:

@@ -274,11 +274,9 @@ def test_lora_pushes_leave_pi0_bit_for_bit(tmp_path, tiny_policy, toy_data, capt
 
 def test_another_process_count_samples_the_pending_step_again(tmp_path):
     """Pending rollouts were split by process: with another count they are not used."""
-    from types import SimpleNamespace
-
-    from cat_framework.engine.trainer import restore_pending
+    from cat_framework.engine.checkpoint import Checkpoint
 
     ahead = RolloutsAhead(FailingSampler(None), Rollouts(n=2), lambda step: None)
-    ckpt = SimpleNamespace(state={"pending_rollouts": True, "processes": 2}, path=tmp_path)
-    restore_pending(ahead, ckpt, 3, [], SimpleNamespace(num_processes=1, process_index=0))
+    ckpt = Checkpoint(tmp_path, 2, {"pending_rollouts": True, "processes": 2})
+    ahead.resume(ckpt, 3, [], processes=1, index=0)
     assert ahead.state() is None  # nothing restored: step 3 samples in place
