@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from cat_framework import BackendError
+from cat_framework.engine.threads import local_processes
 
 #: tested range, kept equal to the ``vllm`` extra in pyproject.toml: [min, max)
 SUPPORTED_VLLM = ((0, 10), (0, 34))
@@ -110,8 +111,8 @@ def cpu_env_defaults(tensor_parallel_size: int) -> None:
 def local_core_slice(cores: list[int], environ: Mapping[str, str]) -> list[int]:
     """This local process's contiguous share of ``cores`` (all of them without a launcher; at
     least one core each, shared round-robin when processes outnumber cores)."""
+    size = local_processes(environ)
     try:
-        size = int(environ.get("LOCAL_WORLD_SIZE", "1"))
         rank = int(environ.get("LOCAL_RANK", "0"))
     except ValueError:
         return cores
