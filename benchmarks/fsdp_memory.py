@@ -37,20 +37,51 @@ LAUNCH = {
 }
 SETUPS = {"kl-only": "beta: 0.01", "no-pi0": "beta: 0.0"}
 
+#: the CaT-RL pipeline the CPU benchmarks run on a random Llama (majority vote + programmatic
+#: reward: no model in the reward; pi_0 only where the trainer line asks for a KL term)
 PIPELINE = """\
-name: fsdp-memory
+name: {name}
 mode: train
 seed: 0
-models:
+{top}models:
   policy: {{backend: transformers, model: "{model}", device: cpu}}
   anchor: policy
 data:
   train: {{dataset: jsonl, path: "{data}", answer_field: answer, id_field: id}}
-rollouts: {{n: 4, temperature: 1.0, max_new_tokens: 8}}
+rollouts: {{n: 4, temperature: 1.0, max_new_tokens: {tokens}}}
 aggregator: {{name: majority, fallback: number}}
 reward: programmatic
-trainer: {{steps: 2, prompts_per_step: 2, micro_batch_size: 8, learning_rate: 1.0e-4, {trainer}}}
+trainer: {{steps: {steps}, prompts_per_step: 2, micro_batch_size: {micro}, learning_rate: 1.0e-4,
+  {trainer}}}
 """
+
+
+def tiny_pipeline(
+    name: str,
+    model: Path,
+    data: Path,
+    trainer: str,
+    *,
+    tokens: int = 8,
+    steps: int = 2,
+    micro: int = 8,
+    top: str = "",
+) -> str:
+    """:data:`PIPELINE` filled in; ``trainer``: the trainer keys beyond steps, batch and lr;
+    ``top``: top-level lines (e.g. ``threads: 2``)."""
+    return PIPELINE.format(
+        name=name, model=model, data=data, trainer=trainer, tokens=tokens, steps=steps,
+        micro=micro, top=top + "\n" if top else "",
+    )  # fmt: skip
+
+
+def write_toy_data(path: Path) -> Path:
+    """Four toy sums as a JSON-lines dataset."""
+    rows = [{"id": f"q{i}", "question": f"What is {i} + {i}?", "answer": str(2 * i)}
+            for i in range(4)]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
 
 CHILD = """
 import json, os, resource, sys
@@ -96,7 +127,7 @@ def run_one(
 ) -> dict[str, object]:
     name = f"{launch}-{setup}"
     pipeline = work / f"{name}.yaml"
-    pipeline.write_text(PIPELINE.format(model=model, data=data, trainer=SETUPS[setup]))
+    pipeline.write_text(tiny_pipeline("fsdp-memory", model, data, SETUPS[setup]))
     child = work / "child.py"
     child.write_text(CHILD)
     out = work / name
@@ -132,9 +163,7 @@ def main() -> None:
         model = work / "model"
         n_params = build_model(model, args.layers, args.hidden)
         data = work / "toy.jsonl"
-        rows = [{"id": f"q{i}", "question": f"What is {i} + {i}?", "answer": str(2 * i)}
-                for i in range(4)]  # fmt: skip
-        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write_toy_data(data)
         results: dict[str, dict[str, object]] = {}
         for setup in SETUPS:
             for launch in LAUNCH:

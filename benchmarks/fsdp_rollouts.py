@@ -29,7 +29,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.fsdp_memory import LAUNCH, build_model  # noqa: E402
+from benchmarks.fsdp_memory import LAUNCH, build_model, tiny_pipeline, write_toy_data  # noqa: E402
 
 MODES = {"gathered": "true", "lockstep": "false"}
 
@@ -62,32 +62,17 @@ with open(os.path.join(sys.argv[3], f"peak-{rank}.json"), "w") as f:
     json.dump({"peak_kib": max(peak[0], hwm_kib()), "rollout_peak_kib": rollout_peaks}, f)
 """
 
-PIPELINE = """\
-name: fsdp-rollouts
-mode: train
-seed: 0
-models:
-  policy: {{backend: transformers, model: "{model}", device: cpu}}
-  anchor: policy
-data:
-  train: {{dataset: jsonl, path: "{data}", answer_field: answer, id_field: id}}
-rollouts: {{n: 4, temperature: 1.0, max_new_tokens: {tokens}}}
-aggregator: {{name: majority, fallback: number}}
-reward: programmatic
-trainer: {{steps: {steps}, prompts_per_step: 2, micro_batch_size: 8, learning_rate: 1.0e-4,
-  beta: 0.01, fsdp_gather_for_generation: {gather}}}
-"""
-
 
 def run_one(work: Path, name: str, mode: str, model: Path, data: Path, args: Any) -> dict:
     pipeline = work / f"{name}.yaml"
     pipeline.write_text(
-        PIPELINE.format(
-            model=model,
-            data=data,
+        tiny_pipeline(
+            "fsdp-rollouts",
+            model,
+            data,
+            f"beta: 0.01, fsdp_gather_for_generation: {MODES[mode]}",
             tokens=args.max_new_tokens,
             steps=args.steps,
-            gather=MODES[mode],
         )
     )
     child = work / "child.py"
@@ -156,9 +141,7 @@ def main() -> None:
         model = work / "model"
         n_params = build_model(model, args.layers, args.hidden)
         data = work / "toy.jsonl"
-        rows = [{"id": f"q{i}", "question": f"What is {i} + {i}?", "answer": str(2 * i)}
-                for i in range(4)]  # fmt: skip
-        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write_toy_data(data)
         order = ["gathered", "lockstep", "lockstep", "gathered"] * args.repeats
         for k, mode in enumerate(order):
             runs.append(run_one(work, f"{k}-{mode}", mode, model, data, args))

@@ -29,27 +29,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.fsdp_memory import LAUNCH, build_model  # noqa: E402
+from benchmarks.fsdp_memory import LAUNCH, build_model, tiny_pipeline, write_toy_data  # noqa: E402
 from cat_framework.engine.threads import usable_cores  # noqa: E402
 
 OUT = REPO / "benchmarks" / "results" / "threads-cpu-2proc"
-
-PIPELINE = """\
-name: threads
-mode: train
-seed: 0
-threads: {threads}
-models:
-  policy: {{backend: transformers, model: "{model}", device: cpu}}
-  anchor: policy
-data:
-  train: {{dataset: jsonl, path: "{data}", answer_field: answer, id_field: id}}
-rollouts: {{n: 4, temperature: 1.0, max_new_tokens: {tokens}}}
-aggregator: {{name: majority, fallback: number}}
-reward: programmatic
-trainer: {{steps: {steps}, prompts_per_step: 2, micro_batch_size: 4, learning_rate: 1.0e-4,
-  beta: 0.01, save_every: 0}}
-"""
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -59,8 +42,15 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def run_one(work: Path, name: str, threads: str, model: Path, data: Path, args: Any) -> dict:
     pipeline = work / f"{name}.yaml"
     pipeline.write_text(
-        PIPELINE.format(
-            threads=threads, model=model, data=data, tokens=args.max_new_tokens, steps=args.steps
+        tiny_pipeline(
+            "threads",
+            model,
+            data,
+            "beta: 0.01, save_every: 0",
+            tokens=args.max_new_tokens,
+            steps=args.steps,
+            micro=4,
+            top=f"threads: {threads}",
         )
     )
     # no thread variables: accelerate launch writes OMP_NUM_THREADS=1, which is not a choice
@@ -153,9 +143,7 @@ def main() -> None:
         work = Path(tmp)
         n_params = build_model(work / "model", args.layers, args.hidden)
         data = work / "toy.jsonl"
-        rows = [{"id": f"q{i}", "question": f"What is {i} + {i}?", "answer": str(2 * i)}
-                for i in range(4)]  # fmt: skip
-        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write_toy_data(data)
         order = ["auto", over, over, "auto"] * args.repeats
         for k, arm in enumerate(order):
             runs.append(run_one(work, f"{k}-{arm}", arm, work / "model", data, args))
