@@ -103,7 +103,9 @@ class GRPOStep:
     def _logps(self, model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
         out: torch.Tensor | None = None
         for s in self._micro(batch):
-            logp = completion_logps(model, batch.rows(s), self.temperature)[0]
+            logp = completion_logps(
+                model, batch.rows(s), self.temperature, chunk=self.cfg.logprob_chunk
+            )[0]
             if out is None:
                 out = logp.new_zeros(batch.completion_mask.shape)
             out[s] = logp
@@ -204,7 +206,11 @@ class GRPOStep:
                 with ctx:
                     mb = batch.rows(s)
                     logp, ent = completion_logps(
-                        self.train_model, mb, self.temperature, entropy=it == 0
+                        self.train_model,
+                        mb,
+                        self.temperature,
+                        entropy=it == 0,
+                        chunk=self.cfg.logprob_chunk,
                     )
                     out = grpo.grpo_loss(
                         logp,

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from cat_framework.engine.fused_head import fusable, logp_head
 from cat_framework.engine.grpo import entropy_from_logits, selective_log_softmax
 
 
@@ -90,33 +91,47 @@ def build_batch(
 
 
 def completion_logps(
-    model: Any, batch: TokenBatch, temperature: float = 1.0, entropy: bool = False
+    model: Any,
+    batch: TokenBatch,
+    temperature: float = 1.0,
+    entropy: bool = False,
+    chunk: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs [B, C] of the completion tokens under ``log_softmax(logits / temperature)`` (the
     same temperature the backend sampled with, so old and new log-probs are comparable), and
     optionally the per-token entropy (no gradient). All-padding columns are not computed: the
-    results are zero there (masked out by every caller)."""
+    results are zero there (masked out by every caller). ``chunk`` > 0 fuses the log-softmax
+    with the LM head, that many tokens at a time (``fused_head``: no ``[B,T,V]`` logits), where
+    the model allows it."""
     full_width = batch.completion_mask.shape[1]
     batch = batch.trimmed()
     width_c = batch.completion_mask.shape[1]
+    if chunk > 0 and fusable(model):
+        with logp_head(model, batch.completion_ids, temperature, chunk, entropy) as head:
+            logp = _forward(model, batch, width_c).logits[:, :-1, 0]
+        ent = head.entropy
+    else:
+        logits = _forward(model, batch, width_c).logits[:, :-1]
+        logp = selective_log_softmax(logits, batch.completion_ids, temperature)
+        ent = None
+        if entropy:
+            with torch.no_grad():
+                ent = entropy_from_logits(logits.detach(), temperature)
+    if width_c < full_width:  # back to the caller's [B, C] layout
+        logp = torch.nn.functional.pad(logp, (0, full_width - width_c))
+        ent = torch.nn.functional.pad(ent, (0, full_width - width_c)) if ent is not None else None
+    return logp, ent
+
+
+def _forward(model: Any, batch: TokenBatch, width_c: int) -> Any:
     positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(
+    return model(
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
         position_ids=positions,
         logits_to_keep=width_c + 1,
         use_cache=False,
     )
-    logits = out.logits[:, :-1]
-    logp = selective_log_softmax(logits, batch.completion_ids, temperature)
-    ent = None
-    if entropy:
-        with torch.no_grad():
-            ent = entropy_from_logits(logits.detach(), temperature)
-    if width_c < full_width:  # back to the caller's [B, C] layout
-        logp = torch.nn.functional.pad(logp, (0, full_width - width_c))
-        ent = torch.nn.functional.pad(ent, (0, full_width - width_c)) if ent is not None else None
-    return logp, ent
 
 
 __all__ = ["TokenBatch", "build_batch", "completion_logps"]

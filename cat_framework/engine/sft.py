@@ -206,7 +206,7 @@ def sft_update(
         mb = batch.rows(s)
         ctx = acc.no_sync(model) if k < len(slices) - 1 else nullcontext()
         with ctx:
-            logp, _ = completion_logps(model, mb, 1.0)
+            logp, _ = completion_logps(model, mb, 1.0, chunk=tc.logprob_chunk)
             loss = -(logp * mb.completion_mask).sum() / max(total, 1.0)
             acc.backward(loss * acc.num_processes)
         loss_sum += float(loss.item())

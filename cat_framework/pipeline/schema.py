@@ -204,6 +204,13 @@ class Trainer(Strict):
     )
     lora: Lora | None = Field(None, description="Train LoRA adapters instead of all weights.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    logprob_chunk: int = Field(
+        1024,
+        ge=0,
+        le=1 << 20,
+        description="Tokens per chunk of the LM head fused with the log-softmax in the update "
+        "(no full-vocabulary logits; docs/training.md#memory); 0: plain logits.",
+    )
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="accelerate setting.")
     fsdp_gather_for_generation: bool = Field(
         True,

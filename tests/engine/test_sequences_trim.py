@@ -71,7 +71,8 @@ def test_update_micro_batches_group_similar_lengths_and_keep_row_order() -> None
     completions = [list(range(20, 38)), [41, 42], list(range(20, 36)), [43]]
     batch = build_batch(prompts, completions, pad_id=0)
     step = GRPOStep.__new__(GRPOStep)
-    step.cfg, step.temperature = SimpleNamespace(micro_batch_size=2), 0.7
+    step.cfg = SimpleNamespace(micro_batch_size=2, logprob_chunk=0)
+    step.temperature = 0.7
     micro = step._micro(batch)
     assert [sorted(m.tolist()) for m in micro] == [[1, 3], [0, 2]]  # short rows together
     spy = WidthSpy(model)
