@@ -23,8 +23,16 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from cat_framework.engine.linear_logps import linear_logps
+
 #: config keys of models whose forward changes the head's output before returning it
-_POST_HEAD_KEYS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier")
+_POST_HEAD_KEYS = (
+    "final_logit_softcapping",
+    "logit_scale",
+    "logits_scaling",
+    "output_multiplier",
+    "lm_head_multiplier",
+)
 
 
 def chunk_logps(
@@ -32,7 +40,7 @@ def chunk_logps(
     hidden: torch.Tensor,
     ids: torch.Tensor,
     temperature: float = 1.0,
-    chunk: int = 1024,
+    chunk: int = 256,
     entropy: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``log_softmax(head(hidden) / temperature)`` at ``ids`` (``[N,H] x [N] -> [N]``, float32),
@@ -41,11 +49,15 @@ def chunk_logps(
         raise ValueError(f"chunk must be positive, got {chunk}")
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
+    if type(head) is torch.nn.Linear:  # closed-form backward: one [chunk, V] buffer
+        return linear_logps(hidden, head, ids, temperature, chunk, entropy)
     logps, ents = [], []
     for start in range(0, hidden.shape[0], chunk):
         h, t = hidden[start : start + chunk], ids[start : start + chunk]
         if torch.is_grad_enabled():
-            lp, ent = checkpoint(_logps, head, h, t, temperature, entropy, use_reentrant=False)
+            # the entropy only on the first call: backward's recompute needs the log-probs alone
+            first = [entropy]
+            lp, ent = checkpoint(_logps_once, head, h, t, temperature, first, use_reentrant=False)
         else:
             lp, ent = _logps(head, h, t, temperature, entropy)
         logps.append(lp)
@@ -54,6 +66,13 @@ def chunk_logps(
         empty = hidden.new_zeros(ids.shape, dtype=torch.float32)
         return empty, (empty if entropy else None)
     return torch.cat(logps), (torch.cat(ents) if entropy else None)
+
+
+def _logps_once(
+    head: torch.nn.Module, h: torch.Tensor, ids: torch.Tensor, temperature: float, first: list
+) -> tuple[torch.Tensor, torch.Tensor]:
+    entropy, first[0] = first[0], False
+    return _logps(head, h, ids, temperature, entropy)
 
 
 def _logps(
@@ -66,10 +85,9 @@ def _logps(
     picked = logits.gather(-1, ids.long().unsqueeze(-1)).squeeze(-1) - norm
     if not entropy:
         return picked, picked.new_zeros(())
-    with torch.no_grad():
-        logp = logits - norm.unsqueeze(-1)
-        p = logp.exp()
-        ent = -(p * logp).masked_fill(p == 0, 0.0).sum(dim=-1)  # -inf logits add 0
+    with torch.no_grad():  # H = logsumexp - sum p x: two [N,V] temporaries, not five
+        p = torch.softmax(logits, dim=-1)
+        ent = norm - (p * logits).nansum(dim=-1)  # -inf logits: 0 * -inf is nan, counted 0
     return picked, ent
 
 

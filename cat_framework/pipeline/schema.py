@@ -205,7 +205,7 @@ class Trainer(Strict):
     lora: Lora | None = Field(None, description="Train LoRA adapters instead of all weights.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     logprob_chunk: int = Field(
-        1024,
+        256,
         ge=0,
         le=1 << 20,
         description="Tokens per chunk of the LM head fused with the log-softmax in the update "

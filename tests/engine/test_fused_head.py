@@ -27,17 +27,25 @@ def grads(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
 
+def make_head(kind: str) -> torch.nn.Module:
+    """``linear``/``bias``: the closed-form backward; ``module``: any other head (checkpointed)."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, VOCAB, bias=kind == "bias")
+    return torch.nn.Sequential(head) if kind == "module" else head
+
+
+@pytest.mark.parametrize("kind", ["linear", "bias", "module"])
 @pytest.mark.parametrize("chunk", [1, 7, 64, 10_000])
 @pytest.mark.parametrize("temperature", [1.0, 0.6])
-def test_chunked_equals_full_logits(chunk: int, temperature: float) -> None:
-    torch.manual_seed(0)
-    head = torch.nn.Linear(16, VOCAB, bias=False)
+def test_chunked_equals_full_logits(chunk: int, temperature: float, kind: str) -> None:
+    head = make_head(kind)
+    weight = head.weight if kind != "module" else head[0].weight
     hidden = torch.randn(40, 16, requires_grad=True)
     ids = torch.randint(0, VOCAB, (40,))
     full = selective_log_softmax(head(hidden).unsqueeze(0), ids.unsqueeze(0), temperature)[0]
     (full * torch.arange(40)).sum().backward()
-    want_h, want_w = hidden.grad.clone(), head.weight.grad.clone()
-    hidden.grad, head.weight.grad = None, None
+    want_h, want_w = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad, weight.grad = None, None
     logp, ent = chunk_logps(head, hidden, ids, temperature, chunk, entropy=True)
     (logp * torch.arange(40)).sum().backward()
     torch.testing.assert_close(logp, full, rtol=0, atol=1e-5)
@@ -45,7 +53,25 @@ def test_chunked_equals_full_logits(chunk: int, temperature: float) -> None:
         want_ent = entropy_from_logits(head(hidden).unsqueeze(0), temperature)[0]
     torch.testing.assert_close(ent, want_ent, rtol=0, atol=1e-5)
     torch.testing.assert_close(hidden.grad, want_h, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(head.weight.grad, want_w, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(weight.grad, want_w, rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_autocast_matches_the_plain_path() -> None:
+    """Under autocast the head's matmul runs in bf16 in forward and backward alike."""
+    model = build_tiny_model(VOCAB).train()
+    b = batch()
+    out = []
+    for chunk in (0, 16):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logp, _ = completion_logps(model, b, 1.0, chunk=chunk)
+        (logp * b.completion_mask).sum().backward()
+        out.append((logp.detach(), model.lm_head.weight.grad.clone(), grads(model)))
+    mask = b.completion_mask.bool()
+    assert out[1][0].dtype == torch.float32
+    torch.testing.assert_close(out[1][0][mask], out[0][0][mask], rtol=0, atol=0.1)
+    cos = torch.nn.functional.cosine_similarity(out[1][2], out[0][2], dim=0)
+    assert cos > 0.999  # the same gradient up to bf16 rounding
 
 
 @pytest.mark.parametrize("lora", [False, True])
