@@ -72,6 +72,34 @@ def model_folder() -> str:
     return resolve_model_path(MODEL)
 
 
+#: a token SmolLM2-Instruct never emits in these chats: the fixed-length copy's end of sequence
+NEVER_TOKEN = "<empty_output>"
+
+
+def fixed_length_folder(source: str, root: Path) -> str:
+    """A copy of the model folder whose end-of-sequence token is one the model never samples, so
+    both sides generate exactly ``max_new_tokens`` for every completion (equal work by
+    construction). The weights are linked, not copied; only the EOS settings change."""
+    folder = root / "fixed-length-model"
+    folder.mkdir(parents=True, exist_ok=True)
+    from transformers import AutoTokenizer
+
+    for item in Path(source).iterdir():
+        target = folder / item.name
+        if not target.exists() and item.name not in ("generation_config.json", "config.json"):
+            target.symlink_to(item)
+    never = AutoTokenizer.from_pretrained(source).convert_tokens_to_ids(NEVER_TOKEN)
+    for name in ("generation_config.json", "config.json"):
+        cfg = json.loads((Path(source) / name).read_text())
+        cfg["eos_token_id"] = never
+        (folder / name).write_text(json.dumps(cfg, indent=1))
+    (folder / "tokenizer_config.json").unlink()
+    tok_cfg = json.loads((Path(source) / "tokenizer_config.json").read_text())
+    tok_cfg["eos_token"] = NEVER_TOKEN
+    (folder / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=1))
+    return str(folder)
+
+
 def pipeline(s: dict[str, Any]) -> dict[str, Any]:
     """Our pipeline at the benchmark's settings."""
     trainer: dict[str, Any] = {
@@ -97,7 +125,7 @@ def pipeline(s: dict[str, Any]) -> dict[str, Any]:
         # no role here samples from pi_0 (majority + programmatic), and TRL holds no pi_0 at
         # beta 0: `policy` keeps our run from holding a frozen copy it would never use
         "models": {
-            "policy": {"backend": "transformers", "model": MODEL, "dtype": "float32"},
+            "policy": {"backend": "transformers", "model": s["model"], "dtype": "float32"},
             "anchor": "policy",
         },
         "data": {
@@ -150,7 +178,8 @@ def run_ours(s: dict[str, Any], work: Path, env: dict[str, str]) -> dict[str, An
 
 
 def run_trl(s: dict[str, Any], work: Path, env: dict[str, str], venv: Path) -> dict[str, Any]:
-    settings = {**s, "model_path": model_folder(), "workdir": str(work / "trl")}
+    model = model_folder() if s["model"] == MODEL else s["model"]
+    settings = {**s, "model_path": model, "workdir": str(work / "trl")}
     (work / "settings.json").write_text(json.dumps(settings))
     out = work / "trl.json"
     side = REPO / "benchmarks" / "grpo_vs_trl_trl_side.py"
@@ -189,9 +218,10 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, float]:
     """Medians over every measured step of every run of one side; RSS: the max over runs."""
     steps = [st for r in runs for st in measured(r["steps"])]
     out = {p: statistics.median(st[p] for st in steps) for p in (*PHASES, "tokens")}
-    out["s_per_token_generation"] = statistics.median(
-        st["generation"] / max(st["tokens"], 1.0) for st in steps
-    )
+    for phase in ("generation", "update", "step_total"):
+        out[f"s_per_token_{phase}"] = statistics.median(
+            st[phase] / max(st["tokens"], 1.0) for st in steps
+        )
     out["peak_rss_gib"] = max(r["peak_rss_gib"] for r in runs)
     return out
 
@@ -258,7 +288,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--micro-batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2, help="OMP threads per process")
     parser.add_argument(
-        "--configs", default="full,lora", help="comma-separated: full (fine-tuning), lora"
+        "--configs",
+        default="full,lora,full-fixed",
+        help="comma-separated: full (fine-tuning), lora, and either with -fixed: every "
+        "completion exactly max_new_tokens long on both sides (equal work)",
     )
     parser.add_argument(
         "--out", type=Path, default=REPO / "benchmarks" / "results" / "grpo_vs_trl-cpu-2core"
@@ -300,10 +333,13 @@ def main(argv: list[str] | None = None) -> None:
         "configs": {},
     }
     start = time.perf_counter()
-    for name in args.configs.split(","):
-        print(f"{name}:", flush=True)
-        s = {**base, "lora": name == "lora"}
-        result["configs"][name] = benchmark(s, args.repeats, args.venv, args.threads)
+    with tempfile.TemporaryDirectory(prefix="grpo-vs-trl-model-") as models:
+        fixed = fixed_length_folder(model_folder(), Path(models))
+        for name in args.configs.split(","):
+            print(f"{name}:", flush=True)
+            s = {**base, "lora": name.startswith("lora"), "fixed_length": name.endswith("-fixed")}
+            s["model"] = fixed if s["fixed_length"] else MODEL
+            result["configs"][name] = benchmark(s, args.repeats, args.venv, args.threads)
     result["wall_s"] = time.perf_counter() - start
     result["load_end"] = os.getloadavg()
     out = args.out.with_name(args.out.name + "-quick") if args.quick else args.out

@@ -125,6 +125,8 @@ def markdown(result: dict[str, Any]) -> str:
 def section(cfg: dict[str, Any]) -> list[str]:
     s = cfg["settings"]
     title = "LoRA (r=16, alpha=32, all-linear)" if s["lora"] else "Full fine-tuning"
+    if s.get("fixed_length"):
+        title += ", fixed length (every completion exactly max_new_tokens, both sides)"
     lines = [
         f"## {title}",
         "",
@@ -144,9 +146,13 @@ def section(cfg: dict[str, Any]) -> list[str]:
         ("**step (s)**", "step_total", 1.0, "{:.2f}"),
         ("tokens generated / step", "tokens", 1.0, "{:.0f}"),
         ("generation ms / token", "s_per_token_generation", 1e3, "{:.1f}"),
+        ("update ms / token", "s_per_token_update", 1e3, "{:.1f}"),
+        ("**step ms / token**", "s_per_token_step_total", 1e3, "{:.1f}"),
         ("peak RSS (GiB)", "peak_rss_gib", 1.0, "{:.2f}"),
     ]
     for label, key, scale, f in rows:
+        if key not in ours:  # a result written before the row existed
+            continue
         r = ratio.get(key)
         r_s = f"{r:.2f}x" if r else "-"
         lines.append(
