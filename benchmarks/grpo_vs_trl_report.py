@@ -41,8 +41,16 @@ SETTINGS = """\
 ## Differences that could not be removed
 
 - Random draws: each side samples with its own generators, so rollouts, their lengths and the
-  rewards differ between sides and runs. Tokens per step are reported beside the times, and
-  generation is also given per kept token.
+  rewards differ between sides (repeats of one side reproduce its draws: the seeds are fixed).
+  The two samplers draw from the same distribution: 128 completions each of the same prompts
+  at these settings are 52.3 tokens long on average from our backend and 52.5 from
+  `model.generate` on a left-padded batch (TRL's generation), standard deviation 41, Welch
+  t = -0.05 (`completion_lengths-cpu-2core.json`, `benchmarks/completion_lengths.py`). With
+  that spread a step's 16 completions vary by about 166 tokens from draw to draw, so a gap of
+  ~100 tokens per step between the sides is one draw, not a setting. The fixed-length
+  configuration removes it: every completion on both sides is exactly `max_new_tokens` long
+  (a copy of the model folder whose end-of-sequence token is one the model never samples), so
+  both do the same work; times are also given per generated token.
 - Generation strategy (part of what is measured): `model.generate` steps every row until the
   longest ends and prefills each prompt G times; our backend drops finished rows from the batch
   and prefills each prompt once per group (its KV cache copied to the G rows).
