@@ -238,13 +238,16 @@ def report_cmd(run_dir: str, output: str | None, max_prompts: int) -> None:
 
 
 def _require_run_dir(run_dir: str) -> None:
-    """Refuse a directory no run wrote: its "report" would be a page of "missing" notes."""
+    """Refuse a directory no run wrote (its "report" would be a page of "missing" notes), and a
+    run whose own files are damaged or of a newer release (its page would mislead)."""
+    from cat_framework.report.integrity import check_run_files
     from cat_framework.rundir import RUN_OUTPUTS, is_run_dir
 
     path = Path(run_dir)
     if not path.is_dir():
         raise NotARunError(f"{run_dir}: no such run directory")
     if is_run_dir(path):
+        check_run_files(path)
         return
     if not (path / "config.yaml").is_file():
         runs = sorted(p.name for p in path.iterdir() if is_run_dir(p))[:5]

@@ -16,6 +16,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from cat_framework.confine import inside_run
+
 _LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -34,6 +36,7 @@ class _JsonTee:
     def open(self, path: Path) -> None:
         self.close()
         path.parent.mkdir(parents=True, exist_ok=True)
+        path = inside_run(path.parent, path.name)  # never appends through a link
         self._file = path.open("a", encoding="utf-8", buffering=1)
 
     def close(self) -> None:

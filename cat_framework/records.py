@@ -13,12 +13,12 @@ instead of misreading it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from cat_framework.bounded import TooDeepError, loads_json
 from cat_framework.errors import CatError
 from cat_framework.types import Completion, Reference
 
@@ -105,17 +105,7 @@ class RunRecord:
         """Parse a record; ``where`` (e.g. ``records.jsonl:17``) prefixes every error."""
         if not isinstance(data, Mapping):
             raise CatError(f"{where}: a record must be a JSON object, got {type(data).__name__}")
-        schema = data.get("schema")
-        if not isinstance(schema, int):
-            raise CatError(
-                f"{where}: no record schema version: written by an older cat-framework? "
-                "Start a fresh run (the old records are not read)."
-            )
-        if schema > RECORD_SCHEMA:
-            raise CatError(
-                f"{where}: record schema {schema} is newer than this cat-framework's "
-                f"({RECORD_SCHEMA}): upgrade cat-framework to read it"
-            )
+        schema = check_schema(data, where)
         try:
             return cls(
                 mode=data["mode"],
@@ -133,6 +123,25 @@ class RunRecord:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CatError(f"{where}: not a valid run record ({exc!r})") from None
+
+
+def check_schema(data: Mapping[str, Any], where: str = "") -> int:
+    """The record schema version of ``data``; a :class:`CatError` (prefixed with ``where``) when
+    it has none or one newer than this release reads: such a line would be misread, and a
+    resumed run appending to it would mix two layouts in one file."""
+    schema = data.get("schema")
+    at = f"{where}: " if where else ""
+    if type(schema) is not int:
+        raise CatError(
+            f"{at}no record schema version: written by an older cat-framework? "
+            "Start a fresh run (the old records are not read)."
+        )
+    if schema > RECORD_SCHEMA:
+        raise CatError(
+            f"{at}record schema {schema} is newer than this cat-framework's "
+            f"({RECORD_SCHEMA}): upgrade cat-framework to read it"
+        )
+    return schema
 
 
 def trained_rewards(rec: RunRecord) -> list[float | None]:
@@ -160,11 +169,11 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = loads_json(line)
             if not isinstance(row, dict):
                 raise ValueError("not a JSON object")
         except ValueError as exc:
-            if i == len(lines) - 1:
+            if i == len(lines) - 1 and not isinstance(exc, TooDeepError):
                 break  # cut by a crash mid-write: that item is redone
             raise CatError(
                 f"{path}:{i + 1}: not a valid JSON record ({exc}); the file was damaged or "
@@ -185,6 +194,7 @@ __all__ = [
     "ReferenceRecord",
     "RolloutRecord",
     "RunRecord",
+    "check_schema",
     "parse_records",
     "read_jsonl",
     "read_records",

@@ -4,15 +4,18 @@ which config changes a resume accepts, and how secrets are kept out of what a ru
 
 from __future__ import annotations
 
+import datetime as _dt
+import json
 import os
 import re
+import reprlib
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from cat_framework.bounded import read_capped
+from cat_framework.confine import refuse_links
 from cat_framework.errors import CatError
 
 #: every run writes ``config.yaml`` first, then at least one of these
@@ -31,8 +34,48 @@ def is_run_dir(path: str | os.PathLike[str]) -> bool:
     return any((root / name).is_file() for name in RUN_OUTPUTS)
 
 
+#: the file a run writes when it creates its directory: what makes a folder a run's own, and so
+#: one ``--overwrite`` may empty (a ``config.yaml`` alone can be anyone's)
+MARKER = "run.json"
+MARKER_FORMAT = "cat-framework run"
+#: the longest file or folder name most filesystems accept (ext4, XFS, APFS, NTFS), in bytes
+MAX_NAME_BYTES = 255
+
+
+def new_marker(version: str) -> dict[str, str]:
+    """The content of a new run's :data:`MARKER`."""
+    return {"format": MARKER_FORMAT, "version": version, "created": _dt.datetime.now().isoformat()}
+
+
+def holds_run(path: str | os.PathLike[str]) -> bool:
+    """Whether a run wrote ``path``, so that ``--overwrite`` may remove what a run writes there:
+    it has a :data:`MARKER` of the framework's format or, written by a version before markers,
+    a ``config.yaml`` and a ``log.jsonl`` that starts with the run's ``run start`` line."""
+    root = Path(path)
+    try:
+        marker = json.loads(read_capped(root / MARKER, 2**16))
+        if isinstance(marker, dict) and marker.get("format") == MARKER_FORMAT:
+            return True
+    except (OSError, ValueError):
+        pass
+    return (root / "config.yaml").is_file() and _first_event(root / "log.jsonl") == "run start"
+
+
+def _first_event(log: Path) -> Any:
+    """The ``event`` of the first line of a ``log.jsonl`` (None if it has none)."""
+    if not log.is_file():  # a FIFO or device would block or never end
+        return None
+    try:
+        with log.open("rb") as f:
+            row = json.loads(f.readline(2**16))
+    except (OSError, ValueError):
+        return None
+    return row.get("event") if isinstance(row, dict) else None
+
+
 #: everything a run writes directly under its directory (``--overwrite`` removes these only)
 RUN_FILES: tuple[str, ...] = (
+    MARKER,
     "config.yaml",
     "log.jsonl",
     "records.jsonl",
@@ -108,26 +151,49 @@ def check_fresh(path: Path, overwrite: bool) -> None:
     """A fresh run never deletes what it did not write: an empty or new directory is used; a
     run's directory only with ``overwrite`` (its run files are removed, nothing else); any other
     non-empty directory is refused."""
+    check_name_lengths(path)
     if not path.exists():
         return
     if not path.is_dir():
         raise CatError(f"run directory {path} exists and is not a directory: pick another name")
     if not any(path.iterdir()):
         return
-    if not is_run_dir(path) and not (path / "config.yaml").is_file():
+    if not holds_run(path):
+        config = "; a config.yaml alone is not one" if (path / "config.yaml").exists() else ""
         raise CatError(
-            f"{path} is not empty and holds no run: a run never writes into (or deletes from) a "
-            "folder it did not create. Pick another output.run_name or --run-dir."
+            f"{path} is not empty and holds no run (no {MARKER}, the file every run writes "
+            f"first{config}): a run never writes into (or deletes from) a folder it did not "
+            "create. Pick another output.run_name or --run-dir."
         )
     if not overwrite:
         raise CatError(
             f"{path} already holds a run. Continue it with `--resume {path}`, pick another "
             "output.run_name (or --run-dir), or replace it with --overwrite."
         )
+    check_run_links(path)  # before deleting anything: a link's target is not the run's
     for name in RUN_FILES:
         (path / name).unlink(missing_ok=True)
     for name in RUN_FOLDERS:
         shutil.rmtree(path / name, ignore_errors=True)
+
+
+def check_run_links(path: Path) -> None:
+    """Refuse a run directory in which anything the run writes, appends to or deletes is a
+    symbolic link (:mod:`cat_framework.confine`)."""
+    refuse_links(path, RUN_FILES + RUN_FOLDERS)
+
+
+def check_name_lengths(path: Path) -> None:
+    """A folder name longer than a filesystem accepts fails with a precise message, not with
+    the operating system's ``File name too long`` from deep inside a run."""
+    for part in path.parts:
+        size = len(os.fsencode(part))
+        if size > MAX_NAME_BYTES:
+            raise CatError(
+                f"run directory: the folder name {part[:40]}... is {size} bytes long, and a "
+                f"folder name can have at most {MAX_NAME_BYTES}. Pick a shorter output.run_name "
+                "or --run-dir."
+            )
 
 
 def read_run_config(path: Path) -> dict[str, Any]:
@@ -140,12 +206,36 @@ def read_run_config(path: Path) -> dict[str, Any]:
             "pass the directory of the run to continue"
         )
     try:
-        data = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise CatError(f"--resume {path}: config.yaml is unreadable ({exc})") from None
-    if not isinstance(data, dict):
-        raise CatError(f"--resume {path}: config.yaml does not hold a pipeline config")
-    return data
+        return parse_run_config(path / "config.yaml")
+    except CatError as exc:
+        raise CatError(f"--resume {path}: {exc}") from None
+
+
+def parse_run_config(file: Path) -> dict[str, Any]:
+    """A run's ``config.yaml``, read under a pipeline's bounds (size, nesting, values, aliases:
+    :mod:`cat_framework.pipeline.source`): an alias bomb appended to it is refused in a line
+    instead of being expanded into every message that shows the config. One :class:`CatError`
+    naming the file, line and fault otherwise."""
+    from cat_framework.pipeline.issues import PipelineValidationError
+    from cat_framework.pipeline.source import parse_source
+
+    try:
+        return dict(parse_source(file).data)
+    except PipelineValidationError as exc:
+        first, more = exc.issues[0], len(exc.issues) - 1
+        also = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        raise CatError(
+            f"{str(first).rstrip('.')}{also}. It is not the config.yaml this run wrote (damaged "
+            "or edited): restore it from a copy, or start a new run"
+        ) from None
+
+
+def _brief(value: Any) -> str:
+    """``repr(value)`` cut to a line: a message names a value, it does not dump it."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxstring, short.maxother = 3, 60, 60
+    short.maxlist = short.maxtuple = short.maxdict = short.maxset = 6
+    return short.repr(value)
 
 
 def check_resume(
@@ -162,7 +252,9 @@ def check_resume(
         changes = {k: v for k, v in changes.items() if k in written or v[1] != default_of(k)}
     unsafe = unsafe_changes(changes, str(config.get("mode")))
     if unsafe:
-        shown = "; ".join(f"{k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in unsafe[:8])
+        shown = "; ".join(
+            f"{k[:80]}: {_brief(changes[k][0])} -> {_brief(changes[k][1])}" for k in unsafe[:8]
+        )
         more = f" (and {len(unsafe) - 8} more)" if len(unsafe) > 8 else ""
         raise CatError(
             f"--resume {path}: the pipeline differs from the run's config.yaml in keys that "
@@ -173,14 +265,20 @@ def check_resume(
 
 
 __all__ = [
+    "MARKER",
     "RESUME_SAFE",
     "RUN_FILES",
     "RUN_FOLDERS",
     "RUN_OUTPUTS",
     "check_fresh",
+    "check_name_lengths",
     "check_resume",
+    "check_run_links",
     "config_changes",
+    "holds_run",
     "is_run_dir",
+    "new_marker",
+    "parse_run_config",
     "read_run_config",
     "redact",
 ]

@@ -119,6 +119,14 @@ class GenerationRequest(_Serializable):
         return dataclasses.replace(self, **changes)
 
 
+def _number(value: Any) -> Any:
+    """``value`` if it is a number: ``float("NaN")`` and ``int("7")`` would accept text (a
+    run file's ``"NaN"`` log-prob), and ``True`` is no token id."""
+    if isinstance(value, (str, bytes, bool)):
+        raise TypeError(f"{value!r} is not a number")
+    return value
+
+
 @dataclass(frozen=True)
 class Completion(_Serializable):
     """One sampled continuation. ``logprobs`` are the per-token log-probabilities of the sampled
@@ -130,9 +138,9 @@ class Completion(_Serializable):
     finish_reason: FinishReason = "stop"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "token_ids", tuple(int(t) for t in self.token_ids))
+        object.__setattr__(self, "token_ids", tuple(int(_number(t)) for t in self.token_ids))
         if self.logprobs is not None:
-            object.__setattr__(self, "logprobs", tuple(float(x) for x in self.logprobs))
+            object.__setattr__(self, "logprobs", tuple(float(_number(x)) for x in self.logprobs))
         if self.finish_reason not in ("stop", "length"):
             raise ValueError(
                 f"finish_reason must be 'stop' or 'length', not {self.finish_reason!r}"

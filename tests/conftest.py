@@ -13,9 +13,45 @@ import pytest
 from cat_framework.plugins import Plugins, load_plugins
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
+#: verbatim slices of real data sets, laid out like a ``$CAT_DATA_DIR`` (provenance: its README)
+DATASETS = REPO / "tests" / "data" / "datasets"
 
 pytest_plugins = ["tests.helpers.training_fixtures"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fail-on-skip",
+        action="store_true",
+        help="exit non-zero if any test is skipped (CI: a clone alone must hold what they need)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--fail-on-skip"):
+        config.pluginmanager.register(FailOnSkip(), "fail-on-skip")
+
+
+class FailOnSkip:
+    """``--fail-on-skip``: every skip is listed at the end and the run fails."""
+
+    def __init__(self) -> None:
+        self.skips: list[str] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.skipped and not hasattr(report, "wasxfail"):
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+            self.skips.append(f"{report.nodeid}: {reason}")
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.skips and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if self.skips:
+            terminalreporter.write_line(f"--fail-on-skip: {len(self.skips)} skipped", red=True)
+            for line in self.skips:
+                terminalreporter.write_line(f"  {line}")
 
 
 @pytest.fixture

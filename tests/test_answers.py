@@ -6,7 +6,6 @@ import json
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -22,9 +21,8 @@ from cat_framework.answers import (
     read_answer,
 )
 from cat_framework.answers._bound import bounded
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
+from cat_plugins.datasets.common import PACKAGE_DATA
+from tests.conftest import DATASETS
 
 # ----------------------------------------------------------------------------------- extraction
 
@@ -355,13 +353,12 @@ def test_cluster_answers_empty_and_blank() -> None:
 # ----------------------------------------------------------------------------- real data files
 
 
-@pytest.mark.skipif(not (DATA / "math500" / "test.jsonl").exists(), reason="no MATH-500 file")
 def test_math500_answers_match_their_solutions() -> None:
     """Acceptance: every MATH-500 ``answer`` is equivalent, both ways, to what we read from its
     own ``solution``, and is that very string except where the solution boxes several parts
     (read as one set) or math-verify reads the box differently; math-verify (not just the
     string fast path) accepts every answer as equal to itself."""
-    rows = [json.loads(line) for line in (DATA / "math500" / "test.jsonl").open()]
+    rows = [json.loads(line) for line in (PACKAGE_DATA / "math500" / "test.jsonl").open()]
     assert len(rows) == 500
     read = [extract_answer(r["solution"]) for r in rows]
     differ = [r["unique_id"] for r, a in zip(rows, read, strict=True) if a != r["answer"]]
@@ -378,24 +375,34 @@ def test_math500_answers_match_their_solutions() -> None:
     ] == []
 
 
-@pytest.mark.skipif(not (DATA / "gsm8k" / "test.jsonl").exists(), reason="no GSM8K file")
 def test_gsm8k_solutions_extract_to_plain_numbers() -> None:
-    rows = [json.loads(line) for line in (DATA / "gsm8k" / "test.jsonl").open()]
+    rows = [json.loads(line) for line in (PACKAGE_DATA / "gsm8k" / "test.jsonl").open()]
+    assert len(rows) == 1319
     golds = [extract_answer(r["answer"]) for r in rows]
     assert all(g is not None and "," not in g for g in golds)
     assert golds[0] == "18"
     assert sum(g.startswith("-") for g in golds if g) == 2  # "-10" and "-3"
 
 
-POOL = DATA / "math500" / "math_train12k_reconstructed.jsonl"
+#: 30 records of the 12k MATH pool: every one that is special for extraction, and others
+POOL = DATASETS / "math500" / "math_train12k_slice.jsonl"
 
 
-@pytest.mark.skipif(not POOL.exists(), reason="no 12k MATH pool file")
 def test_math12k_single_box_answers_are_kept_verbatim() -> None:
     """The pool's answers are the (unstripped) last box of each solution. Where a solution has
     exactly one box, we return it verbatim, except one that math-verify reads as ``05:00``.
-    Two source solutions box nothing (``\\boxed{}``): we skip empty boxes."""
+    Two source solutions box nothing (``\\boxed{}``): we skip empty boxes. Run on the full
+    12k pool, the same records stood out; the slice holds all of them."""
     rows = [json.loads(line) for line in POOL.open()]
+    ids = {r["unique_id"] for r in rows}
+    assert len(rows) == 30 and sum(len(answers.boxes(r["solution"])) > 1 for r in rows) == 5
+    assert {
+        "train/number_theory/7115.json",  # an empty \boxed{}
+        "train/number_theory/7117.json",
+        "train/algebra/24014.json",  # \boxed 2, no braces
+        "train/algebra/25040.json",  # \boxed 9
+    } <= ids
+    assert sum(r["answer"] != r["answer"].strip() for r in rows) == 4  # spaces around the box
     missed = [
         (r["unique_id"], r["answer"])
         for r in rows

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from cat_framework.cli import main
+from tests.conftest import DATASETS
 
-REPO = Path(__file__).resolve().parent.parent
-HB500 = REPO.parent / "shared" / "data" / "healthbench" / "healthbench_oss_eval_subset500.jsonl"
+HB_SLICE = DATASETS / "healthbench" / "oss_eval_subset500_slice.jsonl"
 KEYS = {"id", "messages", "has_gold_answer", "has_rubric"}
 
 
@@ -58,9 +58,8 @@ def test_show_gold(capsys: pytest.CaptureFixture) -> None:
     assert lines[0]["rubric"] is None
 
 
-@pytest.mark.skipif(not HB500.is_file(), reason="no HealthBench subset on hand")
 def test_rubrics_are_flagged_and_shown_on_request(capsys: pytest.CaptureFixture) -> None:
-    args = ("data", "healthbench", "--set", f"path={HB500}", "--limit", "1")
+    args = ("data", "healthbench", "--set", f"path={HB_SLICE}", "--limit", "1")
     code, lines, _ = run(capsys, *args)
     assert code == 0 and lines[0]["has_rubric"] is True and "rubric" not in lines[0]
     code, lines, _ = run(capsys, *args, "--show-gold")

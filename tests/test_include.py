@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from cat_framework import load_plugins
-from cat_framework.pipeline import PipelineValidationError, load_pipeline, load_source
-from cat_framework.pipeline.include import MAX_INCLUDE_DEPTH, merge
+from cat_framework.pipeline import PipelineValidationError, include, load_pipeline, load_source
+from cat_framework.pipeline.include import MAX_INCLUDE_DEPTH, MAX_INCLUDES, merge
 
 BASE = """\
 name: base
@@ -201,3 +201,28 @@ def test_include_depth_is_bounded(tmp_path):
         write(tmp_path, f"p{i}.yaml", f"include: p{i + 1}.yaml\n" if i < n - 1 else BASE)
     with pytest.raises(PipelineValidationError, match="deeper than"):
         load_source(tmp_path / "p0.yaml")
+
+
+@pytest.mark.timeout(60)  # unbounded, this fan-out reads 10^8 files
+def test_include_fan_out_is_bounded_in_total(tmp_path):
+    for i in range(8):
+        write(tmp_path, f"f{i}.yaml", "include: [" + ", ".join([f"f{i + 1}.yaml"] * 10) + "]\n")
+    write(tmp_path, "f8.yaml", BASE)
+    with pytest.raises(PipelineValidationError) as exc:
+        load_source(tmp_path / "f0.yaml")
+    (issue,) = exc.value.issues
+    assert f"more than {MAX_INCLUDES} included files in all" in issue.message
+    assert issue.file.endswith(".yaml") and issue.line == 1
+
+
+def test_include_bytes_are_bounded_in_total(tmp_path, monkeypatch):
+    monkeypatch.setattr(include, "MAX_TOTAL_BYTES", 2000)
+    padding = "# " + "x" * 700 + "\n"
+    write(tmp_path, "a.yaml", padding + BASE)
+    write(tmp_path, "b.yaml", padding + "name: b\n")
+    top = write(tmp_path, "top.yaml", "include: [a.yaml, b.yaml]\n" + padding)
+    with pytest.raises(PipelineValidationError) as exc:
+        load_source(top)
+    (issue,) = exc.value.issues
+    assert issue.file == str(top) and issue.path == "include[1]"
+    assert "hold more than 2,000 bytes in all" in issue.message

@@ -19,6 +19,7 @@ trains on exactly those.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -134,13 +135,20 @@ class RolloutsAhead:
         }
 
     def resume(
-        self, ckpt: Checkpoint, step: int, prompts: Sequence[Prompt], processes: int, index: int
+        self,
+        ckpt: Checkpoint,
+        step: int,
+        prompts: Sequence[Prompt],
+        processes: int,
+        index: int,
+        vocab: int | None = None,
     ) -> None:
         """Train ``step`` (the one after ``ckpt``) on the rollouts the checkpoint holds for it,
         sampled with weights no checkpoint keeps; ``prompts`` are that step's prompts for this
         process (``index`` of ``processes``) by the run's schedule, which the file must name in
-        order. With another process count than the checkpoint's (each process kept its own
-        share) there are none to use: ``step`` then samples in place, one step less stale."""
+        order; its token ids must be inside the model's ``vocab``. With another process count
+        than the checkpoint's (each process kept its own share) there are none to use: ``step``
+        then samples in place, one step less stale."""
         written = ckpt.state.get("processes", 1)
         if ckpt.state.get("pending_rollouts") and written != processes:
             log.warning(
@@ -152,15 +160,43 @@ class RolloutsAhead:
         pending = load_pending(ckpt, index)
         if pending is not None:
             data, where = pending
-            groups, seconds = parse_pending(data, step, prompts, self.rollouts.sampled, str(where))
+            groups, seconds = parse_pending(
+                data, step, prompts, self.rollouts.sampled, str(where), vocab
+            )
             self._pending = (step, groups, seconds)
 
 
+def check_values(completion: Any, vocab: int | None) -> str | None:
+    """What is wrong with one rollout's numbers as a run file holds them (None: nothing): the
+    token ids index the model's embeddings (an id outside them fails deep in a forward pass),
+    and the sampler's log-probs weigh the update (a NaN there ends in NaN weights)."""
+    if not isinstance(completion, dict):
+        return None  # Completion.from_dict says what it needs
+    ids, logps = completion.get("token_ids", []), completion.get("logprobs")
+    if isinstance(ids, list):
+        for t in ids:
+            if type(t) is not int:
+                return f"token id {t!r} is not an integer"
+            if t < 0 or (vocab is not None and t >= vocab):
+                limit = f"0 to {vocab - 1}" if vocab is not None else "0 or more"
+                return f"token id {t} is outside the model's vocabulary ({limit})"
+    if isinstance(logps, list):
+        for x in logps:
+            if type(x) not in (int, float) or not math.isfinite(x) or x > 0:
+                return f"log-prob {x!r} is not a finite number <= 0 (a log-probability)"
+    return None
+
+
 def parse_pending(
-    data: Any, step: int, prompts: Sequence[Prompt], per_group: int, where: str
+    data: Any,
+    step: int,
+    prompts: Sequence[Prompt],
+    per_group: int,
+    where: str,
+    vocab: int | None = None,
 ) -> tuple[list[RolloutGroup], float]:
     """Validate a pending-rollouts file's content (it comes from a run directory: data, never
-    trusted) against the prompts the schedule gives for its step."""
+    trusted) against the prompts the schedule gives for its step and the model's ``vocab``."""
 
     def bad(why: str) -> CatError:
         return CatError(f"{where}: {why}; resume from an earlier checkpoint or start the run again")
@@ -186,6 +222,9 @@ def parse_pending(
         try:
             if not isinstance(completions, list) or len(completions) != per_group:
                 raise TypeError(f"a list of {per_group} completions is required (rollouts.n)")
+            for j, c in enumerate(completions):
+                if (fault := check_values(c, vocab)) is not None:
+                    raise bad(f"group {k}, rollout {j}: {fault}")
             rollouts = tuple(Completion.from_dict(c) for c in completions)
         except (TypeError, ValueError, AttributeError) as exc:
             raise bad(f"group {k} is not valid rollouts ({exc})") from None
@@ -195,4 +234,4 @@ def parse_pending(
     return groups, float(seconds)
 
 
-__all__ = ["Plan", "RolloutsAhead", "Taken", "parse_pending"]
+__all__ = ["Plan", "RolloutsAhead", "Taken", "check_values", "parse_pending"]

@@ -26,9 +26,10 @@ warning naming what it skipped and why.
 
 from __future__ import annotations
 
-import json
 import random
+import reprlib
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from cat_framework.bounded import loads_json, read_capped
+from cat_framework.confine import inside_run
 from cat_framework.engine import fsdp
 from cat_framework.engine.files import atomic_write_json, fsync_dir, fsync_file, rewrite_jsonl
+from cat_framework.engine.finite import refuse_nonfinite_weights
 from cat_framework.engine.safe_state import check_state, load_state, save_state
 from cat_framework.errors import CatError
 
@@ -53,6 +57,12 @@ SCHEDULER = "scheduler.safetensors"
 PREFIX = "step-"
 TMP = ".tmp-"
 TRASH = ".trash-"
+#: the largest ``state.json`` read (the framework writes a few hundred bytes)
+MAX_STATE_BYTES = 2**20
+#: the largest pending-rollouts file read (it holds one step's rollouts of one process)
+MAX_PENDING_BYTES = 16 * 2**30
+#: the most processes a checkpoint may name (each names files to check)
+MAX_PROCESSES = 65_536
 
 
 def rng_file(process_index: int) -> str:
@@ -130,7 +140,7 @@ def checkpoint_dirs(root: Path) -> list[Path]:
 def tidy_checkpoints(run_dir: Path) -> None:
     """Finish what a killed save or prune left: delete ``.trash-*`` (already doomed) and
     ``.tmp-*`` (never completed) directories. Main process only, while no save is running."""
-    root = run_dir / CHECKPOINTS
+    root = inside_run(run_dir, CHECKPOINTS)  # a linked folder's entries are not the run's
     if not root.is_dir():
         return
     for path in root.iterdir():
@@ -172,6 +182,7 @@ def save_checkpoint(
     Returns the checkpoint path on the main process, None elsewhere."""
     root = run_dir / CHECKPOINTS
     final = root / f"{PREFIX}{step:06d}"
+    refuse_nonfinite_weights(model, accelerator, f"checkpoint {final.name}")  # before any write
     tmp = root / f"{TMP}{final.name}"
     if accelerator.is_main_process:
         tidy_checkpoints(run_dir)
@@ -210,33 +221,73 @@ def save_checkpoint(
         _discard([final])
     tmp.rename(final)
     fsync_dir(root)
+    prune_checkpoints(run_dir, step, keep)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def prune_checkpoints(run_dir: Path, step: int, keep: int) -> None:
+    """Keep the ``keep`` newest checkpoints up to ``step`` and drop any later one (the timeline
+    a resume abandoned, or a damaged one a resume skipped). Run after every save and when a run
+    resumes, so what a kill during a prune left is removed even if no save follows."""
+    root = inside_run(run_dir, CHECKPOINTS)
     kept = [p for p in checkpoint_dirs(root) if (step_of(p) or 0) <= step]
     later = [p for p in checkpoint_dirs(root) if (step_of(p) or 0) > step]
     _discard(kept[:-keep] + later)
-    accelerator.wait_for_everyone()
-    return final
+
+
+def _read_json(file: Path, limit: int) -> Any:
+    """A JSON run file, bounded (:mod:`cat_framework.bounded`): ``OSError`` when it cannot be
+    read (a FIFO or device is refused before reading), ``ValueError`` when it is not JSON."""
+    return loads_json(read_capped(file, limit))
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    """``state.json``, with every count a resume uses range-checked before it is used: a
+    hostile ``"processes": 10**12`` would otherwise name 10^12 files to check."""
+    try:
+        state = _read_json(path / STATE, MAX_STATE_BYTES)
+    except FileNotFoundError:
+        raise InvalidCheckpoint(f"{STATE} is missing") from None
+    except OSError as e:
+        raise InvalidCheckpoint(f"{STATE} cannot be read ({e.strerror or e})") from None
+    except ValueError as e:
+        raise InvalidCheckpoint(f"{STATE} is not readable JSON ({e})") from None
+    step = state.get("step") if isinstance(state, dict) else None
+    if type(step) is not int or step != step_of(path):  # True == 1: bools are no steps
+        raise InvalidCheckpoint(f"{STATE} does not say step {step_of(path)}")
+    processes = state.get("processes", 1)
+    if type(processes) is not int or not 1 <= processes <= MAX_PROCESSES:
+        raise InvalidCheckpoint(
+            f"{STATE} has an invalid 'processes' ({reprlib.repr(processes)}): a whole number "
+            f"from 1 to {MAX_PROCESSES:,} is expected"
+        )
+    for flag in ("sharded", "pending_rollouts"):
+        if type(state.get(flag, False)) is not bool:
+            raise InvalidCheckpoint(
+                f"{STATE}: {flag!r} is {reprlib.repr(state[flag])}, not a boolean"
+            )
+    return state
+
+
+def _require_file(file: Path) -> None:
+    """Refuse a FIFO or device before a reader blocks on it or reads it without end."""
+    if file.exists() and not file.is_file():
+        raise InvalidCheckpoint(f"{file.name} is not a regular file")
 
 
 def check_checkpoint(path: Path) -> Checkpoint:
     """Validate everything a resume will read, without loading the tensors: ``state.json``, the
     weights' safetensors header and every state file. Raises :class:`InvalidCheckpoint`."""
-    try:
-        state = json.loads((path / STATE).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidCheckpoint(f"{STATE} is missing") from None
-    except (OSError, ValueError) as e:
-        raise InvalidCheckpoint(f"{STATE} is not readable JSON ({e})") from None
-    if not isinstance(state, dict) or state.get("step") != step_of(path):
-        raise InvalidCheckpoint(f"{STATE} does not say step {step_of(path)}")
+    state = _read_state(path)
     processes = state.get("processes", 1)
-    if not isinstance(processes, int) or processes < 1:
-        raise InvalidCheckpoint(f"{STATE} has an invalid 'processes' ({processes!r})")
     if state.get("sharded"):
         weights = [shard_files(i)[0] for i in range(processes)]
         states = [shard_files(i)[1] for i in range(processes)]
     else:
         weights, states = [WEIGHTS], [OPTIMIZER]
     for weight in weights:
+        _require_file(path / weight)
         try:
             with safe_open(str(path / weight), "pt"):
                 pass
@@ -246,7 +297,7 @@ def check_checkpoint(path: Path) -> Checkpoint:
             raise InvalidCheckpoint(f"{weight} is damaged ({e})") from None
     for i in range(processes) if state.get("pending_rollouts") else ():
         try:
-            json.loads((path / pending_file(i)).read_text(encoding="utf-8"))
+            _read_json(path / pending_file(i), MAX_PENDING_BYTES)
         except FileNotFoundError:
             raise InvalidCheckpoint(f"{pending_file(i)} is missing") from None
         except (OSError, ValueError) as e:
@@ -262,6 +313,7 @@ def check_checkpoint(path: Path) -> Checkpoint:
                     "can run arbitrary code"
                 )
             raise InvalidCheckpoint(f"{name} is missing")
+        _require_file(file)
         try:
             check_state(file)
         except CatError as e:
@@ -343,7 +395,7 @@ def load_pending(ckpt: Checkpoint, process_index: int) -> tuple[Any, Path] | Non
         return None
     file = ckpt.path / pending_file(process_index)
     try:
-        return json.loads(file.read_text(encoding="utf-8")), file
+        return _read_json(file, MAX_PENDING_BYTES), file
     except (OSError, ValueError) as e:
         raise CatError(
             f"checkpoint {ckpt.path}: {file.name} cannot be read ({e}): resume from an earlier "
@@ -370,14 +422,19 @@ def _check_layout(ckpt: Checkpoint, model: torch.nn.Module, process_index: int) 
     return sharded
 
 
-def truncate_jsonl(path: Path, max_step: int) -> None:
+def truncate_jsonl(
+    path: Path, max_step: int, check: Callable[[dict[str, Any]], Any] | None = None
+) -> None:
     """Keep the lines of steps <= ``max_step`` (the rest are redone after a resume), atomically;
-    a last line cut by a crash is dropped."""
+    a last line cut by a crash is dropped. ``check(row)`` may refuse a line with a
+    :class:`CatError` (the message gets the file and line)."""
 
     def keep(row: dict[str, Any]) -> bool:
+        if check is not None:
+            check(row)
         step = row.get("step", 0)
         if not isinstance(step, int) or isinstance(step, bool):
-            raise CatError(f"'step' is {step!r}, not an integer")
+            raise CatError(f"'step' is {reprlib.repr(step)}, not an integer")
         return step <= max_step
 
     rewrite_jsonl(path, keep)
@@ -390,6 +447,7 @@ __all__ = [
     "latest_checkpoint",
     "load_checkpoint",
     "load_pending",
+    "prune_checkpoints",
     "save_checkpoint",
     "tidy_checkpoints",
     "trainable_state",

@@ -32,7 +32,7 @@ from cat_framework.errors import CatError
 from cat_framework.pipeline import Pipeline
 from cat_framework.pipeline.build import BackendPool, build_component, build_roles
 from cat_framework.plugins import Plugins
-from cat_framework.records import parse_records, read_records
+from cat_framework.records import parse_records, read_jsonl
 from cat_framework.types import Completion, Prompt, Reference, RolloutGroup
 
 log = structlog.get_logger("cat_framework.evaluate")
@@ -241,7 +241,10 @@ def run_evaluate(
     records_path = run_dir / "records.jsonl"
     done: dict[str, dict[str, Any]] = {}
     if resume:
-        done = {r.prompt_id: r.to_dict() for r in read_records(records_path)}
+        rows = read_jsonl(records_path)
+        for rec, row in zip(parse_records(rows, str(records_path)), rows, strict=True):
+            known = rec.to_dict()  # fields this release does not know (a plugin's) are kept
+            done[rec.prompt_id] = {**{k: v for k, v in row.items() if k not in known}, **known}
         # drop a line a crash may have cut, atomically: a kill here never loses a record
         atomic_write_text(records_path, "".join(json.dumps(r) + "\n" for r in done.values()))
     pool = BackendPool()

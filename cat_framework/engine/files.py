@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from cat_framework.bounded import TooDeepError, loads_json
 from cat_framework.errors import CatError
 
 
@@ -62,7 +63,8 @@ def atomic_output(path: Path) -> Iterator[IO[bytes]]:
     path = Path(path)
     tmp = temp_name(path)
     try:
-        with open(tmp, "wb") as f:
+        tmp.unlink(missing_ok=True)  # a leftover, or a planted link: never written through
+        with open(tmp, "xb") as f:  # exclusive: created here, so not a link to elsewhere
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -105,7 +107,9 @@ def rewrite_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> int:
             if cut is not None:
                 raise _malformed(path, *cut)
             try:
-                row = json.loads(raw)
+                row = loads_json(raw)
+            except TooDeepError as e:  # whole, so not cut by a crash: hostile wherever it is
+                raise _malformed(path, lineno, f"not valid JSON ({e})") from None
             except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
                 cut = (lineno, f"not valid JSON ({e})")
                 continue

@@ -18,6 +18,7 @@ import torch
 
 from cat_framework.engine import grpo
 from cat_framework.engine.async_rollouts import RolloutsAhead
+from cat_framework.engine.finite import NonfiniteGuard, step_scheduler
 from cat_framework.engine.policy import PolicyModels
 from cat_framework.engine.progress import phase
 from cat_framework.engine.record_builder import build_record
@@ -87,6 +88,7 @@ class GRPOStep:
         self.rollouts, self.cfg = rollouts, config
         self.temperature = rollouts.temperature if rollouts.temperature > 0 else 1.0
         self.params = [p for p in train_model.parameters() if p.requires_grad]
+        self.guard = NonfiniteGuard(config.nonfinite_stop_after, accelerator)
 
     # ------------------------------------------------------------------ helpers
     def _micro(self, batch: TokenBatch) -> list[slice | torch.Tensor]:
@@ -199,8 +201,10 @@ class GRPOStep:
         ent_sum = 0.0
         grad_norm = float("nan")
         micro = self._micro(batch)
+        skipped = 0
         for it in range(cfg.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
+            loss_finite = True
             for k, s in enumerate(micro):
                 ctx = acc.no_sync(self.train_model) if k < len(micro) - 1 else nullcontext()
                 with ctx:
@@ -228,6 +232,7 @@ class GRPOStep:
                         is_weights=is_w[s] if is_w is not None else None,
                     )
                     acc.backward(out.loss * acc.num_processes)
+                loss_finite = loss_finite and bool(torch.isfinite(out.loss.detach()))
                 tokens = float(mask[s].sum().item())
                 if it == 0:
                     stats["loss"] = stats.get("loss", 0.0) + float(out.loss.item())
@@ -235,11 +240,15 @@ class GRPOStep:
                         stats[key] = stats.get(key, 0.0) + value * tokens
                     if ent is not None:
                         ent_sum += float((ent * mask[s]).sum().item())
-            if cfg.max_grad_norm is not None:
-                grad_norm = float(acc.clip_grad_norm_(self.params, cfg.max_grad_norm))
-            self.optimizer.step()
-            self.scheduler.step()
+            if self.guard.allow(loss_finite, self.params, f"step {step}, pass {it + 1}"):
+                if cfg.max_grad_norm is not None:
+                    grad_norm = float(acc.clip_grad_norm_(self.params, cfg.max_grad_norm))
+                self.optimizer.step()
+            else:
+                skipped += 1
+            step_scheduler(self.scheduler)
         self.optimizer.zero_grad(set_to_none=True)
+        extra["train/nonfinite_steps"] = float(skipped)
         if ahead is not None:  # the sampler keeps the old weights until it is done
             extra["time/rollouts_wait"] = ahead.join()
             extra["rollouts/staleness"] = float(staleness)

@@ -22,14 +22,22 @@ import structlog
 import yaml
 
 from cat_framework import __version__
-from cat_framework.engine.files import atomic_write_text
+from cat_framework.engine.files import atomic_write_json, atomic_write_text
 from cat_framework.engine.threads import apply_thread_discipline, restore_threads
 from cat_framework.errors import CatError, ModeNotAvailableError
 from cat_framework.logs import attach_run_log, detach_run_log
 from cat_framework.pipeline import Pipeline
 from cat_framework.pipeline.schema import default_of
 from cat_framework.plugins import Plugins
-from cat_framework.rundir import check_fresh, check_resume, redact
+from cat_framework.rundir import (
+    MARKER,
+    MAX_NAME_BYTES,
+    check_fresh,
+    check_resume,
+    check_run_links,
+    new_marker,
+    redact,
+)
 
 log = structlog.get_logger("cat_framework.run")
 
@@ -67,6 +75,7 @@ def new_run_dir(pipeline: Pipeline, run_dir: str | None) -> Path:
     out = pipeline.config.output
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", pipeline.config.name).strip("-.") or "run"
+    slug = slug[: MAX_NAME_BYTES - len(stamp) - 1]  # a long name still makes a folder name
     name = out.run_name or f"{slug}-{stamp}"
     parent = Path(out.dir).resolve()
     path = (parent / name).resolve()
@@ -98,9 +107,12 @@ def run_pipeline(
     if is_main_process():  # only the main process judges and prepares the directory
         if resume:
             changes = check_resume(path, config, default_of)
+            check_run_links(path)
         else:
             check_fresh(path, overwrite)
         path.mkdir(parents=True, exist_ok=True)
+        if not resume:  # first: a folder is a run's (to replace with --overwrite) only if marked
+            atomic_write_json(path / MARKER, new_marker(__version__))
         if not resume or changes:
             atomic_write_text(path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     wait_for_everyone()  # the others touch it (their log lines) only once it is ready

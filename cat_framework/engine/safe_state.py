@@ -21,6 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from cat_framework.bounded import loads_json
 from cat_framework.engine.files import fsync_file
 from cat_framework.errors import CatError
 
@@ -54,8 +55,14 @@ def load_state(path: Path) -> Any:
 
 def check_state(path: Path) -> None:
     """Validate a state file without reading its tensors: header readable, file size matching
-    the header, structure parseable, every tensor it names present."""
-    _read_structure(path)
+    the header, structure parseable and well formed (decoded with placeholders for the
+    tensors), every tensor it names present. A checkpoint that passes is one a resume can read,
+    so a malformed one is skipped for an older one instead of failing the resume."""
+    structure, names = _read_structure(path)
+    try:
+        _decode(structure, dict.fromkeys(names))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CatError(f"{path.name}: its '{KEY}' structure is malformed ({e!r})") from None
 
 
 def _read_structure(path: Path) -> tuple[Any, set[str]]:
@@ -67,8 +74,8 @@ def _read_structure(path: Path) -> tuple[Any, set[str]]:
         raise CatError(f"{path.name} is damaged or not a safetensors file ({e})") from None
     if KEY not in meta:
         raise CatError(f"{path.name} holds no '{KEY}' structure: not written by cat-framework")
-    try:
-        structure = json.loads(meta[KEY])
+    try:  # nesting deeper than any state has is refused here, before any recursive walk
+        structure = loads_json(meta[KEY])
     except ValueError as e:
         raise CatError(f"{path.name}: its '{KEY}' structure is not valid JSON ({e})") from None
     missing = _tensor_names(structure) - names

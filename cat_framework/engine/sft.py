@@ -19,6 +19,7 @@ import torch
 
 from cat_framework.components import Aggregator
 from cat_framework.engine.checkpoint import load_checkpoint
+from cat_framework.engine.finite import NonfiniteGuard, step_scheduler
 from cat_framework.engine.policy import PolicyModels, build_policy, build_training_roles
 from cat_framework.engine.progress import StepProgress
 from cat_framework.engine.record_builder import build_record
@@ -100,12 +101,15 @@ def run_sft(
         total = min(tc.steps, tc.sft_epochs * per_epoch)
         optimizer, scheduler = make_optimizer(policy.model, pipeline, total)
         train_model, optimizer = acc.prepare(policy.model, optimizer)
-        ckpt = resume_point(run_dir, resume, acc, files=("metrics.jsonl",))
+        ckpt = resume_point(
+            run_dir, resume, acc, files=("metrics.jsonl",), keep=tc.keep_checkpoints
+        )
         start = 0
         if ckpt is not None:
             load_checkpoint(ckpt, policy.model, optimizer, scheduler, acc.process_index)
             start = ckpt.step
         policy.release_sampler_memory()  # FSDP2: back with the push after training
+        guard = NonfiniteGuard(tc.nonfinite_stop_after, acc)
         with StepProgress(total, start, enabled=acc.is_main_process) as bar:
             for step in range(start + 1, total + 1):
                 t0 = time.perf_counter()
@@ -114,11 +118,14 @@ def run_sft(
                     pairs[order[k]]
                     for k in shard(list(range(len(order))), acc.process_index, acc.num_processes)
                 ]
-                loss, tokens = sft_update(train_model, mine, policy, optimizer, scheduler, acc, tc)
+                loss, tokens, stepped = sft_update(
+                    train_model, mine, policy, optimizer, scheduler, acc, tc, guard, step
+                )
                 metrics = {
                     "step": step,
-                    "loss": loss,
+                    **({"loss": loss} if math.isfinite(loss) else {}),
                     "tokens": tokens,
+                    "train/nonfinite_steps": 0.0 if stepped else 1.0,
                     "lr": float(scheduler.get_last_lr()[0]),
                     "epoch": (step - 1) / per_epoch,
                     "time/step": time.perf_counter() - t0,
@@ -191,8 +198,11 @@ def sft_update(
     scheduler: Any,
     acc: Any,
     tc: Any,
-) -> tuple[float, float]:
-    """One optimizer step of token-mean cross-entropy over the global batch's target tokens."""
+    guard: NonfiniteGuard,
+    step: int,
+) -> tuple[float, float, bool]:
+    """One optimizer step of token-mean cross-entropy over the global batch's target tokens:
+    (loss, target tokens, whether the step was taken: ``guard`` skips a non-finite one)."""
     pad = policy.tokenizer.pad_token_id
     pad = pad if pad is not None else (policy.tokenizer.eos_token_id or 0)
     batch = build_batch([p for p, _ in pairs], [t for _, t in pairs], pad).to(acc.device)
@@ -201,7 +211,7 @@ def sft_update(
     size = tc.micro_batch_size
     slices = [slice(i, min(i + size, len(pairs))) for i in range(0, len(pairs), size)]
     optimizer.zero_grad(set_to_none=True)
-    loss_sum = 0.0
+    loss_sum, loss_finite = 0.0, True
     for k, s in enumerate(slices):
         mb = batch.rows(s)
         ctx = acc.no_sync(model) if k < len(slices) - 1 else nullcontext()
@@ -210,15 +220,19 @@ def sft_update(
             loss = -(logp * mb.completion_mask).sum() / max(total, 1.0)
             acc.backward(loss * acc.num_processes)
         loss_sum += float(loss.item())
-    if tc.max_grad_norm is not None:
-        acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], tc.max_grad_norm)
-    optimizer.step()
-    scheduler.step()
+        loss_finite = loss_finite and bool(torch.isfinite(loss.detach()))
+    params = [p for p in model.parameters() if p.requires_grad]
+    stepped = guard.allow(loss_finite, params, f"step {step}")
+    if stepped:
+        if tc.max_grad_norm is not None:
+            acc.clip_grad_norm_(params, tc.max_grad_norm)
+        optimizer.step()
+    step_scheduler(scheduler)
     optimizer.zero_grad(set_to_none=True)
     loss_all = float(
         acc.reduce(torch.tensor([loss_sum], device=acc.device), reduction="sum").item()
     )
-    return loss_all, total
+    return loss_all, total, stepped
 
 
 __all__ = ["run_sft", "sft_pairs", "synthesize_references"]

@@ -113,7 +113,7 @@ def run_train(
             return [prompts[order[k]] for k in mine], seeds
 
         ahead = RolloutsAhead(policy.sampler, cfg.rollouts, plan) if tc.async_rollouts else None
-        ckpt = resume_point(run_dir, resume, acc)
+        ckpt = resume_point(run_dir, resume, acc, keep=tc.keep_checkpoints)
         start = 0
         if ckpt is not None:
             load_checkpoint(ckpt, policy.model, optimizer, scheduler, acc.process_index)
@@ -122,7 +122,10 @@ def run_train(
                 policy.push_weights()
             planned = plan(start + 1)
             if ahead is not None and planned is not None:
-                ahead.resume(ckpt, start + 1, planned[0], acc.num_processes, acc.process_index)
+                ahead.resume(
+                    ckpt, start + 1, planned[0], acc.num_processes, acc.process_index,
+                    vocab=policy.model.get_input_embeddings().num_embeddings,
+                )  # fmt: skip
             log.info("resumed", step=start, checkpoint=str(ckpt.path))
         step_fn = GRPOStep(
             policy, train_model, teacher, optimizer, scheduler, acc, cfg.rollouts, tc

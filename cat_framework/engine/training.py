@@ -12,17 +12,21 @@ import structlog
 import torch
 
 from cat_framework.components import Dataset
+from cat_framework.confine import refuse_links
 from cat_framework.engine import fsdp, lora
 from cat_framework.engine.checkpoint import (
     latest_checkpoint,
+    prune_checkpoints,
     save_checkpoint,
     tidy_checkpoints,
     truncate_jsonl,
 )
 from cat_framework.engine.evaluate import load_prompts
+from cat_framework.engine.finite import refuse_nonfinite_weights
 from cat_framework.errors import CatError
 from cat_framework.pipeline import Pipeline
 from cat_framework.pipeline.build import build_component
+from cat_framework.records import check_schema
 from cat_framework.types import Prompt
 
 log = structlog.get_logger("cat_framework.training")
@@ -143,19 +147,25 @@ def resume_point(
     resume: str | None,
     accelerator: Any,
     files: tuple[str, ...] = ("metrics.jsonl", "records.jsonl"),
+    keep: int | None = None,
 ) -> Any:
     """The checkpoint to continue from (None for a fresh run); drops the lines of ``files``
-    logged after it (those steps are redone; the rewrite is atomic). A fresh run's directory is
-    new or emptied by the runner (``--overwrite``), so nothing is deleted here."""
+    logged after it (those steps are redone; the rewrite is atomic) and prunes to the ``keep``
+    newest checkpoints (a kill during a prune left more, and a finished run saves no more). A
+    fresh run's directory is new or emptied by the runner (``--overwrite``): nothing to do."""
     if not resume:
         return None
     if accelerator.is_main_process:  # finish a prune or a save a kill interrupted
         tidy_checkpoints(run_dir)
     accelerator.wait_for_everyone()
     ckpt = latest_checkpoint(run_dir)
+    accelerator.wait_for_everyone()  # every process has chosen before any is pruned
     if accelerator.is_main_process:
-        for name in files:
-            truncate_jsonl(run_dir / name, ckpt.step if ckpt else -1)
+        if ckpt is not None and keep is not None:
+            prune_checkpoints(run_dir, ckpt.step, keep)
+        for name in files:  # a record of a newer schema is refused, never kept and appended to
+            check = check_schema if name == "records.jsonl" else None
+            truncate_jsonl(run_dir / name, ckpt.step if ckpt else -1, check)
     if ckpt is None:
         log.warning("no checkpoint to resume from: starting at step 1", run_dir=str(run_dir))
     return ckpt
@@ -164,6 +174,7 @@ def resume_point(
 def save_final(run_dir: Path, policy: Any, acc: Any) -> Path | None:
     """The trained policy as a loadable folder (full model, or the LoRA adapter) + tokenizer."""
     acc.wait_for_everyone()
+    refuse_nonfinite_weights(policy.model, acc, "final/")  # every process, before any gather
     # under FSDP2 every process takes part in gathering the shards; the main one writes them
     # (the generation copy is done with by now: its memory makes room for the whole model)
     state = None
@@ -176,6 +187,7 @@ def save_final(run_dir: Path, policy: Any, acc: Any) -> Path | None:
     if not acc.is_main_process:
         return None
     path = run_dir / "final"
+    refuse_links(run_dir, ("final",))  # save_pretrained would write through a link
     policy.model.save_pretrained(path, state_dict=state)
     policy.tokenizer.save_pretrained(path)
     return path

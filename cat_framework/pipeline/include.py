@@ -13,23 +13,65 @@ names a *different* component (another ``name:``, ``backend:`` or ``dataset:``) 
 included one whole, since one component's params mean nothing to another. Every key remembers
 the file and line it came from, so errors point at the file that set it. Cycles are refused
 with the chain.
+
+Includes are bounded in depth (:data:`MAX_INCLUDE_DEPTH`) and in total: a few one-line files
+that each include the next ten times would otherwise mean 10^8 reads. At most
+:data:`MAX_INCLUDES` included files (each include counts, repeats too) and
+:data:`MAX_TOTAL_BYTES` bytes, the including file's own among them, are read per pipeline.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cat_framework.pipeline.issues import PipelineValidationError
 from cat_framework.pipeline.shipped import find_shipped, looks_like_name, unknown_name_message
-from cat_framework.pipeline.source import KeyPath, Source, parse_source
+from cat_framework.pipeline.source import KeyPath, Source, parse_source, read_pipeline_text
 
 KEY = "include"
 #: the deepest chain of includes (real pipelines use one level)
 MAX_INCLUDE_DEPTH = 16
+#: the most included files one pipeline reads in all (real pipelines include one or two)
+MAX_INCLUDES = 64
+#: the most bytes one pipeline and everything it includes may hold
+MAX_TOTAL_BYTES = 16 * 2**20
 #: keys whose value names the component a mapping configures
 SELECTORS = ("name", "backend", "dataset")
 _MISSING = object()
+
+
+@dataclass
+class IncludeBudget:
+    """What one pipeline has read so far: included files and bytes (its own included)."""
+
+    files: int = 0
+    size: int = 0
+
+    def read(self, source: Source, key: KeyPath, path: Path) -> str:
+        """The text of the included ``path``, counted; refused past the totals."""
+        self.files += 1
+        if self.files > MAX_INCLUDES:
+            raise _fail(
+                source,
+                key,
+                f"more than {MAX_INCLUDES} included files in all (every include counts, repeated "
+                "ones too); a pipeline needs a few: include each file once",
+            )
+        try:
+            text = read_pipeline_text(path)
+        except PipelineValidationError as exc:  # one issue: the file, and line if any
+            raise _fail(source, key, f"cannot include {exc.issues[0]}") from None
+        self.size += len(text.encode("utf-8"))
+        if self.size > MAX_TOTAL_BYTES:
+            raise _fail(
+                source,
+                key,
+                f"the pipeline and its includes hold more than {MAX_TOTAL_BYTES:,} bytes in all; "
+                "is this the right file?",
+            )
+        return text
 
 
 def _fail(source: Source, path: KeyPath, message: str) -> PipelineValidationError:
@@ -67,12 +109,18 @@ def _locate(source: Source, key: KeyPath, target: str) -> Path:
     raise _fail(source, key, f"include {target!r}: {why}")
 
 
-def expand_includes(source: Source, chain: tuple[tuple[Path, str], ...] = ()) -> Source:
+def expand_includes(
+    source: Source,
+    chain: tuple[tuple[Path, str], ...] = (),
+    budget: IncludeBudget | None = None,
+) -> Source:
     """``source`` with its ``include:`` resolved and merged (recursively); unchanged without one.
 
-    ``chain`` holds the files being included above this one, to refuse cycles.
+    ``chain`` holds the files being included above this one, to refuse cycles; ``budget`` counts
+    what the whole pipeline has read (see the module docstring).
     """
     chain = chain or ((Path(source.file).resolve(), source.file),)
+    budget = budget if budget is not None else IncludeBudget()
     if not isinstance(source.data, dict) or KEY not in source.data:
         return source
     base: Source | None = None
@@ -91,7 +139,10 @@ def expand_includes(source: Source, chain: tuple[tuple[Path, str], ...] = ()) ->
         if len(chain) >= MAX_INCLUDE_DEPTH:
             raise _fail(source, key, f"includes nested deeper than {MAX_INCLUDE_DEPTH} files")
         try:
-            included = expand_includes(parse_source(path), (*chain, (resolved, str(path))))
+            text = budget.read(source, key, path)
+            included = expand_includes(
+                parse_source(path, text), (*chain, (resolved, str(path))), budget
+            )
         except PipelineValidationError as exc:  # the issues name the included file and line
             raise PipelineValidationError(source.file, exc.issues) from None
         base = included if base is None else merge_sources(base, included)
@@ -147,4 +198,13 @@ def merge_sources(base: Source, top: Source) -> Source:
     return merged
 
 
-__all__ = ["KEY", "MAX_INCLUDE_DEPTH", "expand_includes", "merge", "merge_sources"]
+__all__ = [
+    "KEY",
+    "MAX_INCLUDES",
+    "MAX_INCLUDE_DEPTH",
+    "MAX_TOTAL_BYTES",
+    "IncludeBudget",
+    "expand_includes",
+    "merge",
+    "merge_sources",
+]

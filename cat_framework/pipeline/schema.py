@@ -16,6 +16,8 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from cat_framework.rundir import MAX_NAME_BYTES
+
 Mode = Literal["evaluate", "train", "sft"]
 #: role references allowed instead of a backend spec, per role
 ROLE_CHOICES = {
@@ -173,6 +175,13 @@ class Trainer(Strict):
     warmup_steps: int = Field(0, ge=0, le=MAX_STEPS, description="Linear warm-up steps.")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     max_grad_norm: float | None = Field(1.0, gt=0.0, description="Gradient clipping (None = off).")
+    nonfinite_stop_after: int = Field(
+        3,
+        ge=1,
+        le=MAX_STEPS,
+        description="An update whose loss or gradient is NaN or infinite is skipped (the weights "
+        "never see it; counted as train/nonfinite_steps); this many in a row stop the run.",
+    )
     beta: float = Field(1e-3, ge=0.0, description="KL coefficient (0 = no reference forward).")
     kl_in: Literal["loss", "reward"] = Field(
         "loss",
@@ -283,7 +292,7 @@ class Output(Strict):
     run_name: str | None = Field(
         None,
         description="Run directory name (default: name + time): a plain name, created inside "
-        "`dir` (no path separators or '..').",
+        "`dir` (no path separators or '..', at most 255 bytes).",
     )
 
     @field_validator("run_name")
@@ -294,6 +303,12 @@ class Output(Strict):
             raise ValueError(
                 f"run_name {v!r} must be a plain folder name (no '/', '\\', ':' or '..'): "
                 "the run is written inside output.dir; to write elsewhere, change output.dir"
+            )
+        size = len(v.encode("utf-8", "surrogatepass")) if v is not None else 0
+        if size > MAX_NAME_BYTES:  # the run would fail creating its folder
+            raise ValueError(
+                f"run_name {v[:40]!r}... is {size} bytes long, and a folder name can have at "
+                f"most {MAX_NAME_BYTES} (the filesystem's limit): choose a shorter name"
             )
         return v
 

@@ -6,9 +6,10 @@ A pipeline may ``include:`` others (:mod:`cat_framework.pipeline.include`): each
 at the file it came from.
 
 A pipeline is a small hand-written file, so anything else is refused with one message before it
-can cost time or memory: non-UTF-8 or binary files, files over :data:`MAX_FILE_BYTES`, nesting
-deeper than :data:`MAX_DEPTH`, and documents whose aliases expand to more than
-:data:`MAX_VALUES` values (a ten-line "billion laughs" file otherwise exhausts memory).
+can cost time or memory: non-UTF-8 or binary files, anything but a regular file (``/dev/zero``
+never ends, a FIFO blocks), files over :data:`MAX_FILE_BYTES` (counted while reading), nesting
+deeper than :data:`MAX_DEPTH`, documents of more than :data:`MAX_VALUES` values, and documents
+whose aliases expand to more (a ten-line "billion laughs" file otherwise exhausts memory).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from cat_framework.bounded import FileTooLargeError, NotRegularFileError, read_capped
 from cat_framework.pipeline.issues import Issue, PipelineValidationError
 
 KeyPath = tuple[str | int, ...]
@@ -96,12 +98,35 @@ class _ShapeError(Exception):
         self.node = node
 
 
+def _count_values(root: yaml.Node) -> None:
+    """Refuse a document of more than :data:`MAX_VALUES` distinct values, aliases aside: such a
+    file is not a pipeline, and telling it from an alias bomb gives the right message."""
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if len(seen) > MAX_VALUES:
+            raise _ShapeError(
+                node,
+                f"the document holds more than {MAX_VALUES:,} values (keys, values and list "
+                "items); a pipeline needs a few hundred: is this the right file?",
+            )
+        if isinstance(node, yaml.MappingNode):
+            stack.extend(reversed([n for pair in node.value for n in pair]))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(reversed(node.value))
+
+
 def _check_shape(root: yaml.Node) -> None:
     """Bound the size and depth of the document *after* alias expansion, without expanding it.
 
     Each node's expanded size and height are memoised (aliases share nodes), so the check costs
     one visit per distinct node; an alias to an enclosing anchor is a cycle and is refused.
     """
+    _count_values(root)
     done: dict[int, tuple[int, int]] = {}  # id -> (expanded size, height)
     active: set[int] = set()
 
@@ -203,23 +228,26 @@ def _file_issue(file: str, message: str, line: int | None = None, col: int | Non
     return Issue(file, line, col, "", message)
 
 
-def _read_text(path: str | Path) -> str:
+def read_pipeline_text(path: str | Path) -> str:
     """The file as text; one issue naming the file (and the offending byte) if it is not."""
     file = str(path)
     try:
-        size = Path(path).stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise PipelineValidationError(
-                file,
-                [
-                    _file_issue(
-                        file,
-                        f"{size:,} bytes is too large for a pipeline file "
-                        f"(at most {MAX_FILE_BYTES:,}); is this the right file?",
-                    )
-                ],
-            )
-        data = Path(path).read_bytes()
+        data = read_capped(path, MAX_FILE_BYTES)
+    except FileTooLargeError:
+        raise PipelineValidationError(
+            file,
+            [
+                _file_issue(
+                    file,
+                    f"more than {MAX_FILE_BYTES:,} bytes is too large for a pipeline file; is "
+                    "this the right file?",
+                )
+            ],
+        ) from None
+    except NotRegularFileError as exc:  # refused before reading: /dev/zero never ends
+        raise PipelineValidationError(
+            file, [_file_issue(file, f"{exc.kind}, not a regular file: give a pipeline file")]
+        ) from None
     except FileNotFoundError:
         raise PipelineValidationError(file, [_file_issue(file, "file not found")]) from None
     except IsADirectoryError:
@@ -286,16 +314,19 @@ def parse_value(text: str) -> Any:
 def load_source(path: str | Path, text: str | None = None) -> Source:
     """Parse a pipeline file and the pipelines it includes; every problem raises
     :class:`PipelineValidationError`."""
-    from cat_framework.pipeline.include import expand_includes  # it parses with this module
+    from cat_framework.pipeline.include import IncludeBudget, expand_includes  # it uses us
 
-    return expand_includes(parse_source(path, text))
+    if text is None:
+        text = read_pipeline_text(path)
+    budget = IncludeBudget(size=len(text.encode("utf-8")))
+    return expand_includes(parse_source(path, text), budget=budget)
 
 
 def parse_source(path: str | Path, text: str | None = None) -> Source:
     """Parse one pipeline file as written (an ``include:`` key is kept as data)."""
     file = str(path)
     if text is None:
-        text = _read_text(path)
+        text = read_pipeline_text(path)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         if node is not None:

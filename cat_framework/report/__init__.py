@@ -11,6 +11,7 @@ nothing: CSS is inline, plots are PNG data URIs, and there is no JavaScript.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -108,8 +109,36 @@ def _why_unwritable(target: Path, exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+#: what may stand where a page is asked to be written, other than a regular file
+_NOT_REGULAR = (
+    (stat.S_ISLNK, "a symbolic link"),
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a device"),
+    (stat.S_ISBLK, "a device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def check_output_target(target: Path) -> None:
+    """A page replaces whatever is at its path (a rename), so only a new path or a regular file
+    may be there: run as root, ``-o /dev/full`` would otherwise turn the device into a file."""
+    try:
+        mode = os.lstat(target).st_mode
+    except OSError:  # nothing there (or unreadable: the write says why)
+        return
+    for test, kind in _NOT_REGULAR:
+        if test(mode):
+            raise OutputError(
+                f"{target} is {kind}, not a regular file: a page is written only to a new path "
+                "or over a regular file (it replaces what is there); choose another path with "
+                "-o/--output"
+            )
+
+
 def _write_atomically(target: Path, text: str) -> None:
     """Write via a temp file + rename, so a reader never sees half a report."""
+    check_output_target(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".tmp", dir=target.parent)
     try:

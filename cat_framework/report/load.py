@@ -8,7 +8,6 @@ and only the sampled lines are parsed.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import Counter
@@ -17,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from cat_framework.bounded import loads_json
+from cat_framework.errors import CatError
+from cat_framework.rundir import parse_run_config
 
 #: the top-level ``"step": N`` of a JSON line (an escaped quote inside a string cannot match)
 _STEP = re.compile(rb'(?<!\\)"step"\s*:\s*(-?\d+)')
@@ -117,8 +118,8 @@ def iter_jsonl(path: Path, problems: list[str]) -> Iterator[dict[str, Any]]:
                 if not line.strip():
                     continue
                 try:
-                    obj = json.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError):
+                    obj = loads_json(line)
+                except ValueError:  # not JSON, not UTF-8, or nested deeper than a run writes
                     bad += 1
                     continue
                 if isinstance(obj, dict):
@@ -195,8 +196,8 @@ def _parse_at(path: Path, offsets: list[int], problems: list[str]) -> list[dict[
         for off in offsets:
             f.seek(off)
             try:
-                obj = json.loads(f.readline())
-            except (json.JSONDecodeError, UnicodeDecodeError):
+                obj = loads_json(f.readline())
+            except ValueError:
                 bad += 1
                 continue
             if isinstance(obj, dict):
@@ -257,17 +258,16 @@ def load_run(run_dir: str | Path, *, max_prompts: int = 24, max_steps: int = 4) 
     run = RunData(run_dir=root)
     run.config_text = _read_text(root / "config.yaml", run.problems)
     if run.config_text is not None:
-        try:
-            loaded = yaml.safe_load(run.config_text)
-            run.config = loaded if isinstance(loaded, dict) else None
-        except yaml.YAMLError as exc:
-            run.problems.append(f"config.yaml: not valid YAML ({exc.__class__.__name__})")
+        try:  # under a pipeline's bounds: deep nesting and alias bombs are refused
+            run.config = parse_run_config(root / "config.yaml")
+        except CatError as exc:
+            run.problems.append(str(exc))
     summary_text = _read_text(root / "metrics.json", run.problems)
     if summary_text is not None:
         try:
-            loaded = json.loads(summary_text)
+            loaded = loads_json(summary_text)
             run.eval_summary = loaded if isinstance(loaded, dict) else None
-        except json.JSONDecodeError:
+        except ValueError:
             run.problems.append("metrics.json: not valid JSON")
     if (root / "metrics.jsonl").is_file():
         run.metrics = load_metrics(root / "metrics.jsonl", run.problems)
@@ -292,8 +292,8 @@ def _apply_status_file(run: RunData, path: Path) -> None:
     data: Any = None
     if text is not None:
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
+            data = loads_json(text)
+        except ValueError:
             run.problems.append("status.json: not valid JSON")
         if data is not None and not isinstance(data, dict):
             run.problems.append("status.json: not a JSON object")

@@ -196,6 +196,38 @@ def test_a_tampered_pending_file_is_a_clear_error(tmp_path, tiny_policy, toy_dat
         run(pipeline, tmp_path / "cut", PLUGIN, resume=True)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("logprobs", "NaN", "log-prob 'NaN' is not a finite number <= 0"),
+        ("logprobs", float("nan"), "log-prob nan is not a finite number <= 0"),
+        ("logprobs", 1e308, r"log-prob 1e\+308 is not a finite number <= 0"),
+        ("token_ids", -1, r"token id -1 is outside the model's vocabulary \(0 to \d+\)"),
+        ("token_ids", 10**6, r"token id 1000000 is outside the model's vocabulary"),
+        ("token_ids", "7", "token id '7' is not an integer"),
+    ],
+)
+def test_a_pending_file_with_bad_numbers_is_refused_by_name(
+    tmp_path, tiny_policy, toy_data, field, value, message
+):
+    """A NaN log-prob in the pending rollouts would turn every weight into NaN; an id outside
+    the vocabulary fails deep in a forward pass: one message naming the file and the record."""
+    pipeline = pipeline_file(tmp_path, tiny_policy, toy_data, 3, 1)
+    with pytest.raises(KeyboardInterrupt):
+        run(pipeline, tmp_path / "cut", PLUGIN, ("stop", StopAt(1)))
+    ckpt = latest_checkpoint(tmp_path / "cut")
+    file = ckpt.path / "pending-rollouts-0.json"
+    data = json.loads(file.read_text())
+    data["rollouts"][1][2][field][0] = value
+    file.write_text(json.dumps(data))
+    before = (ckpt.path / "trainable.safetensors").read_bytes()
+    where = r"pending-rollouts-0\.json: group 1, rollout 2: "
+    with pytest.raises(CatError, match=where + message):
+        run(pipeline, tmp_path / "cut", PLUGIN, resume=True)
+    assert (ckpt.path / "trainable.safetensors").read_bytes() == before
+    assert not (tmp_path / "cut" / "final").exists()
+
+
 class FailingSampler(Backend):
     """A sampler whose engine dies mid-generation (what a crashed server looks like)."""
 

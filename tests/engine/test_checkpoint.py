@@ -290,3 +290,17 @@ def test_a_kill_while_saving_or_pruning_leaves_only_whole_checkpoints(
     assert leftovers == leftover
     tidy_checkpoints(run)  # what a resume does first
     assert step_names(run) == survivors
+
+
+def test_pruning_converges_when_a_killed_prune_left_extra_checkpoints(tmp_path):
+    """A kill during the last step's prune leaves more than ``keep``; resuming that finished run
+    (nothing left to train, so no save that would prune) still ends with ``keep``."""
+    from cat_framework.engine.training import resume_point
+
+    training = make_training()
+    for step in (1, 2, 3, 4):
+        save(tmp_path, step, training, keep=4)  # what the kill left (keep is 2)
+    (tmp_path / CHECKPOINTS / "step-000001").rename(tmp_path / CHECKPOINTS / ".trash-step-000001")
+    ckpt = resume_point(tmp_path, str(tmp_path), one_process(), files=(), keep=2)
+    assert ckpt.step == 4
+    assert step_names(tmp_path) == ["step-000003", "step-000004"]

@@ -239,3 +239,21 @@ def test_initial_policy_judge_is_pi0_in_training(tmp_path, plugins):
     trained = SimpleNamespace(sampler=object(), anchor=object())
     roles = build_training_roles(load_pipeline(path, plugins=plugins), BackendPool(), trained)
     assert roles.judge is trained.anchor and roles.anchor is trained.sampler
+
+
+def test_resume_keeps_fields_it_does_not_know(tmp_path, plugins):
+    """A field this release does not know (a plugin's, a later release's of the same schema)
+    survives the resume's rewrite of ``records.jsonl``."""
+    data = write_data(tmp_path)
+    path = tmp_path / "p.yaml"
+    path.write_text(pipeline_text(data, ["\\boxed{5}"]))
+    pipe = load_pipeline(path, plugins=plugins)
+    run_dir = tmp_path / "run"
+    run_pipeline(pipe, plugins=plugins, run_dir=str(run_dir))
+    records = run_dir / "records.jsonl"
+    first = {**json.loads(records.read_text().splitlines()[0]), "annotator": {"grade": "A"}}
+    records.write_text(json.dumps(first) + "\n")
+    run_pipeline(pipe, plugins=plugins, resume=str(run_dir))
+    rows = [json.loads(x) for x in records.read_text().splitlines()]
+    assert [r["prompt_id"] for r in rows] == ["a", "b", "c"]
+    assert rows[0] == first

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import DATASETS
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -69,7 +69,7 @@ def test_gsm8k_all_five_aggregators(tmp_path):
     assert f"report: {run / 'report.html'}" in proc.stdout
 
 
-HEALTHBENCH_SUBSET = "healthbench_oss_eval_subset500.jsonl"
+HEALTHBENCH_SLICE = DATASETS / "healthbench" / "oss_eval_subset500_slice.jsonl"
 
 
 def test_healthbench_physician_rubrics(tmp_path):
@@ -77,8 +77,8 @@ def test_healthbench_physician_rubrics(tmp_path):
         "run", str(REPO / "pipelines" / "healthbench_test_time.yaml"),
         "--run-dir", str(tmp_path / "run"),
         "--set", "data.eval.limit=2", "--set", "rollouts.n=2",
-        # the shared 500-conversation subset: no download in tests
-        "--set", f"data.eval.path={SHARED_DATA / 'healthbench' / HEALTHBENCH_SUBSET}",
+        # 30 real conversations committed under tests/data: no download in tests
+        "--set", f"data.eval.path={HEALTHBENCH_SLICE}",
         "--set", "rollouts.max_new_tokens=48",
         "--set", "eval.aggregators.1.max_new_tokens=48",
         "--set", "eval.scorer.judge_max_new_tokens=48",

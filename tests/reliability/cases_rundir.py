@@ -53,6 +53,44 @@ def _photos(work: Path) -> None:
     (work / "photos" / "cat.jpg").write_bytes(b"\xff\xd8\xff")
 
 
+def _audit_folder(work: Path) -> None:
+    """The audit's folder: a config.yaml (of anything) beside a user's own files, and no run
+    (its ``final/paper.tex`` is in ``tests/engine/test_run_confinement.py``: the corpus owes no
+    ``final`` anywhere)."""
+    mine = work / "mine"
+    (mine / "checkpoints").mkdir(parents=True)
+    (mine / "config.yaml").write_text("name: my experiment\n")
+    (mine / "checkpoints" / "precious.ckpt").write_bytes(b"weights")
+
+
+def _with_link(name: str):
+    """A prepared run whose ``name`` is a symbolic link to a file or folder outside it."""
+
+    def prepare(work: Path) -> None:
+        _run_dir()(work)
+        outside = work / "elsewhere"
+        outside.mkdir()
+        target = outside / f"my-{name}"
+        if "." in name:
+            target.write_text("a user's file\n")
+        else:
+            target.mkdir()
+        (work / "r" / name).unlink(missing_ok=True)
+        (work / "r" / name).symlink_to(target)
+
+    return prepare
+
+
+def _then_fifo(name: str):
+    """A prepared run, and a FIFO at ``name`` where a page is asked to be written."""
+
+    def prepare(work: Path) -> None:
+        _run_dir()(work)
+        os.mkfifo(work / name)
+
+    return prepare
+
+
 GOOD = json.dumps(RECORD)
 CASES = [
     Case(
@@ -140,5 +178,70 @@ CASES = [
             "j.txt": "Q: $question\n$response\n$criterion\n",
         },
         exit_code=2,
+    ),
+    Case(
+        "fresh-run-into-a-folder-with-only-a-config",
+        argv=("run", "p.yaml", "--run-dir", "mine"),
+        expect=("mine is not empty and holds no run", "no run.json"),
+        files=_files(),
+        prepare=_audit_folder,
+    ),
+    Case(
+        "overwrite-a-folder-with-only-a-config",
+        argv=("run", "p.yaml", "--run-dir", "mine", "--overwrite"),
+        expect=("mine is not empty and holds no run", "never writes into (or deletes from)"),
+        files=_files(),
+        prepare=_audit_folder,
+    ),
+    Case(
+        "resume-through-a-symlinked-checkpoints-folder",
+        argv=("run", "p.yaml", "--resume", "r"),
+        expect=("r/checkpoints is a symbolic link", "{tmp}/elsewhere/my-checkpoints"),
+        files=_files(),
+        prepare=_with_link("checkpoints"),
+    ),
+    Case(
+        "resume-through-a-symlinked-log",
+        argv=("run", "p.yaml", "--resume", "r"),
+        expect=("r/log.jsonl is a symbolic link", "never through a link"),
+        files=_files(),
+        prepare=_with_link("log.jsonl"),
+    ),
+    Case(
+        "overwrite-a-run-with-a-symlinked-tensorboard-folder",
+        argv=("run", "p.yaml", "--run-dir", "r", "--overwrite"),
+        expect=("r/tensorboard is a symbolic link", "never through a link"),
+        files=_files(),
+        prepare=_with_link("tensorboard"),
+    ),
+    Case(
+        "report-output-onto-a-fifo",
+        argv=("report", "r", "-o", "pipe"),
+        expect=("pipe is a named pipe (FIFO), not a regular file", "-o/--output"),
+        files=_files(),
+        prepare=_then_fifo("pipe"),
+    ),
+    Case(
+        "compare-output-onto-a-fifo",
+        argv=("compare", "r", "-o", "pipe"),
+        expect=("pipe is a named pipe (FIFO), not a regular file", "-o/--output"),
+        files=_files(),
+        prepare=_then_fifo("pipe"),
+    ),
+    Case(
+        "run-name-longer-than-a-folder-name",
+        argv=("validate", "p.yaml"),
+        expect=("run_name", "300 bytes", "at most 255"),
+        files={
+            "p.yaml": pipeline().replace("{dir: runs}", "{dir: runs, run_name: " + "a" * 300 + "}"),
+            "data.jsonl": GOOD_DATA,
+        },
+        exit_code=2,
+    ),
+    Case(
+        "run-dir-name-longer-than-a-folder-name",
+        argv=("run", "p.yaml", "--run-dir", "b" * 300),
+        expect=("folder name bbbb", "300 bytes long", "at most 255"),
+        files=_files(),
     ),
 ]

@@ -41,6 +41,7 @@ MODULES = (
     "tests.reliability.cases_pipeline",
     "tests.reliability.cases_data",
     "tests.reliability.cases_rundir",
+    "tests.reliability.cases_bounds",
 )
 
 #: a dataset that loads fine (the default ``data.jsonl`` of :func:`pipeline`)

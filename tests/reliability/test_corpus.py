@@ -18,6 +18,8 @@ from tests.reliability.corpus import Case, all_cases
 
 CASES = all_cases()
 REPO = Path(__file__).resolve().parents[2]
+#: the most output one bad input may produce (a message is read by a person)
+MAX_OUTPUT = 20_000
 
 
 def materialize(case: Case, root: Path) -> None:
@@ -35,6 +37,7 @@ def materialize(case: Case, root: Path) -> None:
 
 
 def assert_one_precise_message(case: Case, text: str, code: object, root: Path) -> None:
+    assert len(text) < MAX_OUTPUT, f"{case.id}: {len(text):,} characters of output: {text[:2000]}"
     assert code not in (0, None), f"{case.id}: exit status {code!r}, output:\n{text}"
     if case.exit_code is not None:
         assert code == case.exit_code, f"{case.id}: exit status {code!r}, output:\n{text}"
@@ -55,6 +58,7 @@ def test_corpus_is_large_enough() -> None:
     assert len(CASES) >= 40
 
 
+@pytest.mark.timeout(120)  # a read that blocks (a FIFO) fails instead of hanging
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_gets_one_precise_message(
     case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture

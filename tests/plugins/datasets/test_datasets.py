@@ -1,10 +1,13 @@
-"""Built-in datasets against the real files under ../shared/data (and small temporary files).
+"""Built-in datasets against real files: the copies the package ships (MATH-500, GSM8K test),
+verbatim slices of the others committed under ``tests/data/datasets`` (the data folder here), and
+small temporary files.
 
 Downloads are off here (``CAT_OFFLINE=1``, an empty cache): these tests read local files only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -12,22 +15,25 @@ import pytest
 from pydantic import ValidationError
 
 from cat_framework import Criterion, load_plugins
-from cat_plugins.datasets.common import DEFAULT_MATH_INSTRUCTION, DatasetFileError
+from cat_plugins.datasets.common import DEFAULT_MATH_INSTRUCTION, PACKAGE_DATA, DatasetFileError
 from cat_plugins.datasets.gsm8k import Gsm8kDataset
 from cat_plugins.datasets.healthbench import HealthBenchDataset, split_test_ids
 from cat_plugins.datasets.hf import HfDataset
 from cat_plugins.datasets.jsonl import JsonlDataset
 from cat_plugins.datasets.math500 import Math500Dataset
+from tests.conftest import DATASETS
 
-DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"no shared data at {DATA}")
-#: the 500-conversation HealthBench subset on hand (the dataset's default is the full main set)
-HB500 = "healthbench/healthbench_oss_eval_subset500.jsonl"
+#: 30 conversations of a HealthBench subset (the dataset's default is the full main set)
+HB_SLICE = "healthbench/oss_eval_subset500_slice.jsonl"
+#: 30 problems of the 12k MATH pool
+POOL_SLICE = "math500/math_train12k_slice.jsonl"
+#: the slices and their record counts (sizes and digests: the README beside them)
+SLICES = {"gsm8k/train.jsonl": 40, POOL_SLICE: 30, HB_SLICE: 30}
 
 
 @pytest.fixture(autouse=True)
-def _shared_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("CAT_DATA_DIR", str(DATA))
+def _data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CAT_DATA_DIR", str(DATASETS))
     monkeypatch.setenv("CAT_OFFLINE", "1")
     monkeypatch.setenv("CAT_CACHE_DIR", str(tmp_path / "cache"))
 
@@ -35,6 +41,23 @@ def _shared_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def write_jsonl(path: Path, rows: list[object]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+# ------------------------------------------------------------------------------------ slices
+
+
+def test_slices_match_the_digests_in_their_readme() -> None:
+    readme = (DATASETS / "README.md").read_text(encoding="utf-8")
+    for name, count in SLICES.items():
+        data = (DATASETS / name).read_bytes()
+        row = next(line for line in readme.splitlines() if line.startswith(f"| `{name}`"))
+        assert hashlib.sha256(data).hexdigest() in row, name
+        assert f"| {count} | {len(data):,} |" in row, name
+        assert len(data.splitlines()) == count, name
+    assert readme.count("**Licence:** MIT") == len(SLICES)
+    # nothing else lies in the data folder (MATH-500 and GSM8K test come from the package)
+    files = {p.relative_to(DATASETS).as_posix() for p in DATASETS.rglob("*") if p.is_file()}
+    assert files == {*SLICES, "README.md"}
 
 
 # ------------------------------------------------------------------------------- registration
@@ -65,7 +88,9 @@ def test_every_param_has_a_description() -> None:
 
 
 def test_math500_loads_all_500_with_gold_and_instruction() -> None:
-    prompts = Math500Dataset().load()
+    dataset = Math500Dataset()
+    prompts = dataset.load()
+    assert dataset.resolve_path() == PACKAGE_DATA / "math500" / "test.jsonl"
     assert len(prompts) == 500
     first = prompts[0]
     assert first.id == "test/precalculus/807.json"
@@ -86,16 +111,20 @@ def test_math500_loads_all_500_with_gold_and_instruction() -> None:
 
 def test_math500_never_puts_the_solution_on_the_prompt() -> None:
     prompts = Math500Dataset({"limit": 20}).load()
-    rows = [json.loads(line) for line in (DATA / "math500" / "test.jsonl").open()][:20]
+    rows = [json.loads(line) for line in (PACKAGE_DATA / "math500" / "test.jsonl").open()][:20]
     for prompt, row in zip(prompts, rows, strict=True):
         assert row["solution"] not in json.dumps(prompt.to_dict())
 
 
 def test_math500_reads_the_12k_pool_by_path() -> None:
-    prompts = Math500Dataset({"path": "math500/math_train12k_reconstructed.jsonl"}).load()
-    assert len(prompts) == 12000
+    prompts = Math500Dataset({"path": POOL_SLICE}).load()
+    assert len(prompts) == 30
     assert prompts[0].id == "train/algebra/0.json"
     assert prompts[0].gold_answer == "0"
+    assert prompts[-1].id == "test/prealgebra/1148.json"  # the 4,500 MATH test problems follow
+    levels = {p.id: p.meta["level"] for p in prompts}
+    assert levels["train/geometry/377.json"] == "Level ?"  # as in the MATH source
+    assert levels["train/algebra/0.json"] == 5
 
 
 def test_math500_instruction_and_system_prompt() -> None:
@@ -123,7 +152,9 @@ def test_shuffle_is_seeded_and_applied_before_limit() -> None:
 
 
 def test_gsm8k_test_gold_is_the_number_after_hashes() -> None:
-    prompts = Gsm8kDataset().load()
+    dataset = Gsm8kDataset()
+    prompts = dataset.load()
+    assert dataset.resolve_path() == PACKAGE_DATA / "gsm8k" / "test.jsonl"
     assert len(prompts) == 1319
     assert prompts[0].id == "gsm8k/test/0"
     assert prompts[0].gold_answer == "18"
@@ -135,10 +166,13 @@ def test_gsm8k_test_gold_is_the_number_after_hashes() -> None:
 
 
 def test_gsm8k_train_split() -> None:
-    prompts = Gsm8kDataset({"split": "train", "limit": 3}).load()
+    dataset = Gsm8kDataset({"split": "train", "limit": 3})
+    prompts = dataset.load()
+    assert dataset.resolve_path() == DATASETS / "gsm8k" / "train.jsonl"  # the data folder's
     assert [p.id for p in prompts] == ["gsm8k/train/0", "gsm8k/train/1", "gsm8k/train/2"]
     assert prompts[0].gold_answer == "72"
     assert prompts[0].meta == {"dataset": "gsm8k", "task": "math", "index": 0}
+    assert len(Gsm8kDataset({"split": "train"}).load()) == 40
 
 
 def test_gsm8k_rejects_unknown_split() -> None:
@@ -150,8 +184,8 @@ def test_gsm8k_rejects_unknown_split() -> None:
 
 
 def test_healthbench_conversations_and_rubrics() -> None:
-    prompts = HealthBenchDataset({"path": HB500}).load()
-    assert len(prompts) == 500
+    prompts = HealthBenchDataset({"path": HB_SLICE}).load()
+    assert len(prompts) == 30
     first = prompts[0]
     assert first.id == "c5f6bb12-a633-4ee4-b6a8-e6f9539472dc"
     assert first.messages == (
@@ -181,7 +215,7 @@ def test_healthbench_conversations_and_rubrics() -> None:
         "freeform",
         0,
     )
-    assert sum(len(p.rubric) for p in prompts) == 5965
+    assert sum(len(p.rubric) for p in prompts) == 134
     assert any(c.points < 0 for p in prompts for c in p.rubric)
     assert max(len(p.messages) for p in prompts) == 15
     assert not HealthBenchDataset.Params().instruction  # no boxed instruction on freeform
@@ -189,16 +223,18 @@ def test_healthbench_conversations_and_rubrics() -> None:
 
 
 def test_healthbench_split_is_deterministic_and_disjoint() -> None:
-    test = HealthBenchDataset({"path": HB500, "split": "test"}).load()
-    train = HealthBenchDataset({"path": HB500, "split": "train"}).load()
-    assert (len(test), len(train)) == (100, 400)
+    test = HealthBenchDataset({"path": HB_SLICE, "split": "test"}).load()
+    train = HealthBenchDataset({"path": HB_SLICE, "split": "train"}).load()
+    assert (len(test), len(train)) == (6, 24)  # round(30 * 0.2) for test
     assert not {p.id for p in test} & {p.id for p in train}
-    again = HealthBenchDataset({"path": HB500, "split": "test", "shuffle": True, "seed": 9}).load()
+    again = HealthBenchDataset(
+        {"path": HB_SLICE, "split": "test", "shuffle": True, "seed": 9}
+    ).load()
     assert {p.id for p in again} == {p.id for p in test}  # shuffle never moves the split
-    other = HealthBenchDataset({"path": HB500, "split": "test", "split_seed": 1}).load()
+    other = HealthBenchDataset({"path": HB_SLICE, "split": "test", "split_seed": 1}).load()
     assert {p.id for p in other} != {p.id for p in test}
-    half = HealthBenchDataset({"path": HB500, "split": "test", "test_fraction": 0.5}).load()
-    assert len(half) == 250
+    half = HealthBenchDataset({"path": HB_SLICE, "split": "test", "test_fraction": 0.5}).load()
+    assert len(half) == 15
 
 
 def test_split_ids_depend_only_on_ids() -> None:
@@ -208,7 +244,8 @@ def test_split_ids_depend_only_on_ids() -> None:
 
 
 def test_healthbench_system_prompt() -> None:
-    first = HealthBenchDataset({"path": HB500, "limit": 1, "system_prompt": "Be kind."}).load()[0]
+    params = {"path": HB_SLICE, "limit": 1, "system_prompt": "Be kind."}
+    first = HealthBenchDataset(params).load()[0]
     assert first.messages[0] == {"role": "system", "content": "Be kind."}
     assert first.messages[1]["content"].endswith("10 hour drive")
 
@@ -258,9 +295,10 @@ def test_jsonl_freeform_conversations_with_rubrics(tmp_path: Path) -> None:
 
 
 def test_jsonl_reads_relative_to_data_dir() -> None:
-    prompts = JsonlDataset({"path": "gsm8k/test.jsonl", "limit": 2}).load()
-    assert [p.id for p in prompts] == ["test/0", "test/1"]
+    prompts = JsonlDataset({"path": "gsm8k/train.jsonl", "limit": 2}).load()
+    assert [p.id for p in prompts] == ["train/0", "train/1"]
     assert prompts[0].gold_answer is None
+    assert prompts[0].messages[0]["content"].startswith("Natalia sold clips to 48")
 
 
 def test_jsonl_requires_path() -> None:
@@ -372,4 +410,4 @@ def test_path_is_checked_only_when_validate_asks(
     (tmp_path / "later.jsonl").write_text("{}\n")
     assert JsonlDataset.Params.model_validate({"path": "later.jsonl"}, context=check)
     # relative paths are also looked for in the data folder
-    assert Math500Dataset.Params.model_validate({"path": "math500/test.jsonl"}, context=check)
+    assert Math500Dataset.Params.model_validate({"path": POOL_SLICE}, context=check)

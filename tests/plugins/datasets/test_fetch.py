@@ -1,4 +1,5 @@
-"""Fetched data sets, against a real HTTP server on 127.0.0.1 serving ../shared/data (no network).
+"""Fetched data sets, against a real HTTP server on 127.0.0.1 (no network) serving the verbatim
+slices committed under ``tests/data/datasets`` in place of the full files.
 
 ``CAT_DATA_URL`` points the download code at the server; everything else (urllib, the checks,
 the atomic cache) is the code users run.
@@ -11,7 +12,7 @@ import hashlib
 import http.server
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -22,9 +23,11 @@ from cat_plugins.datasets.fetch import REMOTE_FILES, FetchError, cached_path, di
 from cat_plugins.datasets.gsm8k import Gsm8kDataset
 from cat_plugins.datasets.healthbench import HealthBenchDataset
 from cat_plugins.datasets.math500 import Math500Dataset
+from tests.conftest import DATASETS
 
-DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"no shared data at {DATA}")
+GSM_SLICE = DATASETS / "gsm8k" / "train.jsonl"  # the first 40 of 7,473
+POOL_SLICE = DATASETS / "math500" / "math_train12k_slice.jsonl"
+HB_SLICE = DATASETS / "healthbench" / "oss_eval_subset500_slice.jsonl"
 GSM_TRAIN = REMOTE_FILES["gsm8k/train.jsonl"]
 PRM_TRAIN = REMOTE_FILES["math500/prm800k_train.jsonl"]
 HB_MAIN = REMOTE_FILES["healthbench/2025-05-07-06-14-12_oss_eval.jsonl"]
@@ -88,40 +91,52 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob("*") if p.is_file())
 
 
-def test_download_with_known_digest_then_cache_reuse(server: Server) -> None:
-    server.serve(GSM_TRAIN.name, DATA / "gsm8k" / "train.jsonl")
+def test_download_with_known_digest_then_cache_reuse(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the slice stands in for the full file: its own digest (the README beside it) is the known one
+    slice_sha256 = "36031994776bdec88b524a9cb53d166d4da21a651cfa4e0c5aac5f80e2ea21aa"
+    assert GSM_TRAIN.sha256 and GSM_TRAIN.sha256 != slice_sha256
+    monkeypatch.setitem(REMOTE_FILES, GSM_TRAIN.name, replace(GSM_TRAIN, sha256=slice_sha256))
+    server.serve(GSM_TRAIN.name, GSM_SLICE)
     prompts = Gsm8kDataset({"split": "train", "limit": 2}).load()
     assert [p.id for p in prompts] == ["gsm8k/train/0", "gsm8k/train/1"]
     assert prompts[0].gold_answer == "72"
     cached = cached_path(GSM_TRAIN)
-    assert cached.read_bytes() == (DATA / "gsm8k" / "train.jsonl").read_bytes()
-    assert leftovers(cached.parent) == ["train.jsonl"]  # no temporary file left behind
+    assert cached.read_bytes() == GSM_SLICE.read_bytes()
+    # no temporary file left behind, and no digest recorded: the known one is used
+    assert leftovers(cached.parent) == ["train.jsonl"]
     assert server.requests == ["/gsm8k/train.jsonl"]
     again = Gsm8kDataset({"split": "train"}).load()
-    assert len(again) == 7473
+    assert len(again) == 40
     assert server.requests == ["/gsm8k/train.jsonl"]  # no second request
 
 
+def test_the_published_digest_refuses_other_bytes(server: Server) -> None:
+    """Without the stand-in digest, the slice is not the published GSM8K train file."""
+    server.serve(GSM_TRAIN.name, GSM_SLICE)
+    with pytest.raises(FetchError, match="does not match its expected sha256") as info:
+        Gsm8kDataset({"split": "train"}).load()
+    assert GSM_TRAIN.sha256 in str(info.value)
+    assert "expected 4,166,206 bytes, got 23,422" in str(info.value)
+    assert leftovers(cached_path(GSM_TRAIN).parent) == []
+
+
 def test_checksum_mismatch_caches_nothing(server: Server) -> None:
-    # the reconstructed 12k pool is not byte-identical to PRM800K's file: its digest differs
-    server.serve(PRM_TRAIN.name, DATA / "math500" / "math_train12k_reconstructed.jsonl")
+    # (a slice of) the reconstructed 12k pool is not PRM800K's file: its digest differs
+    server.serve(PRM_TRAIN.name, POOL_SLICE)
     with pytest.raises(FetchError) as info:
         Math500Dataset({"split": "train"}).load()
     message = str(info.value)
     assert f"{server.url}/math500/prm800k_train.jsonl" in message
     assert PRM_TRAIN.sha256 in message
-    assert (
-        hashlib.sha256(
-            (DATA / "math500" / "math_train12k_reconstructed.jsonl").read_bytes()
-        ).hexdigest()
-        in message
-    )
+    assert hashlib.sha256(POOL_SLICE.read_bytes()).hexdigest() in message
     assert "not kept" in message
     assert leftovers(cached_path(PRM_TRAIN).parent) == []
 
 
 def test_digest_recorded_at_first_download_guards_later_use(server: Server) -> None:
-    server.serve(HB_MAIN.name, DATA / "healthbench" / "healthbench_oss_eval_subset500.jsonl")
+    server.serve(HB_MAIN.name, HB_SLICE)
     prompts = HealthBenchDataset({"limit": 3}).load()
     assert len(prompts) == 3 and prompts[0].rubric
     expected = hashlib.sha256(cached_path(HB_MAIN).read_bytes()).hexdigest()
@@ -138,16 +153,16 @@ def test_recorded_digest_binds_a_new_download(server: Server) -> None:
     digest = digest_path(HB_MAIN)
     digest.parent.mkdir(parents=True)
     digest.write_text("0" * 64 + "\n")  # recorded earlier; the file itself was deleted since
-    server.serve(HB_MAIN.name, DATA / "healthbench" / "healthbench_oss_eval_subset500.jsonl")
+    server.serve(HB_MAIN.name, HB_SLICE)
     with pytest.raises(FetchError, match="does not match its expected sha256"):
         HealthBenchDataset().load()
     assert not cached_path(HB_MAIN).exists()
 
 
 def test_truncated_download_never_looks_complete(server: Server) -> None:
-    data = (DATA / "gsm8k" / "train.jsonl").read_bytes()
+    data = GSM_SLICE.read_bytes()
     server.truncate["/gsm8k/train.jsonl"] = data[: len(data) // 2]
-    with pytest.raises(FetchError, match=r"stopped at 2,083,103 of 4,166,206 bytes"):
+    with pytest.raises(FetchError, match=r"stopped at 11,711 of 23,422 bytes"):
         Gsm8kDataset({"split": "train"}).load()
     assert leftovers(cached_path(GSM_TRAIN).parent) == []
 

@@ -24,8 +24,14 @@ from cat_plugins.datasets.healthbench import HealthBenchDataset
 from cat_plugins.datasets.math500 import Math500Dataset
 
 REPO = Path(__file__).resolve().parents[3]
-DATA = REPO.parent / "shared" / "data"
 SHIPPED = {"math500/test.jsonl": 500, "gsm8k/test.jsonl": 1319}
+#: the originals' sha256, written here independently of the package README: MATH-500's is the
+#: Git LFS oid of openai/prm800k ``prm800k/math_splits/test.jsonl``; GSM8K's that of
+#: openai/grade-school-math ``grade_school_math/data/test.jsonl`` at 3101c7d5
+ORIGINALS = {
+    "math500/test.jsonl": "35dc41080a3680858b27fa7e0533d2d547825316fc5dafe5d316f4ccc5a06132",
+    "gsm8k/test.jsonl": "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -50,10 +56,10 @@ def test_shipped_files_match_the_digests_in_the_package_readme() -> None:
     assert "MIT" in readme and "Source:" in readme
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason="no shared data to compare with")
-def test_shipped_files_are_the_shared_originals() -> None:
-    for name in SHIPPED:
-        assert (PACKAGE_DATA / name).read_bytes() == (DATA / name).read_bytes(), name
+def test_shipped_files_are_the_originals() -> None:
+    assert set(ORIGINALS) == set(SHIPPED)
+    for name, digest in ORIGINALS.items():
+        assert hashlib.sha256((PACKAGE_DATA / name).read_bytes()).hexdigest() == digest, name
 
 
 def test_builtins_load_from_the_package_anywhere_without_env() -> None:
@@ -79,7 +85,8 @@ def test_builtins_in_a_fresh_process_from_an_empty_folder(tmp_path: Path) -> Non
     assert out.returncode == 0, out.stderr
     count_math, count_gsm, path = out.stdout.split()
     assert (count_math, count_gsm) == ("500", "1319")
-    assert "shared" not in path
+    shipped = REPO / "plugins" / "cat_plugins" / "datasets" / "data"
+    assert Path(path) == shipped / "math500" / "test.jsonl"  # the package's copy, nothing else
 
 
 def test_data_dir_copy_wins_over_the_package(
@@ -109,6 +116,31 @@ def test_no_product_file_names_the_shared_folder() -> None:
             if re.search(r"\.\./shared|shared/data|shared/research", text):
                 offenders.append(str(path.relative_to(REPO)))
     assert not offenders
+
+
+def test_no_test_reads_the_shared_folder() -> None:
+    """Issue 21: the tests pass from a clone alone; what they read ships with the package or
+    lies under tests/data (this file names the folder only to check that nothing guesses it)."""
+    shared = re.compile(
+        r"\.\./shared|shared/(data|research)|(REPO|parent|\]|DIR|ROOT)\s*/\s*\"shared\""
+        r"|\"shared\"\s*/\s*\"(data|research)\""
+    )
+    offenders = []
+    for root in (REPO / "tests", *(REPO / "plugins").glob("*/tests")):
+        for path in root.rglob("*.py"):
+            if path == Path(__file__).resolve() or "__pycache__" in path.parts:
+                continue
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if shared.search(line):
+                    offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
+    assert not offenders
+    # the regex catches the forms these tests used before
+    for old in (
+        'DATA = Path(__file__).resolve().parents[4] / "shared" / "data"',
+        'SHARED_DATA = REPO.parent / "shared" / "data"',
+        '"--set", "data.eval.path=../shared/data/healthbench/x.jsonl"',
+    ):
+        assert shared.search(old), old
 
 
 def test_data_dir_is_the_env_var_or_nothing(
