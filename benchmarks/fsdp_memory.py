@@ -98,28 +98,9 @@ with open(os.path.join(sys.argv[3], f"peak-{rank}.json"), "w") as f:
 
 
 def build_model(path: Path, layers: int, hidden: int) -> int:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from benchmarks.random_llama import build_random_llama
 
-    from tests.plugins.backends.conftest import build_tiny_tokenizer
-
-    tok = build_tiny_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=hidden,
-        intermediate_size=hidden * 11 // 4,
-        num_hidden_layers=layers,
-        num_attention_heads=hidden // 64,
-        num_key_value_heads=hidden // 64,
-        max_position_embeddings=256,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return sum(p.numel() for p in model.parameters())
+    return build_random_llama(path, hidden=hidden, layers=layers, max_positions=256)
 
 
 def run_one(

@@ -119,29 +119,9 @@ ITEMS = (
 
 def build_model(path: Path, hidden: int, layers: int) -> int:
     """A random Llama with the tests' character tokenizer, saved as an ordinary folder."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from benchmarks.random_llama import build_random_llama
 
-    from tests.plugins.backends.conftest import build_tiny_tokenizer
-
-    tok = build_tiny_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=hidden,
-        intermediate_size=hidden * 11 // 4,
-        num_hidden_layers=layers,
-        num_attention_heads=max(1, hidden // 64),
-        num_key_value_heads=max(1, hidden // 64),
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return sum(p.numel() for p in model.parameters())
+    return build_random_llama(path, hidden=hidden, layers=layers)
 
 
 def write_data(path: Path) -> Path:

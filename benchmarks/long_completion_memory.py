@@ -40,26 +40,11 @@ VOCAB = 49152
 
 
 def build_model(path: Path, hidden: int, layers: int) -> None:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from benchmarks.random_llama import build_random_llama
 
-    from tests.plugins.backends.conftest import build_tiny_tokenizer
-
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=hidden,
-        intermediate_size=hidden * 11 // 4,
-        num_hidden_layers=layers,
-        num_attention_heads=max(1, hidden // 64),
-        num_key_value_heads=max(1, hidden // 64),
-        max_position_embeddings=8192,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
+    build_random_llama(
+        path, hidden=hidden, layers=layers, vocab=VOCAB, tie=True, max_positions=8192
     )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(path)
-    build_tiny_tokenizer().save_pretrained(path)
 
 
 # --------------------------------------------------------------------------- one arm (a child)
