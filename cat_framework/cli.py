@@ -19,6 +19,7 @@ import click
 from cat_framework import __version__
 from cat_framework.errors import CatError, NotARunError
 from cat_framework.logs import configure_logging
+from cat_framework.scrub import scrub
 
 KIND_ALIASES = {
     "aggregators": "aggregator",
@@ -279,6 +280,19 @@ def _blame(exc: BaseException) -> Any:
         return None
 
 
+#: the most characters of an error message printed (a message is read by a person; a hostile
+#: input must not turn it into megabytes)
+MAX_MESSAGE = 10_000
+
+
+def _cut(message: str) -> str:
+    """``message``, bounded to :data:`MAX_MESSAGE` characters (``--debug`` shows it whole)."""
+    if len(message) <= MAX_MESSAGE:
+        return message
+    rest = len(message) - MAX_MESSAGE
+    return f"{message[:MAX_MESSAGE]}... ({rest:,} more characters; --debug shows them)"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning user-facing errors into one message and an exit code."""
     args = sys.argv[1:] if argv is None else argv
@@ -305,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
     except CatError as exc:
         if debug:
             raise
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {_cut(scrub(str(exc)))}", err=True)
         sys.exit(exc.exit_code)
     except Exception as exc:
         if debug:
@@ -315,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
             click.echo(culprit.message(exc), err=True)
             sys.exit(1)
         click.echo(
-            f"error: {type(exc).__name__}: {exc}\n"
+            f"error: {type(exc).__name__}: {_cut(scrub(str(exc)))}\n"
             "(an unexpected error in cat-framework; rerun with --debug for the traceback and "
             "please report it to cat-framework)",
             err=True,

@@ -45,6 +45,9 @@ class Component:
     kind: ClassVar[str] = "component"
     name: ClassVar[str] = ""
     Params: ClassVar[type[ComponentParams]] = ComponentParams
+    #: where the pipeline configures it (``models.judge``), for messages that name a key; set
+    #: when the pipeline builds it, None for a component built by hand
+    config_path: str | None = None
 
     def __init__(
         self,

@@ -17,6 +17,7 @@ from typing import Any, TextIO
 import structlog
 
 from cat_framework.confine import inside_run
+from cat_framework.scrub import scrub
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -52,6 +53,22 @@ class _JsonTee:
         return event
 
 
+def _scrubbed(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {k: _scrubbed(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scrubbed(v) for v in value]
+    return value
+
+
+def _scrub_event(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Secrets and URL credentials masked in every line, on the console and in ``log.jsonl``
+    (:mod:`cat_framework.scrub`): a log line may quote a server's error or a URL."""
+    return {k: _scrubbed(v) for k, v in event.items()}
+
+
 _tee = _JsonTee()
 _configured = False
 
@@ -78,6 +95,7 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=False),
+            _scrub_event,
             _tee,
             structlog.dev.ConsoleRenderer(colors=(stream or sys.stderr).isatty()),
         ],

@@ -17,6 +17,7 @@ from typing import Any
 from cat_framework.bounded import read_capped
 from cat_framework.confine import refuse_links
 from cat_framework.errors import CatError
+from cat_framework.scrub import REDACTED, mask_url
 
 #: every run writes ``config.yaml`` first, then at least one of these
 RUN_OUTPUTS: tuple[str, ...] = ("log.jsonl", "records.jsonl", "metrics.json", "metrics.jsonl")
@@ -97,28 +98,77 @@ RESUME_SAFE: tuple[str, ...] = (
     "trainer.steps",
     "trainer.save_every",
     "trainer.keep_checkpoints",
+    "trainer.nonfinite_stop_after",  # only how many skipped updates in a row end a run
     "eval.bootstrap",
     "eval.confidence",
 )
 #: extra keys safe to change when resuming ``mode: evaluate`` (seeds depend on prompt ids only)
 RESUME_SAFE_EVALUATE: tuple[str, ...] = ("eval.limit", "eval.batch_size")
 
-SECRET_KEYS = re.compile(r"(api[_-]?key|token|secret|password|passwd|authorization)", re.I)
-REDACTED = "**********"
+#: key names whose text values are secrets (``output.secret_keys`` adds a pipeline's own);
+#: ``token`` only as a word of the name: ``hf_token``, ``authToken``, not ``max_new_tokens``
+SECRET_KEYS = re.compile(
+    r"(api[_-]?key|secret|password|passwd|authorization|credential|cookie"
+    r"|(private|access)[_-]?key|(^|[_-])token($|[_-])|[a-z]token$)",
+    re.I,
+)
 
 
-def redact(value: Any) -> Any:
-    """A config with every secret-looking value masked (``api_key``, ``token``, ...), as a second
-    line of defence behind pydantic ``SecretStr`` fields: a config is written to ``config.yaml``,
-    shown in the report and sent to observers (TensorBoard), never with a key in it."""
+def secret_names(config: Any) -> frozenset[str]:
+    """The extra key names a config marks as secret (``output.secret_keys``), lower-cased."""
+    output = config.get("output") if isinstance(config, Mapping) else None
+    names = output.get("secret_keys") if isinstance(output, Mapping) else None
+    return frozenset(str(n).lower() for n in names) if isinstance(names, list) else frozenset()
+
+
+def is_secret(key: Any, value: Any, names: frozenset[str] = frozenset()) -> bool:
+    """Whether a config entry holds a secret: a key the pipeline marks (whatever its value), or
+    a key whose name looks like one holding text or a collection (a number or a flag such as
+    ``return_token_ids`` is no secret, nor is the variable ``api_key_env`` names, nor
+    ``output.secret_keys``, which only names keys)."""
+    if value in (None, "") or key == "secret_keys":
+        return False
+    if str(key).lower() in names:
+        return True
+    if str(key).lower().endswith("_env"):
+        return False
+    return bool(SECRET_KEYS.search(str(key))) and isinstance(value, (str, Mapping, list))
+
+
+def redact(value: Any, names: frozenset[str] | None = None) -> Any:
+    """A config with every secret masked, as a second line of defence behind pydantic
+    ``SecretStr`` fields: the values of secret-looking keys (``api_key``, ``token``, ...) and of
+    the keys ``output.secret_keys`` names (``names``, by default read from ``value``), and the
+    credentials of every URL (``http://user:PASS@host``). A config is written to
+    ``config.yaml``, shown in the report and sent to observers (TensorBoard), never with a key
+    in it."""
+    if names is None:
+        names = secret_names(value)
     if isinstance(value, Mapping):
         return {
-            k: (REDACTED if SECRET_KEYS.search(str(k)) and v not in (None, "") else redact(v))
-            for k, v in value.items()
+            k: (REDACTED if is_secret(k, v, names) else redact(v, names)) for k, v in value.items()
         }
     if isinstance(value, list):
-        return [redact(v) for v in value]
-    return value
+        return [redact(v, names) for v in value]
+    return mask_url(value) if isinstance(value, str) else value
+
+
+def secret_values(value: Any, names: frozenset[str] | None = None) -> list[str]:
+    """The text values :func:`redact` masks (to :func:`cat_framework.scrub.register_secret`
+    them, so that no message shows them either)."""
+    if names is None:
+        names = secret_names(value)
+    found: list[str] = []
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if is_secret(k, v, names):  # every text in it, not only a text itself
+                found += [x for x in flatten(v).values() if isinstance(x, str)]
+            else:
+                found += secret_values(v, names)
+    elif isinstance(value, list):
+        for v in value:
+            found += secret_values(v, names)
+    return found
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -245,8 +295,13 @@ def check_resume(
     changes (the caller records them and rewrites ``config.yaml``). A key the run's
     ``config.yaml`` lacks (written by a version without it) whose value is ``default_of(key)``
     is no change: the run behaved as that default."""
+    # both masked alike: a key masked only since (a newer rule, a name added to or dropped
+    # from output.secret_keys) is no change
     old = read_run_config(path)
-    changes = config_changes(old, config)
+    names = secret_names(config) | secret_names(old)
+    old, config = redact(old, names), redact(config, names)
+    # a value the run's config.yaml holds masked was never recorded: it cannot have changed
+    changes = {k: v for k, v in config_changes(old, config).items() if v[0] != REDACTED}
     if default_of is not None:
         written = flatten(old)
         changes = {k: v for k, v in changes.items() if k in written or v[1] != default_of(k)}
@@ -281,4 +336,6 @@ __all__ = [
     "parse_run_config",
     "read_run_config",
     "redact",
+    "secret_names",
+    "secret_values",
 ]

@@ -329,3 +329,19 @@ def test_report_to_an_unwritable_output_is_a_clear_error(tmp_path):
     into_dir = cli("report", str(run), "-o", str(tmp_path))
     assert into_dir.returncode == 0, into_dir.stderr
     assert (tmp_path / "report.html").is_file()
+
+
+def test_an_error_message_is_bounded_in_size(monkeypatch, capsys):
+    """A message that quotes hostile input (a value, a file's text) never prints megabytes."""
+    from cat_framework import cli as cli_module
+    from cat_framework.errors import CatError
+
+    def fail(*args, **kwargs):
+        raise CatError("bad value: " + "x" * 10**6)
+
+    monkeypatch.setattr(cli_module.cli, "main", fail)
+    with pytest.raises(SystemExit):
+        cli_module.main(["validate", "p.yaml"])
+    err = capsys.readouterr().err
+    assert err.startswith("error: bad value: xxx") and len(err) < 10_200
+    assert "(990,011 more characters; --debug shows them)" in err

@@ -37,7 +37,9 @@ from cat_framework.rundir import (
     check_run_links,
     new_marker,
     redact,
+    secret_values,
 )
+from cat_framework.scrub import register_secret, scrub
 
 log = structlog.get_logger("cat_framework.run")
 
@@ -101,7 +103,10 @@ def run_pipeline(
     changes results. Whatever happens, ``status.json`` and the ``run end`` log line say how the
     run ended and why."""
     runner = _mode_runner(pipeline.config.mode)
-    config = redact(pipeline.resolved())
+    resolved = pipeline.resolved()
+    for secret in secret_values(resolved):  # masked in every message too, not only the config
+        register_secret(secret)
+    config = redact(resolved)
     changes: dict[str, Any] = {}
     path = Path(resume) if resume else new_run_dir(pipeline, run_dir)
     if is_main_process():  # only the main process judges and prepares the directory
@@ -161,8 +166,8 @@ def failure_message(exc: BaseException) -> str:
     """What a failed run records: a framework error's own message, else the exception type and
     its message (the traceback goes to the log only with --debug)."""
     if isinstance(exc, CatError):
-        return str(exc)
-    text = str(exc).strip()
+        return scrub(str(exc))
+    text = scrub(str(exc).strip())  # a server's error body may echo the key it was sent
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

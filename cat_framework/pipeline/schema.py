@@ -294,6 +294,12 @@ class Output(Strict):
         description="Run directory name (default: name + time): a plain name, created inside "
         "`dir` (no path separators or '..', at most 255 bytes).",
     )
+    secret_keys: list[str] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="Names of more keys whose values are secrets (e.g. an extra_body header): "
+        "masked like api_key in config.yaml, the report, logs, errors and TensorBoard.",
+    )
 
     @field_validator("run_name")
     @classmethod

@@ -43,7 +43,9 @@ class ResolvedComponent:
     params: ComponentParams
 
     def build(self, **kwargs: Any) -> Component:
-        return self.cls(self.params, **kwargs)
+        component = self.cls(self.params, **kwargs)
+        component.config_path = ".".join(str(k) for k in self.path)
+        return component
 
 
 @dataclass(frozen=True)

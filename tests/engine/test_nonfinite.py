@@ -78,13 +78,13 @@ def test_a_nan_loss_is_skipped_and_the_run_ends_with_finite_weights(
 ):
     nan_loss_at(monkeypatch, {2})
     run(train_pipeline(tmp_path, tiny_policy, toy_data), tmp_path / "run", PLUGIN)
+    files = assert_every_weight_finite(tmp_path / "run")
+    assert tmp_path / "run" / "final" / "model.safetensors" in files
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert status["status"] == "completed"
     metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert [m["train/nonfinite_steps"] for m in metrics] == [0.0, 1.0, 0.0, 0.0]
     assert "loss" not in metrics[1] and all(math.isfinite(metrics[i]["loss"]) for i in (0, 2, 3))
-    files = assert_every_weight_finite(tmp_path / "run")
-    assert tmp_path / "run" / "final" / "model.safetensors" in files
     ckpt = tmp_path / "run" / CHECKPOINTS
     one, two, three = (
         load_file(str(ckpt / f"step-00000{s}" / "trainable.safetensors")) for s in (1, 2, 3)
@@ -104,7 +104,9 @@ def test_nan_steps_in_a_row_stop_the_run_failed_with_nothing_non_finite_saved(
         run(pipeline, tmp_path / "run", PLUGIN)
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert status["status"] == "failed"
-    assert "2 update(s) in a row" in status["error"] and "nonfinite_stop_after: 2" in status["error"]
+    assert (
+        "2 update(s) in a row" in status["error"] and "nonfinite_stop_after: 2" in status["error"]
+    )
     assert not (tmp_path / "run" / "final").exists()
     steps = sorted(p.name for p in (tmp_path / "run" / CHECKPOINTS).iterdir())
     assert steps == ["step-000001", "step-000002"]  # step 2 was skipped: step 1's weights

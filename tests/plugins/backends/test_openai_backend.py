@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import math
 import threading
 import time
@@ -20,6 +21,7 @@ from cat_plugins.backends.openai_backend import (
     PartialBatchError,
 )
 from tests.helpers.openai_server import (
+    Fault,
     by_attempt,
     cut_json,
     html_page,
@@ -88,11 +90,69 @@ def test_retries_429_and_5xx_then_succeeds(fake_server):
     assert len(fake_server.requests) == 3
 
 
-def test_client_errors_are_not_retried(fake_server):
+def test_client_errors_are_not_retried(fake_server, monkeypatch):
     fake_server.plan = lambda i, path, body: (401, {})
-    with pytest.raises(BackendError, match=r"401 \(check \$MY_KEY\)"):
-        backend(fake_server, api_key_env="MY_KEY", max_retries=3).generate([chat("q")])
+    monkeypatch.setenv("MY_KEY", "sk-from-the-environment")
+    env_only = OpenAIBackend({"base_url": fake_server.url, "api_key_env": "MY_KEY", **FAST})
+    with pytest.raises(BackendError, match=r"401 \(check \$MY_KEY, where the API key came"):
+        env_only.generate([chat("q")])
     assert len(fake_server.requests) == 1
+
+
+def test_the_401_hint_names_where_the_key_came_from(fake_server, monkeypatch):
+    """A key set in the pipeline is not blamed on $OPENAI_API_KEY (issue 23, item 6)."""
+    fake_server.plan = lambda i, path, body: (401, {})
+    monkeypatch.setenv("MY_KEY", "sk-from-the-environment")
+    with pytest.raises(BackendError, match=r"401 \(check api_key in the pipeline, where") as info:
+        backend(fake_server, api_key_env="MY_KEY").generate([chat("q")])
+    assert "MY_KEY" not in str(info.value)
+    built = load_pipeline_backend(fake_server)
+    with pytest.raises(BackendError, match=r"401 \(check models\.judge\.api_key in the pipeline"):
+        built.generate([chat("q")])
+    monkeypatch.delenv("MY_KEY")
+    unset = OpenAIBackend({"base_url": fake_server.url, "api_key_env": "MY_KEY", **FAST})
+    with pytest.raises(BackendError, match=r"none was set \(no api_key in the pipeline, no \$MY_"):
+        unset.generate([chat("q")])
+
+
+def load_pipeline_backend(server: FakeServer) -> OpenAIBackend:
+    """The judge of a pipeline, built by the pipeline (it knows its key path)."""
+    from cat_framework.pipeline import load_pipeline
+
+    text = (
+        "name: t\nmode: evaluate\nmodels:\n  policy: {model: cat-tests/never-loaded}\n"
+        f"  judge: {{backend: openai, base_url: '{server.url}', api_key: sk-in-the-yaml, "
+        "backoff: 0.01, max_backoff: 0.05}\n"
+        "data:\n  eval: {dataset: arithmetic}\n"
+    )
+    judge = load_pipeline("t.yaml", text=text).component("models", "judge")
+    assert judge is not None
+    return judge.build()  # type: ignore[return-value]
+
+
+ECHO_KEY = "sk-proj-ECHOED-abcdef0123456789"
+
+
+def test_a_401_body_echoing_the_key_is_scrubbed(fake_server):
+    """A server's 401 body that quotes the key (``Incorrect API key provided: sk-...``), whole
+    or partly masked, never reaches the error message; nor do the URL's credentials."""
+    bodies = [
+        f"Incorrect API key provided: {ECHO_KEY}. You can find your API key at ...",
+        "Incorrect API key provided: sk-proj-************************6789. You can find ...",
+        "Incorrect API key provided: ECHOED-abcdef01.",
+    ]
+    for body in bodies:
+        payload = json.dumps({"error": {"message": body, "code": "invalid_api_key"}}).encode()
+        fake_server.plan = lambda i, path, b, p=payload: Fault(401, p)
+        url = fake_server.url.replace("http://", "http://alice:PASSWORD-42@")
+        b = OpenAIBackend({"base_url": url, "api_key": ECHO_KEY, **FAST})
+        with pytest.raises(BackendError) as info:
+            b.generate([chat("q")])
+        text = str(info.value)
+        assert "Incorrect API key provided: **********" in text, text
+        for leak in ("ECHOED", "6789", "PASSWORD-42", "alice"):
+            assert leak not in text, text
+        assert info.value.__cause__ is None  # the client's error (the raw body) is not chained
 
 
 def test_failed_requests_keep_finished_results(fake_server):
