@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from cat_framework import __version__
-from cat_framework.errors import CatError, NotARunError
+from cat_framework.errors import CatError, NotARunError, cut_message
 from cat_framework.logs import configure_logging
 from cat_framework.scrub import scrub
 
@@ -282,15 +282,8 @@ def _blame(exc: BaseException) -> Any:
 
 #: the most characters of an error message printed (a message is read by a person; a hostile
 #: input must not turn it into megabytes)
-MAX_MESSAGE = 10_000
-
-
 def _cut(message: str) -> str:
-    """``message``, bounded to :data:`MAX_MESSAGE` characters (``--debug`` shows it whole)."""
-    if len(message) <= MAX_MESSAGE:
-        return message
-    rest = len(message) - MAX_MESSAGE
-    return f"{message[:MAX_MESSAGE]}... ({rest:,} more characters; --debug shows them)"
+    return cut_message(message)
 
 
 def main(argv: list[str] | None = None) -> None:

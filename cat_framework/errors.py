@@ -75,3 +75,16 @@ class NotARunError(CatError):
 
 class NotSupportedError(CatError):
     """A component does not implement an optional capability (e.g. ``update_weights``)."""
+
+
+#: the most characters of one error message shown or recorded (a hostile file can make a message
+#: of megabytes: an alias bomb quoted back)
+MAX_MESSAGE = 10_000
+
+
+def cut_message(message: str, limit: int = MAX_MESSAGE) -> str:
+    """``message``, bounded to ``limit`` characters (``--debug`` shows it whole)."""
+    if len(message) <= limit:
+        return message
+    rest = len(message) - limit
+    return f"{message[:limit]}... ({rest:,} more characters; --debug shows them)"

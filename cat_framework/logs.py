@@ -60,7 +60,9 @@ def _scrubbed(value: Any) -> Any:
         return {k: _scrubbed(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_scrubbed(v) for v in value]
-    return value
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return scrub(str(value))  # an exception or a path is written as its text: scrub that
 
 
 def _scrub_event(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:

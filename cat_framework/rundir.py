@@ -5,7 +5,6 @@ which config changes a resume accepts, and how secrets are kept out of what a ru
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import re
 import reprlib
@@ -14,7 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cat_framework.bounded import read_capped
+from cat_framework.bounded import loads_json, read_capped
 from cat_framework.confine import refuse_links
 from cat_framework.errors import CatError
 from cat_framework.scrub import REDACTED, mask_url
@@ -54,7 +53,7 @@ def holds_run(path: str | os.PathLike[str]) -> bool:
     a ``config.yaml`` and a ``log.jsonl`` that starts with the run's ``run start`` line."""
     root = Path(path)
     try:
-        marker = json.loads(read_capped(root / MARKER, 2**16))
+        marker = loads_json(read_capped(root / MARKER, 2**16))
         if isinstance(marker, dict) and marker.get("format") == MARKER_FORMAT:
             return True
     except (OSError, ValueError):
@@ -68,7 +67,7 @@ def _first_event(log: Path) -> Any:
         return None
     try:
         with log.open("rb") as f:
-            row = json.loads(f.readline(2**16))
+            row = loads_json(f.readline(2**16))
     except (OSError, ValueError):
         return None
     return row.get("event") if isinstance(row, dict) else None
@@ -123,16 +122,15 @@ def secret_names(config: Any) -> frozenset[str]:
 
 def is_secret(key: Any, value: Any, names: frozenset[str] = frozenset()) -> bool:
     """Whether a config entry holds a secret: a key the pipeline marks (whatever its value), or
-    a key whose name looks like one holding text or a collection (a number or a flag such as
-    ``return_token_ids`` is no secret, nor is the variable ``api_key_env`` names, nor
-    ``output.secret_keys``, which only names keys)."""
+    a key whose name looks like one (a flag such as ``return_token_ids`` is no secret, nor is
+    the variable ``api_key_env`` names, nor ``output.secret_keys``, which only names keys)."""
     if value in (None, "") or key == "secret_keys":
         return False
     if str(key).lower() in names:
         return True
     if str(key).lower().endswith("_env"):
         return False
-    return bool(SECRET_KEYS.search(str(key))) and isinstance(value, (str, Mapping, list))
+    return bool(SECRET_KEYS.search(str(key))) and not isinstance(value, bool)
 
 
 def redact(value: Any, names: frozenset[str] | None = None) -> Any:
@@ -229,8 +227,17 @@ def check_fresh(path: Path, overwrite: bool) -> None:
 
 def check_run_links(path: Path) -> None:
     """Refuse a run directory in which anything the run writes, appends to or deletes is a
-    symbolic link (:mod:`cat_framework.confine`)."""
+    symbolic link (:mod:`cat_framework.confine`), or a FIFO, device or socket where the run
+    keeps a file (reading or appending to one would block or never end)."""
     refuse_links(path, RUN_FILES + RUN_FOLDERS)
+    for name in RUN_FILES:
+        target = path / name
+        if target.exists() and not target.is_file():
+            raise CatError(
+                f"run directory {path}: {name} is not a regular file (a folder, FIFO, device or "
+                "socket): the run reads and appends to it. Move it away, or pick another "
+                "run directory"
+            )
 
 
 def check_name_lengths(path: Path) -> None:

@@ -182,9 +182,14 @@ def check_values(completion: Any, vocab: int | None) -> str | None:
                 return f"token id {t} is outside the model's vocabulary ({limit})"
     if isinstance(logps, list):
         for x in logps:
-            if type(x) not in (int, float) or not math.isfinite(x) or x > 0:
+            # a sampler's rounding can give a log-prob a hair above 0; a real one is never more
+            if type(x) not in (int, float) or not math.isfinite(x) or x > LOGP_ROUNDING:
                 return f"log-prob {x!r} is not a finite number <= 0 (a log-probability)"
     return None
+
+
+#: how far above 0 a stored log-prob may be from float rounding alone
+LOGP_ROUNDING = 1e-4
 
 
 def parse_pending(

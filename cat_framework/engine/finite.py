@@ -61,7 +61,12 @@ class NonfiniteGuard:
         dropping them) when the loss or a gradient is not finite on any process. Raises
         :class:`NonfiniteError` at the ``stop_after``-th such update in a row."""
         params = list(params)
-        ok = everyone_finite(loss_finite and all_finite(gradients(params)), self.acc)
+        # fp16's loss scaler skips overflowing gradients itself and lowers its scale: an inf
+        # gradient there is its signal, so only the loss decides (dropping those gradients
+        # would keep the scale, and the overflow, forever)
+        scaled = getattr(self.acc, "scaler", None) is not None
+        local = loss_finite and (scaled or all_finite(gradients(params)))
+        ok = everyone_finite(local, self.acc)
         if ok:
             self.consecutive = 0
             return True

@@ -24,7 +24,7 @@ import yaml
 from cat_framework import __version__
 from cat_framework.engine.files import atomic_write_json, atomic_write_text
 from cat_framework.engine.threads import apply_thread_discipline, restore_threads
-from cat_framework.errors import CatError, ModeNotAvailableError
+from cat_framework.errors import CatError, ModeNotAvailableError, cut_message
 from cat_framework.logs import attach_run_log, detach_run_log
 from cat_framework.pipeline import Pipeline
 from cat_framework.pipeline.schema import default_of
@@ -166,8 +166,8 @@ def failure_message(exc: BaseException) -> str:
     """What a failed run records: a framework error's own message, else the exception type and
     its message (the traceback goes to the log only with --debug)."""
     if isinstance(exc, CatError):
-        return scrub(str(exc))
-    text = scrub(str(exc).strip())  # a server's error body may echo the key it was sent
+        return cut_message(scrub(str(exc)))
+    text = cut_message(scrub(str(exc).strip()))  # a server's error may echo the key it was sent
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

@@ -206,3 +206,19 @@ def test_every_process_takes_the_same_decision(tmp_path):
         assert proc.returncode == 0, err[-3000:]
     decisions = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
     assert decisions == [[False, True], [False, True]]
+
+
+def test_under_an_fp16_loss_scaler_overflowing_gradients_are_left_to_the_scaler():
+    """fp16's GradScaler skips an overflowing step and lowers its scale: dropping those
+    gradients here would keep the scale, and the overflow, forever (and stop the run)."""
+    from types import SimpleNamespace
+
+    model = torch.nn.Linear(2, 1)
+    acc = SimpleNamespace(num_processes=1, scaler=object())
+    guard = NonfiniteGuard(1, acc)
+    model(torch.ones(1, 2)).sum().backward()
+    model.weight.grad.fill_(float("inf"))
+    assert guard.allow(True, model.parameters(), "step 1")  # the scaler's call, not ours
+    assert model.weight.grad is not None
+    with pytest.raises(NonfiniteError):  # a NaN loss is still skipped, and counted
+        guard.allow(False, model.parameters(), "step 2")

@@ -148,3 +148,21 @@ def test_a_long_experiment_name_still_makes_a_valid_folder_name(tmp_path, toy_da
     (tmp_path / "p.yaml").write_text(evaluate_yaml(toy_data).replace("rundirs", "x" * 300))
     path = new_run_dir(load_pipeline(tmp_path / "p.yaml", plugins=plugins), None)
     assert len(path.name.encode()) <= 255 and path.name.startswith("xxx")
+
+
+def test_a_fifo_where_the_run_keeps_a_file_is_refused(tmp_path):
+    """Reading or appending to a FIFO blocks forever: a resume refuses it, naming the file."""
+    import os
+
+    from cat_framework.rundir import check_run_links
+
+    os.mkfifo(tmp_path / "records.jsonl")
+    with pytest.raises(CatError, match=r"records\.jsonl is not a regular file"):
+        check_run_links(tmp_path)
+
+
+def test_a_deeply_nested_marker_or_log_is_no_run_and_no_crash(tmp_path):
+    (tmp_path / MARKER).write_text("[" * 60_000)
+    (tmp_path / "config.yaml").write_text("name: x\n")
+    (tmp_path / "log.jsonl").write_text("[" * 60_000 + "\n")
+    assert not holds_run(tmp_path)
