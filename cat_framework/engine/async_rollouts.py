@@ -188,6 +188,22 @@ def check_values(completion: Any, vocab: int | None) -> str | None:
     return None
 
 
+def pending_values(vocab: int | None) -> Callable[[Any], str | None]:
+    """A checkpoint check (``latest_checkpoint``): what is wrong with the numbers of a
+    pending-rollouts file's content, so a resume falls back to an older checkpoint instead of
+    failing on one process while the others wait."""
+
+    def problem(data: Any) -> str | None:
+        rows = data.get("rollouts") if isinstance(data, dict) else None
+        for k, completions in enumerate(rows if isinstance(rows, list) else ()):
+            for j, c in enumerate(completions if isinstance(completions, list) else ()):
+                if (fault := check_values(c, vocab)) is not None:
+                    return f"group {k}, rollout {j}: {fault}"
+        return None
+
+    return problem
+
+
 #: how far above 0 a stored log-prob may be from float rounding alone
 LOGP_ROUNDING = 1e-4
 
@@ -239,4 +255,4 @@ def parse_pending(
     return groups, float(seconds)
 
 
-__all__ = ["Plan", "RolloutsAhead", "Taken", "check_values", "parse_pending"]
+__all__ = ["Plan", "RolloutsAhead", "Taken", "check_values", "parse_pending", "pending_values"]

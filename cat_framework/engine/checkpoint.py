@@ -276,9 +276,13 @@ def _require_file(file: Path) -> None:
         raise InvalidCheckpoint(f"{file.name} is not a regular file")
 
 
-def check_checkpoint(path: Path) -> Checkpoint:
+def check_checkpoint(
+    path: Path, check_pending: Callable[[Any], str | None] | None = None
+) -> Checkpoint:
     """Validate everything a resume will read, without loading the tensors: ``state.json``, the
-    weights' safetensors header and every state file. Raises :class:`InvalidCheckpoint`."""
+    weights' safetensors header and every state file; ``check_pending`` says what is wrong with
+    a pending-rollouts file's values (None: nothing). Every process checks every file, so all
+    skip the same checkpoints. Raises :class:`InvalidCheckpoint`."""
     state = _read_state(path)
     processes = state.get("processes", 1)
     if state.get("sharded"):
@@ -297,11 +301,13 @@ def check_checkpoint(path: Path) -> Checkpoint:
             raise InvalidCheckpoint(f"{weight} is damaged ({e})") from None
     for i in range(processes) if state.get("pending_rollouts") else ():
         try:
-            _read_json(path / pending_file(i), MAX_PENDING_BYTES)
+            data = _read_json(path / pending_file(i), MAX_PENDING_BYTES)
         except FileNotFoundError:
             raise InvalidCheckpoint(f"{pending_file(i)} is missing") from None
         except (OSError, ValueError) as e:
             raise InvalidCheckpoint(f"{pending_file(i)} is not readable JSON ({e})") from None
+        if check_pending is not None and (fault := check_pending(data)) is not None:
+            raise InvalidCheckpoint(f"{pending_file(i)}: {fault}")
     for name in (*states, SCHEDULER, *(rng_file(i) for i in range(processes))):
         file = path / name
         if not file.exists():
@@ -321,14 +327,17 @@ def check_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(path, state["step"], state)
 
 
-def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
-    """The newest valid checkpoint; None when there is none at all. Invalid ones are skipped
-    with a warning naming each and why; if every checkpoint is invalid, a :class:`CatError`."""
+def latest_checkpoint(
+    run_dir: Path, check_pending: Callable[[Any], str | None] | None = None
+) -> Checkpoint | None:
+    """The newest valid checkpoint (:func:`check_checkpoint`); None when there is none at all.
+    Invalid ones are skipped with a warning naming each and why; if every checkpoint is
+    invalid, a :class:`CatError`."""
     root = run_dir / CHECKPOINTS
     skipped: list[str] = []
     for path in reversed(checkpoint_dirs(root)):
         try:
-            ckpt = check_checkpoint(path)
+            ckpt = check_checkpoint(path, check_pending)
         except InvalidCheckpoint as e:
             log.warning("skipping an unusable checkpoint", checkpoint=str(path), reason=str(e))
             skipped.append(f"{path.name}: {e}")

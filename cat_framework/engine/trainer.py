@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from cat_framework.components import Dataset
-from cat_framework.engine.async_rollouts import RolloutsAhead
+from cat_framework.engine.async_rollouts import RolloutsAhead, pending_values
 from cat_framework.engine.checkpoint import load_checkpoint
 from cat_framework.engine.diagnostics import step_diagnostics
 from cat_framework.engine.evaluate import Evaluation, flat_metrics, load_prompts, summarize
@@ -113,7 +113,9 @@ def run_train(
             return [prompts[order[k]] for k in mine], seeds
 
         ahead = RolloutsAhead(policy.sampler, cfg.rollouts, plan) if tc.async_rollouts else None
-        ckpt = resume_point(run_dir, resume, acc, keep=tc.keep_checkpoints)
+        vocab = policy.model.get_input_embeddings().num_embeddings
+        check = pending_values(vocab) if tc.async_rollouts else None
+        ckpt = resume_point(run_dir, resume, acc, keep=tc.keep_checkpoints, check_pending=check)
         start = 0
         if ckpt is not None:
             load_checkpoint(ckpt, policy.model, optimizer, scheduler, acc.process_index)
@@ -124,7 +126,7 @@ def run_train(
             if ahead is not None and planned is not None:
                 ahead.resume(
                     ckpt, start + 1, planned[0], acc.num_processes, acc.process_index,
-                    vocab=policy.model.get_input_embeddings().num_embeddings,
+                    vocab=vocab,
                 )  # fmt: skip
             log.info("resumed", step=start, checkpoint=str(ckpt.path))
         step_fn = GRPOStep(

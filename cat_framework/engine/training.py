@@ -148,8 +148,10 @@ def resume_point(
     accelerator: Any,
     files: tuple[str, ...] = ("metrics.jsonl", "records.jsonl"),
     keep: int | None = None,
+    check_pending: Callable[[Any], str | None] | None = None,
 ) -> Any:
-    """The checkpoint to continue from (None for a fresh run); drops the lines of ``files``
+    """The checkpoint to continue from (None for a fresh run; ``check_pending``: see
+    :func:`check_checkpoint`); drops the lines of ``files``
     logged after it (those steps are redone; the rewrite is atomic) and prunes to the ``keep``
     newest checkpoints (a kill during a prune left more, and a finished run saves no more). A
     fresh run's directory is new or emptied by the runner (``--overwrite``): nothing to do."""
@@ -158,7 +160,7 @@ def resume_point(
     if accelerator.is_main_process:  # finish a prune or a save a kill interrupted
         tidy_checkpoints(run_dir)
     accelerator.wait_for_everyone()
-    ckpt = latest_checkpoint(run_dir)
+    ckpt = latest_checkpoint(run_dir, check_pending)
     accelerator.wait_for_everyone()  # every process has chosen before any is pruned
     if accelerator.is_main_process:
         if ckpt is not None and keep is not None:

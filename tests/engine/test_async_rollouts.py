@@ -312,3 +312,22 @@ def test_another_process_count_samples_the_pending_step_again(tmp_path):
     ckpt = Checkpoint(tmp_path, 2, {"pending_rollouts": True, "processes": 2})
     ahead.resume(ckpt, 3, [], processes=1, index=0)
     assert ahead.state() is None  # nothing restored: step 3 samples in place
+
+
+def test_bad_pending_numbers_fall_back_to_the_older_checkpoint(tmp_path, tiny_policy, toy_data):
+    """Every process checks every pending file before choosing a checkpoint, so a bad one is
+    skipped alike everywhere (no process waits for another that failed) and the older one used."""
+    pipeline = pipeline_file(tmp_path, tiny_policy, toy_data, 3, 1)
+    with pytest.raises(KeyboardInterrupt):
+        run(pipeline, tmp_path / "cut", PLUGIN, ("stop", StopAt(2)))
+    newest = latest_checkpoint(tmp_path / "cut")
+    assert newest.step == 2
+    file = newest.path / "pending-rollouts-0.json"
+    data = json.loads(file.read_text())
+    data["rollouts"][0][0]["logprobs"][0] = "NaN"
+    file.write_text(json.dumps(data))
+    run(pipeline, tmp_path / "cut", PLUGIN, resume=True)
+    log = (tmp_path / "cut" / "log.jsonl").read_text()
+    assert "pending-rollouts-0.json: group 0, rollout 0: log-prob 'NaN'" in log
+    assert "resuming from an older checkpoint" in log
+    assert (tmp_path / "cut" / "final").exists()
