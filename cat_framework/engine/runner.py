@@ -23,6 +23,7 @@ import yaml
 
 from cat_framework import __version__
 from cat_framework.engine.files import atomic_write_json, atomic_write_text
+from cat_framework.engine.main_decides import main_decides
 from cat_framework.engine.threads import apply_thread_discipline, restore_threads
 from cat_framework.errors import CatError, ModeNotAvailableError, cut_message
 from cat_framework.logs import attach_run_log, detach_run_log
@@ -107,9 +108,10 @@ def run_pipeline(
     for secret in secret_values(resolved):  # masked in every message too, not only the config
         register_secret(secret)
     config = redact(resolved)
-    changes: dict[str, Any] = {}
     path = Path(resume) if resume else new_run_dir(pipeline, run_dir)
-    if is_main_process():  # only the main process judges and prepares the directory
+
+    def prepare() -> dict[str, Any]:
+        changes = {}
         if resume:
             changes = check_resume(path, config, default_of)
             check_run_links(path)
@@ -120,6 +122,10 @@ def run_pipeline(
             atomic_write_json(path / MARKER, new_marker(__version__))
         if not resume or changes:
             atomic_write_text(path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        return changes
+
+    # only the main process judges and prepares the directory; its refusal stops every process
+    changes = main_decides(prepare, main=is_main_process(), default={})
     wait_for_everyone()  # the others touch it (their log lines) only once it is ready
     attach_run_log(path / "log.jsonl")
     loaded = [f"{r.name}=={r.version}" for r in plugins.records if r.status == "loaded"]

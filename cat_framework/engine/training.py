@@ -23,6 +23,7 @@ from cat_framework.engine.checkpoint import (
 )
 from cat_framework.engine.evaluate import load_prompts
 from cat_framework.engine.finite import refuse_nonfinite_weights
+from cat_framework.engine.main_decides import main_decides
 from cat_framework.errors import CatError
 from cat_framework.pipeline import Pipeline
 from cat_framework.pipeline.build import build_component
@@ -162,12 +163,15 @@ def resume_point(
     accelerator.wait_for_everyone()
     ckpt = latest_checkpoint(run_dir, check_pending)
     accelerator.wait_for_everyone()  # every process has chosen before any is pruned
-    if accelerator.is_main_process:
+
+    def tidy() -> None:
         if ckpt is not None and keep is not None:
             prune_checkpoints(run_dir, ckpt.step, keep)
         for name in files:  # a record of a newer schema is refused, never kept and appended to
             check = check_schema if name == "records.jsonl" else None
             truncate_jsonl(run_dir / name, ckpt.step if ckpt else -1, check)
+
+    main_decides(tidy, main=accelerator.is_main_process, default=None)  # refused: all stop
     if ckpt is None:
         log.warning("no checkpoint to resume from: starting at step 1", run_dir=str(run_dir))
     return ckpt
