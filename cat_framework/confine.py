@@ -16,6 +16,9 @@ from pathlib import Path
 
 from cat_framework.errors import CatError
 
+#: the longest file or folder name most filesystems accept (ext4, XFS, APFS, NTFS), in bytes
+MAX_NAME_BYTES = 255
+
 
 class LinkInRunError(CatError):
     """A path a run would write or delete is a symbolic link (the message names it)."""
@@ -58,4 +61,4 @@ def refuse_links(run_dir: str | os.PathLike[str], names: Iterable[str]) -> None:
                     raise _refuse(Path(parent, entry))
 
 
-__all__ = ["LinkInRunError", "inside_run", "refuse_links"]
+__all__ = ["MAX_NAME_BYTES", "LinkInRunError", "inside_run", "refuse_links"]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cat_framework.bounded import loads_json, read_capped
-from cat_framework.confine import refuse_links
+from cat_framework.confine import MAX_NAME_BYTES, refuse_links
 from cat_framework.errors import CatError
 from cat_framework.scrub import REDACTED, mask_url
 
@@ -38,8 +38,6 @@ def is_run_dir(path: str | os.PathLike[str]) -> bool:
 #: one ``--overwrite`` may empty (a ``config.yaml`` alone can be anyone's)
 MARKER = "run.json"
 MARKER_FORMAT = "cat-framework run"
-#: the longest file or folder name most filesystems accept (ext4, XFS, APFS, NTFS), in bytes
-MAX_NAME_BYTES = 255
 
 
 def new_marker(version: str) -> dict[str, str]:

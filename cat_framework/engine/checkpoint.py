@@ -60,7 +60,7 @@ TRASH = ".trash-"
 #: the largest ``state.json`` read (the framework writes a few hundred bytes)
 MAX_STATE_BYTES = 2**20
 #: the largest pending-rollouts file read (it holds one step's rollouts of one process)
-MAX_PENDING_BYTES = 16 * 2**30
+MAX_PENDING_BYTES = 2**30
 #: the most processes a checkpoint may name (each names files to check)
 MAX_PROCESSES = 65_536
 

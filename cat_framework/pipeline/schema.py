@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from cat_framework.rundir import MAX_NAME_BYTES
+from cat_framework.confine import MAX_NAME_BYTES
 
 Mode = Literal["evaluate", "train", "sft"]
 #: role references allowed instead of a backend spec, per role
