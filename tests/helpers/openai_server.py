@@ -168,8 +168,12 @@ class FakeServer:
         return self
 
     def stop(self) -> None:
+        """Stop serving. ``shutdown`` waits for the serving loop to notice; it is asked from a
+        helper thread and waited for a bounded time, so a teardown can never hang a suite."""
         if self.httpd is not None:
-            self.httpd.shutdown()
+            stopper = threading.Thread(target=self.httpd.shutdown, daemon=True)
+            stopper.start()
+            stopper.join(timeout=10)
             self.httpd.server_close()
             self.httpd = None
 
