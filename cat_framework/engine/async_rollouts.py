@@ -14,7 +14,8 @@ the policy) may share the sampler, and a backend is not assumed to serve two thr
 
 Exact resume: a checkpoint taken after step t holds step t+1's rollouts, already sampled with
 weights no checkpoint keeps, as plain JSON (``pending-rollouts-<process>.json``); a resumed run
-trains on exactly those.
+trains on exactly those (the placement keeps them in its per-process checkpoint slot
+:data:`SLOT`).
 """
 
 from __future__ import annotations
@@ -30,13 +31,16 @@ import structlog
 import torch
 
 from cat_framework.components import Backend
-from cat_framework.engine.checkpoint import Checkpoint, load_pending
+from cat_framework.engine.checkpoint import Checkpoint, load_extra
 from cat_framework.engine.teacher import explore
 from cat_framework.errors import CatError
 from cat_framework.pipeline.schema import Rollouts
 from cat_framework.types import Completion, Prompt, RolloutGroup
 
 log = structlog.get_logger("cat_framework.async_rollouts")
+
+#: the checkpoint slot holding each process's rollouts sampled ahead (pending-rollouts-<i>.json)
+SLOT = "pending-rollouts"
 
 #: what a step needs to sample: its prompts and their seeds (None: no such step)
 Plan = Callable[[int], "tuple[Sequence[Prompt], Sequence[int]] | None"]
@@ -150,14 +154,14 @@ class RolloutsAhead:
         than the checkpoint's (each process kept its own share) there are none to use: ``step``
         then samples in place, one step less stale."""
         written = ckpt.state.get("processes", 1)
-        if ckpt.state.get("pending_rollouts") and written != processes:
+        if SLOT in ckpt.extra and written != processes:
             log.warning(
                 "the checkpoint's sampled-ahead rollouts were split over another process count: "
                 "sampling them again with the current weights",
                 checkpoint=str(ckpt.path), processes=written, now=processes,
             )  # fmt: skip
             return
-        pending = load_pending(ckpt, index)
+        pending = load_extra(ckpt, SLOT, index)
         if pending is not None:
             data, where = pending
             groups, seconds = parse_pending(
@@ -255,4 +259,4 @@ def parse_pending(
     return groups, float(seconds)
 
 
-__all__ = ["Plan", "RolloutsAhead", "Taken", "check_values", "parse_pending", "pending_values"]
+__all__ = ["SLOT", "Plan", "RolloutsAhead", "Taken", "check_values", "parse_pending", "pending_values"]

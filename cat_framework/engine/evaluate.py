@@ -1,4 +1,6 @@
-"""Test-time CaT (``mode: evaluate``): one set of rollouts, every aggregator, scored against gold.
+"""Evaluation: test-time CaT (``mode: evaluate``) and a training run's periodic evaluation.
+
+Test-time CaT (``mode: evaluate``): one set of rollouts, every aggregator, scored against gold.
 
 For each batch of prompts the policy samples G rollouts once; each listed aggregator builds its
 reference from the same rollouts; references are graded against gold (math: answer equivalence;
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence, Set
+from collections.abc import Callable, Iterator, Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -227,6 +229,52 @@ def print_table(summary: dict[str, Any], confidence: float) -> None:
     if "rollouts" in summary:
         r = summary["rollouts"]
         console.print(f"rollout accuracy {r['accuracy']:.3f}, pass@G {r['pass_at_g']:.3f}")
+
+
+class PeriodicEval:
+    """``trainer.eval_every`` / ``eval_before`` and CaT-SFT's final evaluation:
+    :class:`Evaluation` (the very computation of ``mode: evaluate``) on ``data.eval`` with the
+    current policy, written to ``eval/step-NNNNNN.{jsonl,json}``."""
+
+    def __init__(self, pipeline: Pipeline, roles: Roles, run_dir: Path) -> None:
+        cfg = pipeline.config
+        self.out = run_dir / "eval"
+        dataset = build_component(pipeline, "data", "eval")
+        assert isinstance(dataset, Dataset)
+        self.pipeline = pipeline
+        self.prompts = load_prompts(dataset, cfg.eval.limit)
+        self.task = dataset.task_kind
+        self.evaluation = Evaluation.build(pipeline, roles, self.task)
+
+    def __call__(self, step: int) -> dict[str, float]:
+        """Evaluate now (main process only) and return the summary as flat metrics."""
+        cfg = self.pipeline.config
+        records: list[dict[str, Any]] = []
+        for batch in track(self.evaluation.batches(self.prompts, set()), "evaluate"):
+            records += self.evaluation.batch(batch)
+        summary = summarize(
+            records, self.evaluation.labels, self.task, cfg.eval.bootstrap, cfg.eval.confidence
+        )
+        self.out.mkdir(exist_ok=True)
+        name = f"step-{step:06d}"
+        atomic_write_text(
+            self.out / f"{name}.jsonl",
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
+        )
+        atomic_write_text(self.out / f"{name}.json", json.dumps(summary, indent=2))
+        scores = {k: round(v["score"], 4) for k, v in summary["aggregators"].items()}
+        log.info("evaluated", step=step, **scores)
+        return flat_metrics(summary)
+
+    def everywhere(
+        self, step: int, accelerator: Any, settle: Callable[[], None]
+    ) -> dict[str, float]:
+        """Every process calls this: the main one evaluates while the others ``settle`` (keep
+        lock-step generation going until it is done); the main one's metrics, ``{}`` elsewhere."""
+        metrics = self(step) if accelerator.is_main_process else {}
+        settle()
+        accelerator.wait_for_everyone()
+        return metrics
 
 
 def run_evaluate(

@@ -86,6 +86,13 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
+def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append rows as JSON lines (a crash can cut only the last line, which readers drop)."""
+    with path.open("a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
 def rewrite_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> int:
     """Keep the rows of a JSON-lines file for which ``keep(row)`` is true, atomically and without
     reading the whole file into memory; returns the number of rows kept.
@@ -133,6 +140,7 @@ def _malformed(path: Path, lineno: int, what: str) -> CatError:
 
 
 __all__ = [
+    "append_jsonl",
     "atomic_output",
     "atomic_write_json",
     "atomic_write_text",

@@ -100,7 +100,7 @@ def step_scheduler(scheduler: Any) -> None:
 def refuse_nonfinite_weights(model: torch.nn.Module, accelerator: Any, what: str) -> None:
     """Raise :class:`NonfiniteError` instead of saving ``what`` when a trainable weight is NaN
     or infinite on any process (every process calls this, before anything is written)."""
-    params = [p for _, p in fsdp.sharded_params(model)]
+    params = [p for p in model.parameters() if p.requires_grad]
     if everyone_finite(all_finite(params), accelerator):
         return
     raise NonfiniteError(

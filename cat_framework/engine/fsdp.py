@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import structlog
@@ -145,6 +145,26 @@ def load_local_optimizer_state(optimizer: Any, state: dict[str, Any]) -> None:
     optimizer.load_state_dict({**state, "state": restored})
 
 
+class ShardedLayout:
+    """The checkpoint layout of FSDP2 weights (:class:`~cat_framework.engine.checkpoint.
+    StateLayout`): each process writes and restores its own shards."""
+
+    sharded = True
+    description = "sharded weights (FSDP2)"
+
+    def local(self, tensor: torch.Tensor) -> torch.Tensor:
+        return local_tensor(tensor)
+
+    def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
+        return local_optimizer_state(optimizer)
+
+    def load_optimizer_state(self, optimizer: Any, state: dict[str, Any]) -> None:
+        load_local_optimizer_state(optimizer, state)
+
+
+SHARDED = ShardedLayout()
+
+
 def release(module: torch.nn.Module) -> None:
     """Free a module's parameter storage (shapes kept) until :func:`restore`: the generation copy
     is not needed while the sharded module trains, and it is the largest per-process cost."""
@@ -183,12 +203,9 @@ def check_parity(served: dict[str, torch.Tensor], expected: dict[str, float]) ->
         )
 
 
-def sharded_params(model: torch.nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
-    """The trainable parameters by name (sharded tensors under FSDP2)."""
-    return ((n, p) for n, p in model.named_parameters() if p.requires_grad)
-
-
 __all__ = [
+    "SHARDED",
+    "ShardedLayout",
     "check_parity",
     "check_version",
     "checksum",

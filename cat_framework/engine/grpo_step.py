@@ -1,8 +1,11 @@
-"""One CaT-RL step: policy rollouts -> teacher (reference, rewards) -> advantages -> GRPO updates.
+"""One CaT-RL step in three phases: sample and teach (policy rollouts -> the teacher's reference
+and rewards), build tensors (rows, reference log-probs, advantages, importance weights), and
+update (GRPO loss through :class:`~cat_framework.engine.update.Updater`).
 
 Each process handles whole groups (its share of the step's prompts); advantages are computed
 within groups, and the loss is normalised by *global* sequence/token counts, so the summed
 gradient over micro-batches and processes equals the full-batch gradient whatever the split.
+The step meets the placement twice: to sample, and around the update.
 """
 
 from __future__ import annotations
@@ -10,21 +13,18 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from cat_framework.engine import grpo
-from cat_framework.engine.async_rollouts import RolloutsAhead
-from cat_framework.engine.finite import NonfiniteGuard, step_scheduler
-from cat_framework.engine.policy import PolicyModels
+from cat_framework.engine.placement import Placement, Sampled
 from cat_framework.engine.progress import phase
 from cat_framework.engine.record_builder import build_record
 from cat_framework.engine.sequences import TokenBatch, build_batch, completion_logps
-from cat_framework.engine.teacher import Teacher, TeacherOutput, explore
-from cat_framework.errors import CatError
+from cat_framework.engine.teacher import Teacher, TeacherOutput
+from cat_framework.engine.update import Rows, Updater, micro_batches
 from cat_framework.pipeline.schema import Rollouts, Trainer
 from cat_framework.types import Prompt, RolloutGroup
 
@@ -36,7 +36,7 @@ class StepOutput:
 
 
 @dataclass
-class Rows:
+class TrainingRows:
     """The step's rollouts as training rows (groups contiguous)."""
 
     batch: TokenBatch
@@ -45,13 +45,30 @@ class Rows:
     engine_logp: torch.Tensor | None  # [N, C] sampler log-probs (for IS correction)
 
 
-def to_rows(policy: PolicyModels, groups: Sequence[RolloutGroup], teach: TeacherOutput) -> Rows:
+@dataclass
+class Tensors:
+    """What the GRPO loss needs of a step, on the training device."""
+
+    rows: TrainingRows
+    batch: TokenBatch
+    mask: torch.Tensor
+    advantages: torch.Tensor
+    old_logp: torch.Tensor | None
+    ref_logp: torch.Tensor | None
+    is_weights: torch.Tensor | None
+    teacher_rewards: torch.Tensor  # every process's, before any KL penalty (metrics)
+    metrics: dict[str, float]
+
+
+def to_rows(
+    placement: Placement, groups: Sequence[RolloutGroup], teach: TeacherOutput
+) -> TrainingRows:
     """Training rows of the *trained* rollouts (``teach.trained``: the first ``n`` of each
     group); an unscorable reward (``None``) becomes ``NaN``, which the advantage leaves out."""
     prompt_ids, completion_ids, rewards, truncated, engine = [], [], [], [], []
-    eos = policy.tokenizer.eos_token_id
+    eos = placement.tokenizer.eos_token_id
     for group, rw in zip(teach.trained or groups, teach.rewards, strict=True):
-        ids = policy.encode(group.prompt.messages)
+        ids = placement.encode(group.prompt.messages)
         for c, r in zip(group.rollouts, rw.values, strict=True):
             tokens = list(c.token_ids) or ([eos] if eos is not None else [0])
             prompt_ids.append(ids)
@@ -59,14 +76,14 @@ def to_rows(policy: PolicyModels, groups: Sequence[RolloutGroup], teach: Teacher
             rewards.append(math.nan if r is None else float(r))
             truncated.append(c.finish_reason == "length")
             engine.append(list(c.logprobs or []))
-    pad = policy.tokenizer.pad_token_id
+    pad = placement.tokenizer.pad_token_id
     batch = build_batch(prompt_ids, completion_ids, pad if pad is not None else (eos or 0))
     engine_logp = None
     if all(len(e) == len(c) for e, c in zip(engine, completion_ids, strict=True)):
         engine_logp = torch.zeros(batch.completion_mask.shape)
         for b, e in enumerate(engine):
             engine_logp[b, : len(e)] = torch.tensor(e)
-    return Rows(batch, torch.tensor(rewards), torch.tensor(truncated), engine_logp)
+    return TrainingRows(batch, torch.tensor(rewards), torch.tensor(truncated), engine_logp)
 
 
 class GRPOStep:
@@ -74,37 +91,149 @@ class GRPOStep:
 
     def __init__(
         self,
-        policy: PolicyModels,
-        train_model: torch.nn.Module,
+        placement: Placement,
+        updater: Updater,
         teacher: Teacher,
-        optimizer: Any,
-        scheduler: Any,
-        accelerator: Any,
         rollouts: Rollouts,
         config: Trainer,
     ) -> None:
-        self.policy, self.train_model, self.teacher = policy, train_model, teacher
-        self.optimizer, self.scheduler, self.acc = optimizer, scheduler, accelerator
+        self.placement, self.updater, self.teacher = placement, updater, teacher
+        self.acc = updater.accelerator
         self.rollouts, self.cfg = rollouts, config
         self.temperature = rollouts.temperature if rollouts.temperature > 0 else 1.0
-        self.params = [p for p in train_model.parameters() if p.requires_grad]
-        self.guard = NonfiniteGuard(config.nonfinite_stop_after, accelerator)
+
+    def __call__(self, prompts: Sequence[Prompt], seeds: Sequence[int], step: int) -> StepOutput:
+        t0 = time.perf_counter()
+        phase("rollouts")
+        sampled = self.placement.sample(step, prompts, seeds)
+        t1 = time.perf_counter()
+        phase("teacher")
+        teach = self.teacher.teach(sampled.groups, self.rollouts.n)
+        t2 = time.perf_counter()
+        phase("update")
+        with self.placement.update(step) as moved:
+            tensors = self._tensors(sampled, teach)
+            stats = self._update(tensors, step)
+        t3 = time.perf_counter()
+        metrics = self._metrics(tensors, stats)
+        gen_tokens = self._global_sum(float(tensors.rows.batch.completion_mask.sum().item()))
+        metrics.update(
+            {
+                "time/rollouts": t1 - t0,
+                "time/teacher": t2 - t1,
+                "time/training": t3 - t2,
+                "time/step": t3 - t0,
+                "tokens_per_s": gen_tokens / max(sampled.seconds, 1e-9),
+                "lr": float(self.updater.scheduler.get_last_lr()[0]),
+                # nested under time/teacher/ so they are not stacked twice with time/teacher
+                **{
+                    f"time/teacher/{k.removeprefix('time/')}": float(v)
+                    for k, v in teach.timings.items()
+                },
+                **sampled.metrics,
+                **tensors.metrics,
+                **moved.timings,
+            }
+        )
+        return StepOutput(metrics, self._records(step, sampled.groups, teach, tensors.advantages))
+
+    # ------------------------------------------------------------------ build tensors
+    def _tensors(self, sampled: Sampled, teach: TeacherOutput) -> Tensors:
+        """Rows, masks, reference log-probs, (KL-penalised) rewards, advantages, and the
+        importance weights for rollouts sampled by other weights than the trained ones."""
+        cfg, dev = self.cfg, self.acc.device
+        rows = to_rows(self.placement, sampled.groups, teach)
+        batch = rows.batch.to(dev)
+        mask = batch.completion_mask.float()
+        if cfg.mask_truncated_completions:
+            mask = grpo.truncation_mask(mask, rows.truncated.to(dev))
+        metrics: dict[str, float] = {}
+        ref_logp = None
+        if cfg.beta > 0:
+            with self.placement.reference() as ref:
+                ref_logp = self._logps(ref, batch)
+        rewards = rows.rewards.to(dev)
+        if cfg.beta > 0 and cfg.kl_in == "reward":
+            assert ref_logp is not None
+            cur = self._logps(self.placement.model, batch)
+            rewards = grpo.kl_penalized_rewards(rewards, cur, ref_logp, mask, cfg.beta)
+            metrics["reward/kl_penalized_mean"] = float(self._gather(rewards).nanmean())
+        teacher_rewards = self._gather(rows.rewards.to(dev))  # metrics: before any KL penalty
+        adv = self._advantages(rewards)
+        # importance weights: for an engine's log-prob mismatch, and for stale rollouts
+        engine = self.placement.pushes_weights and cfg.vllm_importance_sampling
+        correct = sampled.off_policy or engine or sampled.staleness > 0
+        old_logp = None
+        if cfg.num_iterations > 1 or correct:
+            old_logp = self._logps(self.placement.model, batch)
+        is_w = None
+        if correct and rows.engine_logp is not None:
+            assert old_logp is not None
+            is_w = grpo.importance_weights(old_logp, rows.engine_logp.to(dev))
+        return Tensors(
+            rows, batch, mask, adv, old_logp, ref_logp, is_w, teacher_rewards, metrics
+        )  # fmt: skip
+
+    def _advantages(self, rewards: torch.Tensor) -> torch.Tensor:
+        g = self.rollouts.n
+        if self.cfg.scale_rewards == "batch" and self.acc.num_processes > 1:
+            everyone = self._gather(rewards)
+            scored = everyone[~torch.isnan(everyone)]
+            spread = scored.std().item() if scored.numel() > 1 else 0.0
+            return grpo.group_advantages(rewards, g, "none") / (spread + 1e-4)
+        return grpo.group_advantages(rewards, g, self.cfg.scale_rewards)
+
+    # ------------------------------------------------------------------ update
+    def _update(self, t: Tensors, step: int) -> dict[str, float]:
+        """``num_iterations`` GRPO passes over the step's rows; the first pass's loss, entropy
+        and per-token statistics (token-weighted sums, reduced in :meth:`_metrics`)."""
+        cfg = self.cfg
+        stats: dict[str, float] = {"entropy": 0.0}
+        if t.is_weights is not None:
+            stats["is_weight/mean"] = float((t.is_weights * t.mask).sum().item())
+        num_seq = self._global_sum(len(t.batch.input_ids))
+        num_tok = self._global_sum(t.mask.sum().item())
+
+        def loss(s: Rows, it: int) -> torch.Tensor:
+            mb = t.batch.rows(s)
+            logp, ent = completion_logps(
+                self.updater.model, mb, self.temperature, entropy=it == 0,
+                chunk=cfg.logprob_chunk,
+            )  # fmt: skip
+            out = grpo.grpo_loss(
+                logp,
+                t.old_logp[s] if t.old_logp is not None else logp.detach(),
+                t.advantages[s],
+                t.mask[s],
+                epsilon=cfg.epsilon,
+                epsilon_high=cfg.epsilon_high,
+                beta=cfg.beta if cfg.kl_in == "loss" else 0.0,
+                ref_logp=t.ref_logp[s] if t.ref_logp is not None else None,
+                loss_type=cfg.loss_type,
+                max_completion_length=self.rollouts.max_new_tokens,
+                num_sequences=int(num_seq),
+                num_tokens=num_tok,
+                is_weights=t.is_weights[s] if t.is_weights is not None else None,
+            )
+            if it == 0:
+                tokens = float(t.mask[s].sum().item())
+                stats["loss"] = stats.get("loss", 0.0) + float(out.loss.item())
+                for key, value in out.stats.items():
+                    stats[key] = stats.get(key, 0.0) + value * tokens
+                if ent is not None:
+                    stats["entropy"] += float((ent * t.mask[s]).sum().item())
+            return out.loss
+
+        updated = self.updater.run(t.batch, loss, f"step {step}", cfg.num_iterations)
+        stats["grad_norm"] = updated.grad_norm
+        stats["train/nonfinite_steps"] = float(updated.skipped)
+        return stats
 
     # ------------------------------------------------------------------ helpers
-    def _micro(self, batch: TokenBatch) -> list[slice | torch.Tensor]:
-        """Micro-batches of rows of similar completion length (a stable sort), so each costs
-        its own width, not the step's longest (``completion_logps`` trims all-padding columns).
-        The loss is normalised by global counts, so the split does not change the gradient."""
-        n, size = len(batch.input_ids), self.cfg.micro_batch_size
-        if n <= size:
-            return [slice(0, n)]
-        order = torch.argsort(batch.completion_mask.sum(-1).cpu(), stable=True)
-        return [order[i : i + size].to(batch.input_ids.device) for i in range(0, n, size)]
-
     @torch.no_grad()
     def _logps(self, model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
         out: torch.Tensor | None = None
-        for s in self._micro(batch):
+        for s in micro_batches(batch, self.cfg.micro_batch_size):
             logp = completion_logps(
                 model, batch.rows(s), self.temperature, chunk=self.cfg.logprob_chunk
             )[0]
@@ -121,188 +250,26 @@ class GRPOStep:
     def _gather(self, t: torch.Tensor) -> torch.Tensor:
         return self.acc.gather(t.to(self.acc.device)).cpu()
 
-    # ------------------------------------------------------------------ the step
-    def __call__(
-        self,
-        prompts: Sequence[Prompt],
-        seeds: Sequence[int],
-        step: int,
-        ahead: RolloutsAhead | None = None,
-    ) -> StepOutput:
-        """One step; with ``ahead`` (one-step-off) its rollouts may have been sampled during the
-        previous update, and the next step's are sampled during this one."""
-        cfg, acc, dev = self.cfg, self.acc, self.acc.device
-        t0 = time.perf_counter()
-        phase("rollouts")
-        staleness = 0
-        extra: dict[str, float] = {}
-        if ahead is None:
-            groups = explore(self.policy.sampler, prompts, self.rollouts, seeds=seeds)
-            sampling = time.perf_counter() - t0
-        else:
-            taken = ahead.take(step, prompts, seeds)
-            groups, staleness, sampling = taken.groups, taken.staleness, taken.sample_seconds
-            extra["time/rollouts_sampling"] = sampling
-        t1 = time.perf_counter()
-        phase("teacher")
-        teach = self.teacher.teach(groups, self.rollouts.n)
-        self.policy.sync_generation()  # lock-step: until every process is done generating
-        t2 = time.perf_counter()
-        phase("update")
-        if ahead is not None:
-            ahead.start(step + 1)  # with the weights the sampler holds: pushed after the update
-        else:
-            self.policy.release_sampler_memory()  # FSDP2: back with the push after the update
-        rows = to_rows(self.policy, groups, teach)
-        batch = rows.batch.to(dev)
-        g = self.rollouts.n
-        mask = batch.completion_mask.float()
-        if cfg.mask_truncated_completions:
-            mask = grpo.truncation_mask(mask, rows.truncated.to(dev))
-        ref_logp = None
-        if cfg.beta > 0:
-            with self.policy.reference() as ref:
-                ref_logp = self._logps(ref, batch)
-        rewards = rows.rewards.to(dev)
-        if cfg.beta > 0 and cfg.kl_in == "reward":
-            assert ref_logp is not None
-            cur = self._logps(self.policy.model, batch)
-            rewards = grpo.kl_penalized_rewards(rewards, cur, ref_logp, mask, cfg.beta)
-            extra["reward/kl_penalized_mean"] = float(self._gather(rewards).nanmean())
-        teacher_rewards = self._gather(rows.rewards.to(dev))  # metrics: before any KL penalty
-        if cfg.scale_rewards == "batch" and acc.num_processes > 1:
-            everyone = self._gather(rewards)
-            scored = everyone[~torch.isnan(everyone)]
-            spread = scored.std().item() if scored.numel() > 1 else 0.0
-            adv = grpo.group_advantages(rewards, g, "none") / (spread + 1e-4)
-        else:
-            adv = grpo.group_advantages(rewards, g, cfg.scale_rewards)
-        # importance weights: for an engine's log-prob mismatch, and for stale rollouts
-        engine = self.policy.pushes_weights and (cfg.vllm_importance_sampling or ahead is not None)
-        correct = engine or staleness > 0
-        if ahead is not None and rows.engine_logp is None:  # every step, every process alike
-            raise CatError(
-                f"trainer.async_rollouts: backend {self.policy.sampler.name!r} returned no "
-                "log-probs for its rollouts, so stale rollouts cannot be importance-weighted: "
-                "use a backend that reports them, or set trainer.async_rollouts: 0"
-            )
-        old_logp = (
-            self._logps(self.policy.model, batch) if cfg.num_iterations > 1 or correct else None
-        )
-        is_w = None
-        stats: dict[str, float] = {}
-        if correct and rows.engine_logp is not None:
-            assert old_logp is not None
-            is_w = grpo.importance_weights(old_logp, rows.engine_logp.to(dev))
-            stats["is_weight/mean"] = float((is_w * mask).sum().item())
-        num_seq = self._global_sum(len(batch.input_ids))
-        num_tok = self._global_sum(mask.sum().item())
-        loss_kl_beta = cfg.beta if cfg.kl_in == "loss" else 0.0
-        ent_sum = 0.0
-        grad_norm = float("nan")
-        micro = self._micro(batch)
-        skipped = 0
-        for it in range(cfg.num_iterations):
-            self.optimizer.zero_grad(set_to_none=True)
-            loss_finite = True
-            for k, s in enumerate(micro):
-                ctx = acc.no_sync(self.train_model) if k < len(micro) - 1 else nullcontext()
-                with ctx:
-                    mb = batch.rows(s)
-                    logp, ent = completion_logps(
-                        self.train_model,
-                        mb,
-                        self.temperature,
-                        entropy=it == 0,
-                        chunk=self.cfg.logprob_chunk,
-                    )
-                    out = grpo.grpo_loss(
-                        logp,
-                        old_logp[s] if old_logp is not None else logp.detach(),
-                        adv[s],
-                        mask[s],
-                        epsilon=cfg.epsilon,
-                        epsilon_high=cfg.epsilon_high,
-                        beta=loss_kl_beta,
-                        ref_logp=ref_logp[s] if ref_logp is not None else None,
-                        loss_type=cfg.loss_type,
-                        max_completion_length=self.rollouts.max_new_tokens,
-                        num_sequences=int(num_seq),
-                        num_tokens=num_tok,
-                        is_weights=is_w[s] if is_w is not None else None,
-                    )
-                    acc.backward(out.loss * acc.num_processes)
-                loss_finite = loss_finite and bool(torch.isfinite(out.loss.detach()))
-                tokens = float(mask[s].sum().item())
-                if it == 0:
-                    stats["loss"] = stats.get("loss", 0.0) + float(out.loss.item())
-                    for key, value in out.stats.items():
-                        stats[key] = stats.get(key, 0.0) + value * tokens
-                    if ent is not None:
-                        ent_sum += float((ent * mask[s]).sum().item())
-            if self.guard.allow(loss_finite, self.params, f"step {step}, pass {it + 1}"):
-                if cfg.max_grad_norm is not None:
-                    grad_norm = float(acc.clip_grad_norm_(self.params, cfg.max_grad_norm))
-                self.optimizer.step()
-            else:
-                skipped += 1
-            step_scheduler(self.scheduler)
-        self.optimizer.zero_grad(set_to_none=True)
-        extra["train/nonfinite_steps"] = float(skipped)
-        if ahead is not None:  # the sampler keeps the old weights until it is done
-            extra["time/rollouts_wait"] = ahead.join()
-            extra["rollouts/staleness"] = float(staleness)
-        if self.policy.pushes_weights:
-            t_push = time.perf_counter()
-            self.policy.push_weights()
-            extra["time/training/push_weights"] = time.perf_counter() - t_push
-        t3 = time.perf_counter()
-        local_tok = float(mask.sum().item()) or 1.0
-        metrics = self._metrics(rows, teacher_rewards, stats, ent_sum, local_tok, grad_norm, g)
-        gen_tokens = self._global_sum(float(batch.completion_mask.sum().item()))
-        metrics.update(
-            {
-                "time/rollouts": t1 - t0,
-                "time/teacher": t2 - t1,
-                "time/training": t3 - t2,
-                "time/step": t3 - t0,
-                "tokens_per_s": gen_tokens / max(sampling, 1e-9),
-                "lr": float(self.scheduler.get_last_lr()[0]),
-                # nested under time/teacher/ so they are not stacked twice with time/teacher
-                **{
-                    f"time/teacher/{k.removeprefix('time/')}": float(v)
-                    for k, v in teach.timings.items()
-                },
-                **extra,
-            }
-        )
-        return StepOutput(metrics, self._records(step, groups, teach, adv))
-
-    def _metrics(
-        self,
-        rows: Rows,
-        all_rewards: torch.Tensor,
-        stats: dict[str, float],
-        ent_sum: float,
-        local_tok: float,
-        grad_norm: float,
-        g: int,
-    ) -> dict[str, float]:
+    def _metrics(self, t: Tensors, stats: dict[str, float]) -> dict[str, float]:
+        rows, g = t.rows, self.rollouts.n
         lengths = self._gather(rows.batch.completion_mask.sum(-1).float().to(self.acc.device))
         trunc = self._gather(rows.truncated.float().to(self.acc.device))
+        local_tok = float(t.mask.sum().item()) or 1.0
         tokens = max(self._global_sum(local_tok), 1.0)  # one all-reduce, not one per stat
-        mean_stats = {k: self._global_sum(v) / tokens for k, v in stats.items() if k != "loss"}
-        scored = all_rewards[~torch.isnan(all_rewards)]
+        summed = ("loss", "entropy", "grad_norm", "train/nonfinite_steps")
+        mean_stats = {k: self._global_sum(v) / tokens for k, v in stats.items() if k not in summed}
+        scored = t.teacher_rewards[~torch.isnan(t.teacher_rewards)]
         metrics = {
             "reward/mean": float(scored.mean()) if scored.numel() else float("nan"),
             "reward/std": float(scored.std()) if scored.numel() > 1 else 0.0,
-            "frac_reward_zero_std": grpo.zero_std_fraction(all_rewards, g),
+            "frac_reward_zero_std": grpo.zero_std_fraction(t.teacher_rewards, g),
             "loss": self._global_sum(stats.get("loss", 0.0)),
-            "entropy": self._global_sum(ent_sum) / tokens,
-            "grad_norm": grad_norm,
+            "entropy": self._global_sum(stats["entropy"]) / tokens,
+            "grad_norm": stats["grad_norm"],
             "completions/mean_length": float(lengths.mean()),
             "completions/max_length": float(lengths.max()),
             "completions/truncated_fraction": float(trunc.mean()),
+            "train/nonfinite_steps": stats["train/nonfinite_steps"],
             **mean_stats,
         }
         return {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}

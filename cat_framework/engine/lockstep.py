@@ -24,7 +24,6 @@ import structlog
 import torch
 
 from cat_framework.components import TrainableBackend
-from cat_framework.errors import CatError
 
 log = structlog.get_logger("cat_framework.lockstep")
 
@@ -84,23 +83,4 @@ def _all_reduce_max(flags: torch.Tensor) -> torch.Tensor:
     return flags
 
 
-def for_run(trainer: Any, cls: type[TrainableBackend], accelerator: Any) -> Lockstep | None:
-    """The lock-step agreement for ``trainer.fsdp_gather_for_generation: false`` (None with one
-    process: its sharded module generates alone; the backend still computes without inference
-    tensors, see ``TrainableBackend.lockstep``), after checking the setup allows it."""
-    where = "trainer.fsdp_gather_for_generation: false"
-    if trainer.lora is not None:
-        raise CatError(
-            f"{where} does not support trainer.lora yet: set trainer.fsdp_gather_for_generation: "
-            "true (a gathered generation copy) to train LoRA under FSDP2"
-        )
-    if not cls.supports_lockstep():
-        raise CatError(
-            f"{where}: backend {cls.name!r} cannot generate in lock-step on sharded weights "
-            "(it implements no idle_forward, see TrainableBackend in cat_framework.components); "
-            "set trainer.fsdp_gather_for_generation: true"
-        )
-    return Lockstep(accelerator.device) if accelerator.num_processes > 1 else None
-
-
-__all__ = ["Lockstep", "for_run"]
+__all__ = ["Lockstep"]

@@ -1,7 +1,11 @@
-"""LoRA under FSDP2: what the sharded trainer pushes to whatever samples its rollouts.
+"""LoRA: adapters on the trained module, pi_0 as that module with its adapters off, and what
+a push carries to whatever samples the rollouts.
 
-The sharded PEFT model cannot generate per process, so rollouts come from a whole copy. Two
-designs were possible: a whole *base* copy receiving merged weights after every step, or a whole
+Without sharding, pi_0 under LoRA is the policy's own base weights with adapters disabled, so no
+second copy exists (:class:`AdapterDisabledBackend`). Under FSDP2 the sharded PEFT model cannot
+generate per process, so rollouts come from a whole copy.
+
+Two designs were possible: a whole *base* copy receiving merged weights after every step, or a whole
 *PEFT* copy (the same base plus the same adapters) whose frozen base never changes. The second is
 used: a push gathers only the adapter tensors (a few MB where merged weights are the whole model,
 every step), the copy never needs freeing and refilling, and pi_0 is that copy with its adapters
@@ -15,15 +19,85 @@ a time (:func:`merged_tensors`), the same numbers as PEFT's ``merge_adapter`` wi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol, cast
 
+import structlog
 import torch
 
+from cat_framework.components import Backend, TrainableBackend
 from cat_framework.engine import fsdp
+from cat_framework.pipeline.schema import Lora
+from cat_framework.types import Completion, GenerationRequest, Message
+
+log = structlog.get_logger("cat_framework.lora")
 
 PEFT_PREFIX = "base_model.model."
 ADAPTER = "default"  # the adapter name peft's get_peft_model gives
+
+
+class PeftModel(Protocol):
+    """What the engine uses of a peft-wrapped model (peft is an optional dependency)."""
+
+    def disable_adapter(self) -> Any: ...
+
+
+class AdapterDisabledBackend(Backend):
+    """pi_0 under LoRA: a backend of the PEFT module with its adapters switched off per call."""
+
+    name = "initial-policy"
+
+    def __init__(self, inner: TrainableBackend, peft_model: Any) -> None:
+        super().__init__(None)
+        self.inner = inner
+        self.peft_model = cast(PeftModel, peft_model)
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        with self.peft_model.disable_adapter():
+            return self.inner.generate(requests)
+
+    def score(
+        self,
+        contexts: Sequence[Sequence[Message] | str],
+        continuations: Sequence[str | Sequence[int]],
+    ) -> list[list[float]]:
+        with self.peft_model.disable_adapter():
+            return self.inner.score(contexts, continuations)
+
+    def encode_context(self, context: Sequence[Message] | str) -> list[int]:
+        return self.inner.encode_context(context)
+
+
+def add_lora(model: torch.nn.Module, lora: Lora) -> torch.nn.Module:
+    """Wrap ``model`` with fresh LoRA adapters (peft); the base weights are frozen in place."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(model, config)
+    n_train = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for p in peft_model.parameters())
+    log.info("lora", trainable=n_train, total=n_all, share=round(n_train / max(n_all, 1), 4))
+    return peft_model
+
+
+def lora_copy(whole: torch.nn.Module, model: torch.nn.Module, lora: Lora) -> Any:
+    """Wrap a whole copy of the base (in place) with adapters equal to ``model``'s, without
+    drawing from the global RNG, so a sharded run samples like an unsharded one."""
+    with torch.random.fork_rng(devices=[]):
+        peft_copy = add_lora(whole, lora)
+    copy_adapters(model, peft_copy)
+    return peft_copy.eval().requires_grad_(False)
+
+
+def engine_names(model: torch.nn.Module) -> list[str]:
+    """What a push of merged weights must carry: every base weight, by its checkpoint name."""
+    return [base_name(n) for n in model.state_dict() if not is_adapter(n)]
 
 
 def is_adapter(name: str) -> bool:
@@ -105,10 +179,15 @@ def _delta(layer: Any, adapters: dict[str, torch.Tensor], owner: str) -> torch.T
 
 
 __all__ = [
+    "AdapterDisabledBackend",
+    "PeftModel",
     "adapter_tensors",
+    "add_lora",
     "base_name",
     "copy_adapters",
+    "engine_names",
     "is_adapter",
+    "lora_copy",
     "merged_tensors",
     "push_adapters",
 ]

@@ -10,9 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from cat_framework.engine import policy as policy_mod
-from cat_framework.engine import sft as sft_mod
-from cat_framework.engine import trainer as trainer_mod
+from cat_framework.engine import training_run as training_run_mod
 from tests.plugins.backends.conftest import build_tiny_model, build_tiny_tokenizer
 
 
@@ -41,14 +39,13 @@ def toy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def captured(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """The PolicyModels each run builds (to inspect the trained module afterwards)."""
+    """The placement each run builds (to inspect the trained module afterwards)."""
     built: list[Any] = []
-    original = policy_mod.build_policy
+    original = training_run_mod.build_placement
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         built.append(original(*args, **kwargs))
         return built[-1]
 
-    for module in (trainer_mod, sft_mod):
-        monkeypatch.setattr(module, "build_policy", spy)
+    monkeypatch.setattr(training_run_mod, "build_placement", spy)
     return built

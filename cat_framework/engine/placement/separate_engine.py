@@ -1,0 +1,81 @@
+"""A separate sampler with weights of its own: an in-process engine (vLLM), or, for one-step-off
+rollouts, a sampling copy of the trained module. After every update the trained tensors stream
+to it one at a time (gathered from shards under FSDP2, LoRA merged in) and it must then serve
+exactly them (:mod:`cat_framework.engine.parity`)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+
+from cat_framework.components import Backend
+from cat_framework.engine import fsdp, lora, parity
+from cat_framework.engine.placement.contract import Loaded, Placement, Setup, frozen_copy
+from cat_framework.engine.placement.pi0 import sharded_pi0, whole_pi0
+
+log = structlog.get_logger("cat_framework.placement")
+
+
+class SeparateEngine(Placement):
+    """Pushes after every update and checks parity; the sampler sleeps during updates when it
+    can (vLLM sleep mode). pi_0: the trained PEFT module with adapters off under LoRA (a
+    frozen whole copy when sharded and pi_0 generates, else the engine stands in: before the
+    first push it serves pi_0); without LoRA as :mod:`.pi0` says."""
+
+    topology = "separate-engine"
+
+    def __init__(self, loaded: Loaded, setup: Setup, sampler: Backend, *, sharded: bool) -> None:
+        super().__init__(loaded, setup, sharded=sharded)
+        self.sampler = sampler
+        self._engine_dtype: Any = None  # the engine's, from the last parity check
+        self._slept = False  # release logged once
+        self._unchecked = False  # "no parity check" logged once
+        if setup.lora is None:
+            (sharded_pi0 if sharded else whole_pi0)(self, loaded, setup)
+            return
+        if sharded and setup.pi0_generates:  # pi_0 must generate whole; the engine gets merges
+            self.frozen = frozen_copy(self.model)
+        self.model = lora.add_lora(self.model, setup.lora)
+        if self.frozen is not None:
+            self.anchor = loaded.backend_for(self.frozen)
+        elif sharded:
+            self.anchor = sampler
+        else:
+            self.anchor = lora.AdapterDisabledBackend(self.trainable, self.model)
+
+    @property
+    def pushes_weights(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        if self.sampler.release_memory() and not self._slept:
+            self._slept = True  # said once: it happens every step
+            log.info("sampler sleeps during updates", backend=self.sampler.name)
+
+    def after_update(self, step: int | None) -> dict[str, float]:
+        return self.push()
+
+    def push(self) -> dict[str, float]:
+        """Stream the trained tensors by their base checkpoint names (every process consumes
+        the whole stream: under FSDP2 each tensor is a collective), then compare what the
+        engine serves with what was sent."""
+        t0 = time.perf_counter()
+        if self.lora:
+            names, tensors = lora.engine_names(self.model), lora.merged_tensors(self.model)
+        else:
+            names, tensors = list(self.model.state_dict()), fsdp.full_tensors(self.model)
+        pushed = parity.Pushed(expected=names, dtype=self._engine_dtype)
+        self.sampler.update_weights(pushed.record(tensors))
+        served = parity.check_engine(self.sampler, pushed)
+        if served is not None:
+            self._engine_dtype = served.dtype
+        elif not self._unchecked:
+            self._unchecked = True
+            log.info("no weight parity check: the sampler cannot report what it serves",
+                     backend=self.sampler.name)  # fmt: skip
+        return {"time/training/push_weights": time.perf_counter() - t0}
+
+
+__all__ = ["SeparateEngine"]
