@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from cat_framework import Aggregator, Reference, RolloutGroup, hookimpl, load_plugins
-from cat_framework.engine.runner import run_pipeline
 from cat_framework.pipeline import load_pipeline
 from cat_framework.report.load import load_run
+from cat_framework.runner import run_pipeline
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # its sibling module, when loaded by path (tests) as when run

@@ -86,7 +86,7 @@ def write_toy_data(path: Path) -> Path:
 CHILD = """
 import json, os, resource, sys
 from cat_framework import load_plugins
-from cat_framework.engine.runner import run_pipeline
+from cat_framework.runner import run_pipeline
 from cat_framework.pipeline import load_pipeline
 plugins = load_plugins(entry_points=False)
 run_pipeline(load_pipeline(sys.argv[1], plugins=plugins), plugins=plugins, run_dir=sys.argv[2])

@@ -39,7 +39,7 @@ CHILD = """
 import json, os, sys
 import cat_framework.engine.grpo_step as step
 from cat_framework import load_plugins
-from cat_framework.engine.runner import run_pipeline
+from cat_framework.runner import run_pipeline
 from cat_framework.pipeline import load_pipeline
 
 def hwm_kib():

@@ -203,8 +203,8 @@ def child(pipeline: str, run_dir: str, result: str) -> None:
     import torch
 
     from cat_framework import load_plugins
-    from cat_framework.engine.runner import run_pipeline
     from cat_framework.pipeline import load_pipeline
+    from cat_framework.runner import run_pipeline
 
     plugins = load_plugins(entry_points=False)
     loaded = load_pipeline(pipeline, plugins=plugins)

@@ -50,7 +50,7 @@ trainer: {{steps: 1, prompts_per_step: 2, micro_batch_size: 8, learning_rate: 1.
 CHILD = """
 import json, resource, sys, time
 from cat_framework import load_plugins
-from cat_framework.engine.runner import run_pipeline
+from cat_framework.runner import run_pipeline
 from cat_framework.pipeline import load_pipeline
 plugins = load_plugins(entry_points=False)
 t = time.perf_counter()

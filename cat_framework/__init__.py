@@ -44,8 +44,7 @@ from cat_framework.types import (
     RolloutGroup,
     Verdict,
 )
-
-__version__ = "0.1.0"
+from cat_framework.version import __version__
 
 __all__ = [
     "Aggregator",

@@ -11,15 +11,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
-from cat_framework import __version__
-from cat_framework.errors import CatError, NotARunError, cut_message
+from cat_framework.errors import CatError, cut_message
 from cat_framework.logs import configure_logging
 from cat_framework.scrub import scrub
+from cat_framework.version import __version__
 
 KIND_ALIASES = {
     "aggregators": "aggregator",
@@ -201,9 +200,9 @@ def run_cmd(
 ) -> None:
     """Validate PIPELINE (a file, or a shipped name such as quickstart), then run it according to
     its mode."""
-    from cat_framework.engine.runner import is_main_process, run_pipeline
     from cat_framework.pipeline import load_pipeline
     from cat_framework.pipeline.shipped import resolve_pipeline
+    from cat_framework.runner import is_main_process, run_pipeline
 
     if resume and (run_dir or overwrite):
         raise click.UsageError("--resume continues a run in place: drop --run-dir/--overwrite")
@@ -232,35 +231,11 @@ def run_cmd(
 )
 def report_cmd(run_dir: str, output: str | None, max_prompts: int) -> None:
     """Write the self-contained HTML report of RUN_DIR (any mode, finished or not)."""
+    from cat_framework.cli_run_dir import require_run_dir
     from cat_framework.report import write_report
 
-    _require_run_dir(run_dir)
+    require_run_dir(run_dir)
     click.echo(str(write_report(run_dir, output, max_prompts=max_prompts)))
-
-
-def _require_run_dir(run_dir: str) -> None:
-    """Refuse a directory no run wrote (its "report" would be a page of "missing" notes), and a
-    run whose own files are damaged or of a newer release (its page would mislead)."""
-    from cat_framework.report.integrity import check_run_files
-    from cat_framework.rundir import RUN_OUTPUTS, is_run_dir
-
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise NotARunError(f"{run_dir}: no such run directory")
-    if is_run_dir(path):
-        check_run_files(path)
-        return
-    if not (path / "config.yaml").is_file():
-        runs = sorted(p.name for p in path.iterdir() if is_run_dir(p))[:5]
-        hint = f" It holds runs: {', '.join(runs)}; pass one of them." if runs else ""
-        raise NotARunError(
-            f"{run_dir} is not a run directory: it has no config.yaml (every run writes one)."
-            f"{hint or ' Pass the directory `cat-framework run` printed.'}"
-        )
-    raise NotARunError(
-        f"{run_dir} is not a run directory yet: it has a config.yaml but none of "
-        f"{', '.join(RUN_OUTPUTS)} (the run never started); rerun it with `cat-framework run`."
-    )
 
 
 from cat_framework.cli_pipelines import pipelines_cmd  # noqa: E402  (its module imports lightly)
@@ -278,12 +253,6 @@ def _blame(exc: BaseException) -> Any:
         return find_culprit(exc, loaded)
     except Exception:  # the last-resort handler must never fail itself
         return None
-
-
-#: the most characters of an error message printed (a message is read by a person; a hostile
-#: input must not turn it into megabytes)
-def _cut(message: str) -> str:
-    return cut_message(message)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -312,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     except CatError as exc:
         if debug:
             raise
-        click.echo(f"error: {_cut(scrub(str(exc)))}", err=True)
+        click.echo(f"error: {cut_message(scrub(str(exc)))}", err=True)
         sys.exit(exc.exit_code)
     except Exception as exc:
         if debug:
@@ -322,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
             click.echo(culprit.message(exc), err=True)
             sys.exit(1)
         click.echo(
-            f"error: {type(exc).__name__}: {_cut(scrub(str(exc)))}\n"
+            f"error: {type(exc).__name__}: {cut_message(scrub(str(exc)))}\n"
             "(an unexpected error in cat-framework; rerun with --debug for the traceback and "
             "please report it to cat-framework)",
             err=True,

@@ -21,11 +21,11 @@ def compare_cmd(run_dirs: tuple[str, ...], output: str) -> None:
 
     Runs of any mode, finished or not: a failed run is flagged on the page with its error.
     """
-    from cat_framework.cli import _require_run_dir
+    from cat_framework.cli_run_dir import require_run_dir
     from cat_framework.report.compare_page import write_compare
 
     for run_dir in run_dirs:
-        _require_run_dir(run_dir)
+        require_run_dir(run_dir)
     if len({Path(d).resolve() for d in run_dirs}) < len(run_dirs):
         raise click.UsageError("the same run directory is given twice; pass each run once")
     click.echo(str(write_compare(run_dirs, output)))

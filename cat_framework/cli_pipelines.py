@@ -23,7 +23,7 @@ from cat_framework.pipeline.shipped import (
 def _summary(pipe: ShippedPipeline) -> dict[str, Any]:
     """Name, mode, one-line description and hardware; the mode is read through ``include:``."""
     from cat_framework.errors import CatError
-    from cat_framework.pipeline.source import load_source
+    from cat_framework.pipeline.include import load_source
 
     try:
         mode = load_source(pipe.path).data.get("mode", "?")

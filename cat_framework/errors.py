@@ -36,10 +36,6 @@ class PluginLoadError(CatError):
     """A plugin could not be loaded (fatal only with ``CAT_STRICT_PLUGINS=1``)."""
 
 
-class ModeNotAvailableError(CatError):
-    """The pipeline's ``mode`` is valid but not available in this installation."""
-
-
 class BackendError(CatError):
     """A backend failed in a way the user can act on (dead server, missing package...)."""
 

@@ -18,10 +18,7 @@ import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from cat_framework.plugins import Plugins
+from typing import Any, Protocol
 
 #: the package of the built-in plugins; anything under it is "built-in"
 BUILTIN_PACKAGE = "cat_plugins"
@@ -118,38 +115,33 @@ class Culprit:
         )
 
 
+class PluginIdentity(Protocol):
+    """Who a plugin is, as a culprit names it (a :class:`~cat_framework.plugins.PluginRecord`)."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    builtin: bool
+
+
 @dataclass(frozen=True)
-class _Owner:
+class Owner:
+    """A module that belongs to a plugin: one of its components' (``component`` set) or, by
+    package, any of its code."""
+
     module: str
-    record: Any  # PluginRecord
+    record: PluginIdentity
     kind: str | None = None
     component: str | None = None
     qualname: str | None = None  # of the component's class, to tell apart classes of one module
 
 
-def _module_of(target: Any) -> tuple[str, str | None]:
-    if isinstance(target, str):
-        module, _, attr = target.partition(":")
-        return module, attr or None
-    return target.__module__, target.__qualname__
+class OwnedModules(Protocol):
+    """What :func:`find_culprit` needs of the loaded plugins: which modules belong to whom.
+    :class:`~cat_framework.plugins.Plugins` answers it from its records and registries, so the
+    guard, which the loader uses, only reads tracebacks and never imports the loader."""
 
-
-def _owners(plugins: Plugins) -> list[_Owner]:
-    by_name = {r.name: r for r in plugins.records}
-    owners: list[_Owner] = []
-    for kind, registry in plugins.registries.items():
-        for entry in registry:
-            record = by_name.get(entry.source.plugin)
-            if record is not None:
-                module, qualname = _module_of(entry.target)
-                owners.append(_Owner(module, record, kind, entry.name, qualname))
-    for record in plugins.records:
-        if record.entry_point:  # "name = pkg.module:attr": the plugin's whole top-level package
-            module = record.entry_point.partition("=")[2].strip().partition(":")[0]
-            owners.append(_Owner(module.partition(".")[0], record))
-        elif record.builtin:
-            owners.append(_Owner(record.name, record))
-    return owners
+    def owners(self) -> list[Owner]: ...
 
 
 def _frames(exc: BaseException) -> Iterator[tuple[str, str]]:
@@ -171,14 +163,14 @@ def _inside(module: str, package: str) -> bool:
     return module == package or module.startswith(package + ".")
 
 
-def find_culprit(exc: BaseException, plugins: Plugins | None) -> Culprit | None:
+def find_culprit(exc: BaseException, plugins: OwnedModules | None) -> Culprit | None:
     """The plugin whose module the innermost plugin frame of ``exc`` (or its causes) is in.
 
     Component modules are matched exactly (by class when one module holds several), a plugin's
     other modules by its entry point's top-level package. ``None``: no plugin code on the stack.
     """
-    owners = _owners(plugins) if plugins is not None else []
-    found: _Owner | None = None
+    owners = plugins.owners() if plugins is not None else []
+    found: Owner | None = None
     for module, qualname in _frames(exc):
         exact = [o for o in owners if o.component and o.module == module]
         by_class = [o for o in exact if o.qualname and qualname.startswith(o.qualname + ".")]
@@ -192,7 +184,7 @@ def find_culprit(exc: BaseException, plugins: Plugins | None) -> Culprit | None:
             packaged = [o for o in owners if not o.component and _inside(module, o.module)]
             if exact or packaged:
                 found = (exact or packaged)[0]
-                found = _Owner(found.module, found.record)  # a plugin, component still unknown
+                found = Owner(found.module, found.record)  # a plugin, component still unknown
             elif _inside(module, BUILTIN_PACKAGE):
                 return Culprit(module, "cat-framework", None, builtin=True)
     if found is None:
@@ -201,4 +193,13 @@ def find_culprit(exc: BaseException, plugins: Plugins | None) -> Culprit | None:
     return Culprit(r.name, r.distribution, r.version, r.builtin, found.kind, found.component)
 
 
-__all__ = ["Captured", "Culprit", "capture_stdout", "describe_failure", "find_culprit"]
+__all__ = [
+    "Captured",
+    "Culprit",
+    "OwnedModules",
+    "Owner",
+    "PluginIdentity",
+    "capture_stdout",
+    "describe_failure",
+    "find_culprit",
+]

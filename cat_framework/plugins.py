@@ -27,7 +27,13 @@ import structlog
 from cat_framework import hookspecs
 from cat_framework.components import COMPONENT_KINDS, Component
 from cat_framework.errors import ComponentClashError, PluginLoadError
-from cat_framework.plugin_guard import Culprit, capture_stdout, describe_failure, find_culprit
+from cat_framework.plugin_guard import (
+    Culprit,
+    Owner,
+    capture_stdout,
+    describe_failure,
+    find_culprit,
+)
 from cat_framework.registry import Provenance, Registry, suggest
 
 log = structlog.get_logger("cat_framework.plugins")
@@ -102,7 +108,6 @@ class Plugins:
             kind: Registry(kind.replace("_", " "), base) for kind, base in COMPONENT_KINDS.items()
         }
         self.records: list[PluginRecord] = []
-        self._objects: dict[str, object] = {}
 
     def registry(self, kind: str) -> Registry[Any]:
         return self.registries[kind]
@@ -142,7 +147,6 @@ class Plugins:
             return False
         self.pm.check_pending()
         record.hooks = sorted(hc.name for hc in self.pm.get_hookcallers(obj) or [])
-        self._objects[record.name] = obj
         return True
 
     def collect_components(self) -> None:
@@ -194,6 +198,26 @@ class Plugins:
         """The plugin (and component) whose code ``exc`` escaped from, if any."""
         return find_culprit(exc, self)
 
+    def owners(self) -> list[Owner]:
+        """The modules each loaded plugin owns, for :meth:`blame`: every component's module
+        (with its class), then each plugin's package (an entry point's top-level package, a
+        built-in's module)."""
+        by_name = {r.name: r for r in self.records}
+        owners: list[Owner] = []
+        for kind, registry in self.registries.items():
+            for entry in registry:
+                record = by_name.get(entry.source.plugin)
+                if record is not None:
+                    module, qualname = _module_of(entry.target)
+                    owners.append(Owner(module, record, kind, entry.name, qualname))
+        for record in self.records:
+            if record.entry_point:  # "name = pkg.module:attr": the whole top-level package
+                module = record.entry_point.partition("=")[2].strip().partition(":")[0]
+                owners.append(Owner(module.partition(".")[0], record))
+            elif record.builtin:
+                owners.append(Owner(record.name, record))
+        return owners
+
     def notify(self, hook_name: str, **kwargs: Any) -> None:
         """Call an observer hook on every plugin; one failing observer never stops a run."""
         for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
@@ -215,6 +239,15 @@ class Plugins:
                 )
 
 
+def _module_of(target: Any) -> tuple[str, str | None]:
+    """``(module, class qualname)`` of a registered component (a class, or a lazy
+    ``"module:attr"`` string)."""
+    if isinstance(target, str):
+        module, _, attr = target.partition(":")
+        return module, attr or None
+    return target.__module__, target.__qualname__
+
+
 def _guarded_import(record: PluginRecord, load: Callable[[], object]) -> object | None:
     """``load()`` with its stdout kept on ``record``; any failure (even an exit) fails it."""
     with capture_stdout() as printed:
@@ -233,7 +266,7 @@ def _load_builtins(plugins: Plugins, modules: Sequence[str]) -> None:
     try:
         version = md.version("cat-framework")
     except md.PackageNotFoundError:
-        from cat_framework import __version__ as version
+        from cat_framework.version import __version__ as version
     for module_name in modules:
         record = PluginRecord(
             module_name, builtin=True, distribution="cat-framework", version=version

@@ -154,6 +154,17 @@ def parse_records(rows: Sequence[Mapping[str, Any]], source: str) -> list[RunRec
     return [RunRecord.from_dict(r, f"{source}:{i + 1}") for i, r in enumerate(rows)]
 
 
+def parse_record_line(line: str | bytes, where: str) -> RunRecord:
+    """One line of ``records.jsonl``, for readers that pick single lines (the report samples a
+    few lines of a file that can be gigabytes); a :class:`CatError` prefixed with ``where``
+    (``records.jsonl:17``) says what is wrong: not JSON, not an object, not a run record."""
+    try:
+        row = loads_json(line)
+    except ValueError as exc:  # not JSON, not UTF-8, or nested deeper than a run writes
+        raise CatError(f"{where}: not a valid JSON record ({exc})") from None
+    return RunRecord.from_dict(row, where)
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The JSON objects of a ``.jsonl`` run file. A *last* line cut by a crash (kill -9 while
     appending) is dropped, as expected; a malformed line anywhere else means the file was
@@ -195,6 +206,7 @@ __all__ = [
     "RolloutRecord",
     "RunRecord",
     "check_schema",
+    "parse_record_line",
     "parse_records",
     "read_jsonl",
     "read_records",

@@ -31,7 +31,7 @@ def test_default_eval_aggregators_are_resolved_components(tmp_path, plugins):
 
 
 def test_default_eval_aggregators_run_an_evaluation(tmp_path, plugins):
-    from cat_framework.engine.runner import run_pipeline
+    from cat_framework.runner import run_pipeline
 
     text = VALID.replace(
         "eval:\n  aggregators: [single, {name: synthesis, question_aware: true}]\n", ""

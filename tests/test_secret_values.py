@@ -24,7 +24,7 @@ def test_a_log_value_that_is_not_text_is_scrubbed_as_text():
 
 
 def test_a_recorded_failure_is_bounded():
-    from cat_framework.engine.runner import failure_message
+    from cat_framework.runner import failure_message
 
     message = failure_message(ValueError("x" * (5 * MAX_MESSAGE)))
     assert len(message) < MAX_MESSAGE + 200

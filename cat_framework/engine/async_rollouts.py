@@ -259,4 +259,12 @@ def parse_pending(
     return groups, float(seconds)
 
 
-__all__ = ["SLOT", "Plan", "RolloutsAhead", "Taken", "check_values", "parse_pending", "pending_values"]
+__all__ = [
+    "SLOT",
+    "Plan",
+    "RolloutsAhead",
+    "Taken",
+    "check_values",
+    "parse_pending",
+    "pending_values",
+]

@@ -10,25 +10,25 @@ Conventions (and which trainer each follows):
   ``eps = 1e-4``; ``scale_rewards`` ``group`` / ``batch`` / ``none`` as TRL's ``GRPOConfig``.
 * KL: per-token k3 estimator in the loss (TRL, verl ``low_var_kl``; no clamping, as TRL), or k1
   summed over the sequence and subtracted from the reward (the CaT paper's / PPO-RLHF setting).
-* ``loss_type`` as TRL: ``grpo`` (per-sequence token mean, then mean over sequences),
-  ``dr_grpo`` (token sum over ``num_sequences * max_completion_length``) and ``dapo`` (token sum
-  over the number of tokens). Every normaliser can be passed globally, so summing the losses of
-  micro-batches (gradient accumulation, data-parallel ranks) equals the loss of the whole batch.
+* ``loss_type``: the token losses are aggregated by the function registered under that name in
+  :mod:`cat_framework.engine.grpo_losses` (TRL's ``grpo``, ``dr_grpo``, ``dapo``). Every
+  normaliser can be passed globally, so summing the losses of micro-batches (gradient
+  accumulation, data-parallel ranks) equals the loss of the whole batch.
 * vLLM/trainer mismatch correction: truncated token-level IS weights (TRL ``token_truncate``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
-ScaleRewards = Literal["group", "batch", "none"]
-LossType = Literal["grpo", "dr_grpo", "dapo"]
+from cat_framework.engine.grpo_losses import Normalisers, get_loss
 
-_SCALES = ("group", "batch", "none")
-_LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
+ScaleRewards = Literal["group", "batch", "none"]
+
+_SCALES = get_args(ScaleRewards)
 
 
 def _unbiased_std(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -233,39 +233,16 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
     return (x * mask).sum().item() / n.item() if n.item() > 0 else 0.0
 
 
-def grpo_loss(
+def _check_loss_args(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
     advantages: torch.Tensor,
     mask: torch.Tensor,
-    *,
-    epsilon: float = 0.2,
-    epsilon_high: float | None = None,
-    beta: float = 0.0,
-    ref_logp: torch.Tensor | None = None,
-    loss_type: LossType = "grpo",
-    max_completion_length: int | None = None,
-    num_sequences: int | None = None,
-    num_tokens: float | None = None,
-    is_weights: torch.Tensor | None = None,
-) -> LossOutput:
-    """Clipped GRPO surrogate over ``[B,T]`` token log-probs.
-
-    Per token: ``ratio = exp(logp - old_logp)``,
-    ``l = -min(ratio * A, clamp(ratio, 1 - epsilon, 1 + epsilon_high) * A)``, times
-    ``is_weights`` if given, plus ``beta * k3(logp, ref_logp)`` if ``beta > 0``. Aggregation:
-
-    * ``grpo``: sum over sequences of the masked token mean of ``l`` / ``num_sequences``
-      (rows without tokens contribute 0);
-    * ``dr_grpo``: ``sum(l * mask) / (num_sequences * max_completion_length)``;
-    * ``dapo``: ``sum(l * mask) / num_tokens`` (clamped to >= 1, as TRL).
-
-    ``num_sequences`` (default ``B``) and ``num_tokens`` (default ``mask.sum()``) are global
-    normalisers: with the whole batch's counts passed, the losses of micro-batches sum to the
-    loss of the batch. Stats are local to this call: ``kl`` (masked mean of k3 when ``ref_logp``
-    is given, else 0.0), ``clip_fraction`` (``/low``: ratio < 1-eps with A < 0, ``/high``:
-    ratio > 1+eps_high with A > 0) and ``ratio/mean``, all over the masked tokens.
-    """
+    ref_logp: torch.Tensor | None,
+    is_weights: torch.Tensor | None,
+    beta: float,
+) -> None:
+    """Shape and argument errors of ``grpo_loss``, raised before any compute."""
     if logp.dim() != 2:
         raise ValueError(f"logp must be [B,T], got {tuple(logp.shape)}")
     _same_shape("old_logp", old_logp, "logp", logp)
@@ -277,15 +254,47 @@ def grpo_loss(
         _same_shape("ref_logp", ref_logp, "logp", logp)
     if beta > 0 and ref_logp is None:
         raise ValueError("beta > 0 needs ref_logp (reference log-probs of the sampled tokens)")
-    if loss_type not in _LOSS_TYPES:
-        raise ValueError(f"loss_type must be one of {_LOSS_TYPES}, got {loss_type!r}")
-    if loss_type == "dr_grpo" and (max_completion_length is None or max_completion_length < 1):
-        raise ValueError("loss_type='dr_grpo' needs a positive max_completion_length")
+
+
+def grpo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    beta: float = 0.0,
+    ref_logp: torch.Tensor | None = None,
+    loss_type: str = "grpo",
+    max_completion_length: int | None = None,
+    num_sequences: int | None = None,
+    num_tokens: float | None = None,
+    is_weights: torch.Tensor | None = None,
+) -> LossOutput:
+    """Clipped GRPO surrogate over ``[B,T]`` token log-probs.
+
+    Per token: ``ratio = exp(logp - old_logp)``,
+    ``l = -min(ratio * A, clamp(ratio, 1 - epsilon, 1 + epsilon_high) * A)``, times
+    ``is_weights`` if given, plus ``beta * k3(logp, ref_logp)`` if ``beta > 0``. The masked
+    ``l`` is aggregated by the function registered as ``loss_type`` in
+    :mod:`~cat_framework.engine.grpo_losses` (an unknown name is a ValueError that lists them).
+
+    ``num_sequences`` (default ``B``) and ``num_tokens`` (default ``mask.sum()``) are global
+    normalisers: with the whole batch's counts passed, the losses of micro-batches sum to the
+    loss of the batch. Stats are local to this call: ``kl`` (masked mean of k3 when ``ref_logp``
+    is given, else 0.0), ``clip_fraction`` (``/low``: ratio < 1-eps with A < 0, ``/high``:
+    ratio > 1+eps_high with A > 0) and ``ratio/mean``, all over the masked tokens.
+    """
+    _check_loss_args(logp, old_logp, advantages, mask, ref_logp, is_weights, beta)
+    n_seq = logp.shape[0] if num_sequences is None else num_sequences
+    norm = Normalisers(n_seq, num_tokens, max_completion_length)
+    variant = get_loss(loss_type)
+    variant.check(norm)
     eps_low = epsilon
     eps_high = epsilon if epsilon_high is None else epsilon_high
     if not 0 <= eps_low < 1 or eps_high < 0:
         raise ValueError(f"need 0 <= epsilon < 1 and epsilon_high >= 0, got {eps_low}, {eps_high}")
-    n_seq = logp.shape[0] if num_sequences is None else num_sequences
     if n_seq < 1:
         raise ValueError(f"num_sequences must be >= 1, got {n_seq}")
 
@@ -301,15 +310,7 @@ def grpo_loss(
         kl = k3_kl(logp, ref_logp)
         if beta > 0:
             per_token = per_token + beta * kl
-
-    if loss_type == "grpo":
-        per_seq = (per_token * m).sum(dim=-1) / m.sum(dim=-1).clamp(min=1.0)
-        loss = per_seq.sum() / n_seq
-    elif loss_type == "dr_grpo":
-        loss = (per_token * m).sum() / (n_seq * max_completion_length)
-    else:
-        denom = m.sum().item() if num_tokens is None else float(num_tokens)
-        loss = (per_token * m).sum() / max(denom, 1.0)
+    loss = variant.aggregate(per_token, m, norm)
 
     with torch.no_grad():
         r = ratio.detach()

@@ -1,9 +1,10 @@
 """YAML pipelines: parse with positions, apply ``--set`` overrides, validate everything at once."""
 
+from cat_framework.pipeline.include import load_source
 from cat_framework.pipeline.issues import Issue, PipelineValidationError
 from cat_framework.pipeline.overrides import apply_overrides, parse_override
 from cat_framework.pipeline.schema import PipelineConfig
-from cat_framework.pipeline.source import Source, format_path, load_source
+from cat_framework.pipeline.source import Source, format_path
 from cat_framework.pipeline.validate import (
     Pipeline,
     ResolvedComponent,

@@ -157,6 +157,15 @@ def expand_includes(
     return merge_sources(base, top)
 
 
+def load_source(path: str | Path, text: str | None = None) -> Source:
+    """Parse a pipeline file and the pipelines it includes; every problem raises
+    :class:`PipelineValidationError`."""
+    if text is None:
+        text = read_pipeline_text(path)
+    budget = IncludeBudget(size=len(text.encode("utf-8")))
+    return expand_includes(parse_source(path, text), budget=budget)
+
+
 def _names_other_component(base: dict[Any, Any], top: dict[Any, Any]) -> bool:
     return any(k in base and k in top and base[k] != top[k] for k in SELECTORS)
 
@@ -205,6 +214,7 @@ __all__ = [
     "MAX_TOTAL_BYTES",
     "IncludeBudget",
     "expand_includes",
+    "load_source",
     "merge",
     "merge_sources",
 ]

@@ -17,6 +17,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from cat_framework.confine import MAX_NAME_BYTES
+from cat_framework.engine.grpo_losses import LossType
 
 Mode = Literal["evaluate", "train", "sft"]
 #: role references allowed instead of a backend spec, per role
@@ -191,7 +192,10 @@ class Trainer(Strict):
     epsilon_high: float | None = Field(
         None, gt=0.0, description="Upper clip range (None = epsilon)."
     )
-    loss_type: Literal["grpo", "dr_grpo", "dapo"] = Field("grpo", description="Loss aggregation.")
+    loss_type: LossType = Field(  # type: ignore[valid-type]
+        "grpo",
+        description="How token losses are aggregated (docs/training.md#the-loss).",
+    )
     scale_rewards: Literal["group", "batch", "none"] = Field(
         "group", description="Divide advantages by the group's std, the batch's std, or nothing."
     )

@@ -2,8 +2,9 @@
 
 ``yaml.safe_load`` semantics (no tags that build objects), but composed node by node so every
 error can point at the line the user wrote. Values set with ``--set`` point at the override.
-A pipeline may ``include:`` others (:mod:`cat_framework.pipeline.include`): each key then points
-at the file it came from.
+One file as written: a pipeline's ``include:`` is resolved over these by
+:func:`cat_framework.pipeline.include.load_source`, after which each key points at the file it
+came from.
 
 A pipeline is a small hand-written file, so anything else is refused with one message before it
 can cost time or memory: non-UTF-8 or binary files, anything but a regular file (``/dev/zero``
@@ -309,17 +310,6 @@ def parse_value(text: str) -> Any:
     if builder.issues:
         raise ValueError("; ".join(i.message for i in builder.issues))
     return value
-
-
-def load_source(path: str | Path, text: str | None = None) -> Source:
-    """Parse a pipeline file and the pipelines it includes; every problem raises
-    :class:`PipelineValidationError`."""
-    from cat_framework.pipeline.include import IncludeBudget, expand_includes  # it uses us
-
-    if text is None:
-        text = read_pipeline_text(path)
-    budget = IncludeBudget(size=len(text.encode("utf-8")))
-    return expand_includes(parse_source(path, text), budget=budget)
 
 
 def parse_source(path: str | Path, text: str | None = None) -> Source:

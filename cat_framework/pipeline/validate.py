@@ -24,10 +24,11 @@ from pydantic import BaseModel, ValidationError
 
 from cat_framework.components import Component, ComponentParams
 from cat_framework.errors import CatError, UnknownComponentError
+from cat_framework.pipeline.include import load_source
 from cat_framework.pipeline.issues import Issue, PipelineValidationError
 from cat_framework.pipeline.overrides import apply_overrides
 from cat_framework.pipeline.schema import MODE_REQUIREMENTS, Eval, PipelineConfig
-from cat_framework.pipeline.source import KeyPath, Source, load_source
+from cat_framework.pipeline.source import KeyPath, Source
 from cat_framework.plugins import Plugins, default_plugins
 from cat_framework.registry import suggest
 

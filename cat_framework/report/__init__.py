@@ -52,11 +52,14 @@ def render_report(
         run.problems.append(f"plots: {exc.__class__.__name__}: {exc}")
         plots = []
     views: list[PromptView] = []
-    for i, rec in enumerate(run.records):
+    for rec in run.records:
         try:
             views.append(prompt_view(rec))
-        except Exception as exc:
-            run.problems.append(f"records.jsonl: sampled record {i} not shown ({exc!r})")
+        except Exception as exc:  # a hand-edited value of the wrong type: skip that prompt
+            run.problems.append(
+                f"records.jsonl: the record of prompt {rec.prompt_id!r} at step {rec.step} is "
+                f"not shown ({exc.__class__.__name__}: {exc})"
+            )
     return render_page(run, plots, views)
 
 

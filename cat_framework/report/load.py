@@ -1,9 +1,11 @@
 """Read a run directory into plain data for the report, tolerating whatever is missing or odd.
 
 Nothing here raises on a malformed run: unreadable files, cut JSON lines and unexpected shapes
-become entries of :attr:`RunData.problems`, and absent files leave their field empty. Large
-``records.jsonl`` files (training writes one line per prompt per step) are indexed by byte offset
-and only the sampled lines are parsed.
+become entries of :attr:`RunData.problems`, and absent files leave their field empty. Records are
+read only as :class:`~cat_framework.records.RunRecord` (the engine's one schema): a line that is
+not one is skipped, and the problems say which line and why. Large ``records.jsonl`` files
+(training writes one line per prompt per step) are indexed by byte offset and only the sampled
+lines are parsed.
 """
 
 from __future__ import annotations
@@ -14,16 +16,19 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cat_framework.bounded import loads_json
 from cat_framework.errors import CatError
+from cat_framework.records import RunRecord, parse_record_line
 from cat_framework.rundir import parse_run_config
 
 #: the top-level ``"step": N`` of a JSON line (an escaped quote inside a string cannot match)
 _STEP = re.compile(rb'(?<!\\)"step"\s*:\s*(-?\d+)')
 #: evaluate runs hold one line per prompt: parse them all (for plots) up to this many
 MAX_FULL_RECORDS = 5000
+#: skipped record lines named one by one in the problems (the rest are only counted)
+MAX_NAMED_BAD_RECORDS = 5
 
 
 @dataclass
@@ -47,8 +52,8 @@ class RunData:
     config_text: str | None = None
     eval_summary: dict[str, Any] | None = None  # metrics.json (mode: evaluate)
     metrics: list[dict[str, float]] = field(default_factory=list)  # metrics.jsonl, flattened
-    records: list[dict[str, Any]] = field(default_factory=list)  # the sampled records
-    all_records: list[dict[str, Any]] = field(default_factory=list)  # evaluate: every record
+    records: list[RunRecord] = field(default_factory=list)  # the sampled records
+    all_records: list[RunRecord] = field(default_factory=list)  # evaluate: every record
     n_records: int = 0
     record_steps: list[int] = field(default_factory=list)
     log: LogSummary | None = None
@@ -177,41 +182,52 @@ def _pick_evenly(items: list[Any], k: int) -> list[Any]:
     return [items[round(i * (len(items) - 1) / (k - 1))] for i in range(k)]
 
 
-def _index_records(path: Path) -> list[tuple[int, int | None]]:
-    """``(byte offset, step or None)`` of every non-empty line, without parsing JSON."""
+class _Line(NamedTuple):
+    """Where one non-empty line of ``records.jsonl`` is, and the step it claims."""
+
+    offset: int
+    lineno: int
+    step: int | None
+
+
+def _index_records(path: Path) -> list[_Line]:
+    """Every non-empty line, with the step read without parsing JSON."""
     index = []
     offset = 0
     with path.open("rb") as f:
-        for line in f:
+        for lineno, line in enumerate(f, 1):
             if line.strip():
                 m = _STEP.search(line)
-                index.append((offset, int(m.group(1)) if m else None))
+                index.append(_Line(offset, lineno, int(m.group(1)) if m else None))
             offset += len(line)
     return index
 
 
-def _parse_at(path: Path, offsets: list[int], problems: list[str]) -> list[dict[str, Any]]:
-    out, bad = [], 0
+def _parse_at(path: Path, lines: list[_Line], problems: list[str]) -> list[RunRecord]:
+    """The records at ``lines``; each one that is not a run record is skipped and named (file,
+    line, what is wrong) in ``problems``, up to :data:`MAX_NAMED_BAD_RECORDS`."""
+    out: list[RunRecord] = []
+    bad: list[str] = []
     with path.open("rb") as f:
-        for off in offsets:
-            f.seek(off)
+        for line in lines:
+            f.seek(line.offset)
             try:
-                obj = loads_json(f.readline())
-            except ValueError:
-                bad += 1
-                continue
-            if isinstance(obj, dict):
-                out.append(obj)
-            else:
-                bad += 1
+                out.append(parse_record_line(f.readline(), f"{path.name}:{line.lineno}"))
+            except CatError as exc:
+                bad.append(str(exc))
     if bad:
-        problems.append(f"{path.name}: {bad} sampled line(s) skipped (not a JSON object)")
+        problems.append(f"{path.name}: {len(bad)} line(s) skipped (not a valid run record)")
+        problems.extend(bad[:MAX_NAMED_BAD_RECORDS])
+        if len(bad) > MAX_NAMED_BAD_RECORDS:
+            problems.append(
+                f"{path.name}: and {len(bad) - MAX_NAMED_BAD_RECORDS} more skipped line(s)"
+            )
     return out
 
 
 def load_records(
     run: RunData, path: Path, max_prompts: int, max_steps: int
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+) -> tuple[list[RunRecord], list[RunRecord]]:
     """``(sample, all records or [])``: steps spread evenly, a few prompts from each."""
     try:
         index = _index_records(path)
@@ -219,22 +235,26 @@ def load_records(
         run.problems.append(f"{path.name}: cannot read ({exc})")
         return [], []
     run.n_records = len(index)
-    steps = sorted({s for _, s in index if s is not None})
+    steps = sorted({line.step for line in index if line.step is not None})
     run.record_steps = steps
     if steps and (run.config or {}).get("mode") != "evaluate":  # evaluate records are step 0
         chosen = _pick_evenly(steps, max_steps)
         per_step = max(1, math.ceil(max_prompts / len(chosen)))
-        by_step: dict[int, list[int]] = {s: [] for s in chosen}
-        for off, s in index:
-            if s in by_step and len(by_step[s]) < per_step:
-                by_step[s].append(off)
-        offsets = [off for s in chosen for off in by_step[s]]
-        return _parse_at(path, offsets, run.problems), []
+        stepless = [line.lineno for line in index if line.step is None]
+        if stepless:  # never sampled: a run record always has its step
+            run.problems.append(
+                f"{path.name}: {len(stepless)} line(s) skipped (no step, so not a run record; "
+                f"first: line {stepless[0]})"
+            )
+        by_step: dict[int, list[_Line]] = {s: [] for s in chosen}
+        for line in index:
+            if line.step in by_step and len(by_step[line.step]) < per_step:
+                by_step[line.step].append(line)
+        return _parse_at(path, [line for s in chosen for line in by_step[s]], run.problems), []
     if len(index) <= MAX_FULL_RECORDS:
-        every = list(iter_jsonl(path, run.problems))
+        every = _parse_at(path, index, run.problems)
         return _pick_evenly(every, max_prompts), every
-    offsets = [off for off, _ in _pick_evenly(index, max_prompts)]
-    return _parse_at(path, offsets, run.problems), []
+    return _parse_at(path, _pick_evenly(index, max_prompts), run.problems), []
 
 
 def _list_files(run_dir: Path, limit: int = 200) -> list[tuple[str, int]]:

@@ -15,7 +15,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cat_framework.records import RunRecord
 from cat_framework.report.load import numeric
+from cat_framework.report.views import EVALUATE_PRIMARY
 
 REWARD_MEAN = re.compile(r"^(train/)?rewards?([/_]mean)?$")
 REWARD_STD = re.compile(r"^(train/)?rewards?[/_]std$")
@@ -298,9 +300,7 @@ def training_plots(rows: Rows) -> list[Plot]:
     return [p for p in plots if p is not None]
 
 
-def evaluate_plots(
-    summary: Mapping[str, Any] | None, records: Sequence[Mapping[str, Any]]
-) -> list[Plot]:
+def evaluate_plots(summary: Mapping[str, Any] | None, records: Sequence[RunRecord]) -> list[Plot]:
     """Scores with CIs (from ``metrics.json``), correct rollouts per prompt, rollout lengths."""
     plots = []
     aggs = summary.get("aggregators") if isinstance(summary, Mapping) else None
@@ -355,16 +355,14 @@ def evaluate_plots(
     return plots
 
 
-def _correct_per_prompt(records: Sequence[Mapping[str, Any]]) -> Plot | None:
+def _correct_per_prompt(records: Sequence[RunRecord]) -> Plot | None:
     counts: dict[int, list[int]] = {}
     for rec in records:
-        rollouts = rec.get("rollouts") or []
-        flags = [ro.get("correct") for ro in rollouts if isinstance(ro, Mapping)]
+        flags = [ro.correct for ro in rec.rollouts if ro.trained]
         if not flags or not all(isinstance(f, bool) for f in flags):
             continue
-        refs = rec.get("references") if isinstance(rec.get("references"), Mapping) else {}
-        ref = refs.get("synthesis") or next(iter(refs.values()), None) if refs else None
-        score = numeric(ref.get("score")) if isinstance(ref, Mapping) else None
+        ref = rec.references.get(EVALUATE_PRIMARY) or next(iter(rec.references.values()), None)
+        score = numeric(ref.score) if ref is not None else None
         slot = counts.setdefault(sum(flags), [0, 0])
         slot[0 if (score or 0.0) >= 0.5 else 1] += 1
     if not counts:
@@ -387,13 +385,8 @@ def _correct_per_prompt(records: Sequence[Mapping[str, Any]]) -> Plot | None:
     )
 
 
-def _lengths(records: Sequence[Mapping[str, Any]]) -> Plot | None:
-    lengths = [
-        numeric(ro.get("tokens"))
-        for rec in records
-        for ro in rec.get("rollouts") or []
-        if isinstance(ro, Mapping)
-    ]
+def _lengths(records: Sequence[RunRecord]) -> Plot | None:
+    lengths = [numeric(ro.tokens) for rec in records for ro in rec.rollouts]
     values = [v for v in lengths if v is not None]
     if not values:
         return None

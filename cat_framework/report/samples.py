@@ -136,6 +136,8 @@ def _rollout(i: int, r: RolloutView) -> str:
         meta.append(tag(f"rubric {met}/{len(r.verdicts)} met{extra}"))
     if r.tokens is not None:
         meta.append(f'<span class="muted">{r.tokens} tokens</span>')
+    if not r.trained:
+        meta.append(tag("reference only", "", "sampled only to build the reference (not trained)"))
     if r.finish_reason and r.finish_reason != "stop":
         label = "truncated" if r.finish_reason == "length" else r.finish_reason
         meta.append(tag(label, "warn", f"finish_reason: {r.finish_reason}"))
@@ -167,9 +169,7 @@ def prompt_block(pv: PromptView, open_: bool = False) -> str:
     rewards = [r.reward for r in pv.rollouts if r.reward is not None]
     if rewards:
         badges.append(tag(f"mean reward {fmt(sum(rewards) / len(rewards))}"))
-    primary = pv.references[0] if pv.references else None
-    for lab in ("synthesis", "reference"):
-        primary = next((r for r in pv.references if r.label == lab), primary)
+    primary = pv.primary
     if primary is not None and primary.score is not None:
         kind = "good" if primary.score >= 0.5 else "bad"
         badges.append(tag(f"{primary.label} {fmt(primary.score)}", kind))
@@ -206,6 +206,11 @@ def prompt_block(pv: PromptView, open_: bool = False) -> str:
 
 def samples_section(views: Sequence[PromptView], n_records: int, steps: Sequence[int]) -> str:
     """The sample of prompts with a legend; the first prompt is open."""
+    if not views and n_records:
+        return (
+            f'<p class="missing">No sampled line of records.jsonl ({n_records} in all) is a run '
+            "record this cat-framework reads: see Problems reading this run, above.</p>"
+        )
     if not views:
         return '<p class="missing">No records.jsonl in this run directory (or it is empty).</p>'
     where = (

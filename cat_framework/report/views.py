@@ -1,22 +1,24 @@
-"""Turn one ``records.jsonl`` line (evaluate or train layout, or something close) into a view.
+"""Turn one :class:`~cat_framework.records.RunRecord` into what the sample section shows.
 
-The readers are deliberately lenient: a field may live on the record, on its ``prompt``, on each
-rollout, or in the reward details, and any of them may be missing. A rollout *disagrees with the
-reference* when its answer differs from the reference's answer (or its reward details say
-``match: false``), or when its reward is below the best of its group. Being wrong against gold
-(``correct: false``, evaluate runs) is a separate mark.
+The record's layout is the engine's one schema; only a rollout's ``details`` are free-form (each
+reward plugin's own), and of those the view reads the judge verdicts, the rubric and the
+programmatic ``match``. A rollout *disagrees with the reference* when its answer differs from
+the primary reference's answer (or its reward details say ``match: false``), or when its reward
+is below the best of its group. Being wrong against gold (``correct: false``, an audit field)
+is a separate mark.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cat_framework.records import ReferenceRecord, RolloutRecord, RunRecord
 from cat_framework.report.load import numeric
 
-#: the reference that rollouts are compared with in evaluate records (first present wins)
-PRIMARY_LABELS = ("synthesis", "reference")
+#: an evaluation record has no ``primary``: rollouts are compared with CaT's own reference
+EVALUATE_PRIMARY = "synthesis"
 
 
 @dataclass
@@ -58,6 +60,7 @@ class RolloutView:
     finish_reason: str | None = None
     verdicts: list[VerdictView] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)  # why it disagrees with the reference
+    trained: bool = True  # False: sampled only to build the reference (rollouts.reference_n)
 
     @property
     def disagrees(self) -> bool:
@@ -74,6 +77,7 @@ class PromptView:
     references: list[ReferenceView]
     rubric: list[tuple[str, float | None]]
     rubric_status: str | None = None
+    primary: ReferenceView | None = None  # the one rollouts are compared with
 
     @property
     def question(self) -> str:
@@ -94,34 +98,30 @@ def _opt_str(value: Any) -> str | None:
     return None if value is None else _text(value)
 
 
-def _messages(raw: Any) -> list[tuple[str, str]]:
-    if isinstance(raw, str):
-        return [("user", raw)]
-    out = []
-    for m in raw if isinstance(raw, Sequence) else []:
-        if isinstance(m, Mapping):
-            out.append((_text(m.get("role", "?")), _text(m.get("content", ""))))
-        else:
-            out.append(("?", _text(m)))
-    return out
+def _items(raw: Any) -> list[Any]:
+    """A JSON list from free-form ``details`` (a plugin's own keys), else nothing."""
+    return list(raw) if isinstance(raw, list) else []
+
+
+def _mapping(raw: Any) -> Mapping[str, Any]:
+    """A record's free-form map (``details``, ``grading``); a hand-edited non-map reads empty."""
+    return raw if isinstance(raw, Mapping) else {}
 
 
 def _verdicts(raw: Any) -> list[VerdictView]:
+    """A reward's ``verdicts`` detail: the judge plugins' ``verdict_record`` layout
+    (``{"criterion": {"text", "points"}, "met", "raw", "failed", "error"?}``)."""
     out = []
-    for v in raw if isinstance(raw, Sequence) and not isinstance(raw, str) else []:
+    for v in _items(raw):
         if not isinstance(v, Mapping):
             continue
-        crit = v.get("criterion")
-        if isinstance(crit, Mapping):
-            text, points = _text(crit.get("text")), numeric(crit.get("points"))
-        else:
-            text, points = _text(crit), numeric(v.get("points"))
+        crit = v.get("criterion") if isinstance(v.get("criterion"), Mapping) else {}
         met = v.get("met")
         out.append(
             VerdictView(
-                text,
+                _text(crit.get("text")),
                 met if isinstance(met, bool) else None,
-                points,
+                numeric(crit.get("points")),
                 _text(v.get("raw")),
                 v.get("failed") is True,
                 _text(v.get("error")),
@@ -130,92 +130,33 @@ def _verdicts(raw: Any) -> list[VerdictView]:
     return out
 
 
-def _rubric(raw: Any) -> list[tuple[str, float | None]]:
-    out = []
-    for c in raw if isinstance(raw, Sequence) and not isinstance(raw, str) else []:
-        if isinstance(c, Mapping):
-            out.append((_text(c.get("text")), numeric(c.get("points"))))
-        else:
-            out.append((_text(c), None))
-    return out
-
-
-def _reference(label: str, raw: Any) -> ReferenceView:
-    if not isinstance(raw, Mapping):
-        return ReferenceView(label=label, text=_text(raw))
-    grading = raw.get("grading") if isinstance(raw.get("grading"), Mapping) else {}
-    details = raw.get("details") if isinstance(raw.get("details"), Mapping) else {}
+def _reference(label: str, ref: ReferenceRecord) -> ReferenceView:
     return ReferenceView(
         label=label,
-        text=_text(raw.get("text")),
-        method=_opt_str(raw.get("method")),
-        answer=_opt_str(raw.get("answer")),
-        score=numeric(raw.get("score")),
-        verdicts=_verdicts(grading.get("verdicts")),
-        details=dict(details),
+        text=_text(ref.text),
+        method=_opt_str(ref.method),
+        answer=_opt_str(ref.answer),
+        score=numeric(ref.score),
+        verdicts=_verdicts(_mapping(ref.grading).get("verdicts")),
+        details=dict(_mapping(ref.details)),
     )
 
 
-def _references(rec: Mapping[str, Any]) -> list[ReferenceView]:
-    refs = rec.get("references")
-    if isinstance(refs, Mapping):
-        return [_reference(str(k), v) for k, v in refs.items()]
-    if isinstance(refs, Sequence) and not isinstance(refs, str):
-        return [
-            _reference(_text(r.get("method") if isinstance(r, Mapping) else None) or f"#{i}", r)
-            for i, r in enumerate(refs)
-        ]
-    ref = rec.get("reference")
-    if ref is None:
-        return []
-    label = ref.get("method") if isinstance(ref, Mapping) else None
-    return [_reference(_text(label) or "reference", ref)]
-
-
-def _rewards(rec: Mapping[str, Any]) -> tuple[list[Any], list[Mapping[str, Any]]]:
-    """Reward values and details, from ``rewards`` as a list or as a ``Rewards`` dict."""
-    raw = rec.get("rewards")
-    values: list[Any] = []
-    details: list[Any] = []
-    if isinstance(raw, Mapping):
-        values = list(raw.get("values") or [])
-        details = list(raw.get("details") or [])
-    elif isinstance(raw, Sequence) and not isinstance(raw, str):
-        for v in raw:
-            if isinstance(v, Mapping):
-                values.append(v.get("value", v.get("reward")))
-                details.append(v.get("details") or {})
-            else:
-                values.append(v)
-    for key in ("reward_details", "details"):
-        if not details and isinstance(rec.get(key), Sequence):
-            details = list(rec[key])
-    return values, [d if isinstance(d, Mapping) else {} for d in details]
-
-
-def _at(seq: Sequence[Any], i: int) -> Any:
-    return seq[i] if i < len(seq) else None
-
-
-def _rollout(raw: Any, reward: Any, advantage: Any, details: Mapping[str, Any]) -> RolloutView:
-    ro = raw if isinstance(raw, Mapping) else {"text": raw}
-    own = ro.get("details") or ro.get("reward_details")
-    det: Mapping[str, Any] = own if isinstance(own, Mapping) and own else details
-    correct = ro.get("correct")
-    tokens = numeric(ro.get("tokens", ro.get("n_tokens", det.get("n_tokens"))))
-    if tokens is None and isinstance(ro.get("token_ids"), Sequence):
-        tokens = float(len(ro["token_ids"]))
+def _rollout(ro: RolloutRecord) -> RolloutView:
+    det = _mapping(ro.details)
+    tokens = numeric(ro.tokens)
     view = RolloutView(
-        text=_text(ro.get("text", ro.get("completion", ro.get("content")))),
-        reward=numeric(ro.get("reward", reward)),
-        advantage=numeric(ro.get("advantage", advantage)),
-        correct=correct if isinstance(correct, bool) else None,
-        answer=_opt_str(ro.get("answer", det.get("answer"))),
+        text=_text(ro.text),
+        reward=numeric(ro.reward),
+        advantage=numeric(ro.advantage),
+        correct=ro.correct if isinstance(ro.correct, bool) else None,
+        answer=_opt_str(ro.answer),
         tokens=None if tokens is None else int(tokens),
-        finish_reason=_opt_str(ro.get("finish_reason")),
+        finish_reason=_opt_str(ro.finish_reason),
         verdicts=_verdicts(det.get("verdicts")),
+        trained=ro.trained is not False,
     )
-    if det.get("match") is False:
+    if det.get("match") is False:  # the programmatic reward's verdict
         view.reasons.append("answer differs from reference")
     return view
 
@@ -248,41 +189,33 @@ def _mark_disagreements(rollouts: list[RolloutView], primary: ReferenceView | No
             r.reasons.append("reward below group best")
 
 
-def prompt_view(rec: Mapping[str, Any]) -> PromptView:
-    """A :class:`PromptView` of one record; unknown keys are ignored, missing ones left empty."""
-    prompt = rec.get("prompt")
-    p: Mapping[str, Any] = prompt if isinstance(prompt, Mapping) else {}
-    messages = _messages(rec.get("messages", p.get("messages", prompt if prompt else [])))
-    if not messages and p.get("question"):
-        messages = [("user", _text(p["question"]))]
-    group = rec.get("group") if isinstance(rec.get("group"), Mapping) else {}
-    raw_rollouts = rec.get("rollouts", rec.get("completions", group.get("rollouts"))) or []
-    if not isinstance(raw_rollouts, Sequence) or isinstance(raw_rollouts, str):
-        raw_rollouts = []
-    values, details = _rewards(rec)
-    advantages = rec.get("advantages") if isinstance(rec.get("advantages"), Sequence) else []
-    rollouts = [
-        _rollout(ro, _at(values, i), _at(advantages, i), _at(details, i) or {})
-        for i, ro in enumerate(raw_rollouts)
-    ]
-    references = _references(rec)
-    primary = next(
-        (r for lab in PRIMARY_LABELS for r in references if r.label == lab),
-        references[0] if references else None,
-    )
+def _primary(rec: RunRecord, references: list[ReferenceView]) -> ReferenceView | None:
+    """The record's ``primary`` (train, sft), else the CaT reference of an evaluation."""
+    for label in (rec.primary, EVALUATE_PRIMARY):
+        found = next((r for r in references if r.label == label), None)
+        if found is not None:
+            return found
+    return references[0] if references else None
+
+
+def prompt_view(rec: RunRecord) -> PromptView:
+    """A :class:`PromptView` of one run record."""
+    rollouts = [_rollout(ro) for ro in rec.rollouts]
+    references = [_reference(label, ref) for label, ref in rec.references.items()]
+    primary = _primary(rec, references)
     _mark_disagreements(rollouts, primary)
-    first = details[0] if details else {}
-    rubric = _rubric(rec.get("rubric", first.get("rubric")))
-    if not rubric:
+    first = next((d for ro in rec.rollouts if (d := _mapping(ro.details))), {})
+    rubric = [(_text(c), None) for c in _items(first.get("rubric"))]  # the rubric reward's
+    if not rubric:  # a fixed rubric (human_rubric): the criteria of the verdicts
         rubric = [(v.criterion, v.points) for v in next((r.verdicts for r in rollouts), [])]
-    step = numeric(rec.get("step"))
     return PromptView(
-        prompt_id=_text(rec.get("prompt_id", p.get("id", "?"))),
-        step=None if step is None else int(step),
-        messages=messages,
-        gold_answer=_opt_str(rec.get("gold_answer", p.get("gold_answer"))),
+        prompt_id=_text(rec.prompt_id),
+        step=rec.step,
+        messages=[(_text(m.get("role", "?")), _text(m.get("content"))) for m in rec.messages],
+        gold_answer=_opt_str(rec.gold_answer),
         rollouts=rollouts,
         references=references,
+        primary=primary,
         rubric=rubric,
-        rubric_status=_opt_str(rec.get("rubric_status", first.get("rubric_status"))),
+        rubric_status=_opt_str(first.get("rubric_status")),
     )

@@ -164,7 +164,7 @@ def test_resume_is_exact_with_rollouts_sampled_ahead(tmp_path, tiny_policy, toy_
     with pytest.raises(KeyboardInterrupt):
         run(pipeline, tmp_path / "cut", PLUGIN, ("stop", StopAt(2)))
     ckpt = latest_checkpoint(tmp_path / "cut")
-    assert ckpt.step == 2 and ckpt.state["pending_rollouts"] is True
+    assert ckpt.step == 2 and ckpt.extra == ["pending-rollouts"]
     pending = json.loads((ckpt.path / "pending-rollouts-0.json").read_text())
     assert pending["step"] == 3
     run(pipeline, tmp_path / "cut", PLUGIN, resume=True)
@@ -309,7 +309,7 @@ def test_another_process_count_samples_the_pending_step_again(tmp_path):
     from cat_framework.engine.checkpoint import Checkpoint
 
     ahead = RolloutsAhead(FailingSampler(None), Rollouts(n=2), lambda step: None)
-    ckpt = Checkpoint(tmp_path, 2, {"pending_rollouts": True, "processes": 2})
+    ckpt = Checkpoint(tmp_path, 2, {"extra": ["pending-rollouts"], "processes": 2})
     ahead.resume(ckpt, 3, [], processes=1, index=0)
     assert ahead.state() is None  # nothing restored: step 3 samples in place
 

@@ -17,16 +17,21 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 from structlog.testing import capture_logs
 
 from cat_framework.engine.checkpoint import (
     CHECKPOINTS,
+    Checkpoint,
+    InvalidCheckpoint,
     check_checkpoint,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
     tidy_checkpoints,
 )
+from cat_framework.engine.checkpoint_check import rng_file, shard_files
+from cat_framework.engine.safe_state import save_state
 from cat_framework.errors import CatError
 
 
@@ -297,7 +302,7 @@ def test_a_kill_while_saving_or_pruning_leaves_only_whole_checkpoints(
 def test_pruning_converges_when_a_killed_prune_left_extra_checkpoints(tmp_path):
     """A kill during the last step's prune leaves more than ``keep``; resuming that finished run
     (nothing left to train, so no save that would prune) still ends with ``keep``."""
-    from cat_framework.engine.training import resume_point
+    from cat_framework.engine.training_run import resume_point
 
     training = make_training()
     for step in (1, 2, 3, 4):
@@ -306,3 +311,37 @@ def test_pruning_converges_when_a_killed_prune_left_extra_checkpoints(tmp_path):
     ckpt = resume_point(tmp_path, str(tmp_path), one_process(), files=(), keep=2)
     assert ckpt.step == 4
     assert step_names(tmp_path) == ["step-000003", "step-000004"]
+
+
+def sharded_checkpoint(root, processes: int = 2, skip: str | None = None):
+    path = root / "checkpoints" / "step-000002"
+    path.mkdir(parents=True)
+    (path / "state.json").write_text(
+        json.dumps({"step": 2, "processes": processes, "sharded": True})
+    )
+    for rank in range(processes):
+        weights, optim = shard_files(rank)
+        save_file({"w": torch.zeros(2)}, str(path / weights))
+        save_state(path / optim, {"state": {}, "param_groups": []})
+        save_state(path / rng_file(rank), {"torch": torch.get_rng_state()})
+    save_state(path / "scheduler.safetensors", {"last_epoch": 2})
+    if skip:
+        (path / skip).unlink()
+    return path
+
+
+def test_a_sharded_checkpoint_needs_every_process_shards(tmp_path):
+    assert check_checkpoint(sharded_checkpoint(tmp_path / "whole")).state["sharded"] is True
+    for missing in ("trainable-1.safetensors", "optimizer-0.safetensors"):
+        with pytest.raises(InvalidCheckpoint, match=f"{missing} is missing"):
+            check_checkpoint(sharded_checkpoint(tmp_path / missing, skip=missing))
+
+
+def test_a_sharded_checkpoint_is_not_loaded_into_a_whole_model(tmp_path):
+    path = sharded_checkpoint(tmp_path)
+    model = torch.nn.Linear(2, 2)
+    ckpt = Checkpoint(path, 2, json.loads((path / "state.json").read_text()))
+    with pytest.raises(
+        CatError, match=r"written with sharded weights but this run trains with whole weights"
+    ):
+        load_checkpoint(ckpt, model, None, None, 0)

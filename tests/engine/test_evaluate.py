@@ -9,9 +9,9 @@ import pytest
 
 from cat_framework import hookimpl, load_plugins
 from cat_framework.engine.evaluate import labels_for, summarize
-from cat_framework.engine.runner import run_pipeline
 from cat_framework.pipeline import load_pipeline
 from cat_framework.records import RunRecord
+from cat_framework.runner import run_pipeline
 from tests.helpers.echo_backend import EchoBackend
 
 
@@ -227,7 +227,7 @@ def test_initial_policy_judge_is_pi0_in_training(tmp_path, plugins):
     ``policy`` is the sampler of the current weights."""
     from types import SimpleNamespace
 
-    from cat_framework.engine.policy import build_training_roles
+    from cat_framework.engine.placement import training_roles as build_training_roles
     from cat_framework.pipeline.build import BackendPool
 
     data = write_data(tmp_path)

@@ -154,7 +154,7 @@ KILL_AFTER_STEP_3 = textwrap.dedent("""\
     import os
     import sys
     from cat_framework import hookimpl, load_plugins
-    from cat_framework.engine.runner import run_pipeline
+    from cat_framework.runner import run_pipeline
     from cat_framework.pipeline import load_pipeline
 
     class Kill:

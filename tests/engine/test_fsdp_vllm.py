@@ -144,7 +144,7 @@ def test_vllm_sampler_under_fsdp2_sft_matches_one_process(tmp_path, vllm_policy,
 SKIP_A_TENSOR = textwrap.dedent("""\
     import sys
     from cat_framework import load_plugins
-    from cat_framework.engine.runner import run_pipeline
+    from cat_framework.runner import run_pipeline
     from cat_framework.pipeline import load_pipeline
     from cat_plugins.backends.vllm_backend import VLLMBackend
 

@@ -19,10 +19,10 @@ from cat_framework.engine.checkpoint import (
     check_checkpoint,
     latest_checkpoint,
     load_checkpoint,
-    load_pending,
+    load_extra,
     truncate_jsonl,
 )
-from cat_framework.engine.training import resume_point
+from cat_framework.engine.training_run import resume_point
 from cat_framework.errors import CatError
 from tests.engine.test_checkpoint import make_training, one_process, save, train
 
@@ -66,7 +66,9 @@ def test_processes_is_range_checked_before_use(tmp_path, processes):
 
 
 @pytest.mark.parametrize(
-    ("field", "value"), [("step", True), ("sharded", "no"), ("pending_rollouts", 1)]
+    ("field", "value"),
+    [("step", True), ("sharded", "no"), ("extra", "pending-rollouts"), ("extra", ["../x"])],
+    ids=["step", "sharded", "extra-not-a-list", "extra-not-a-slot-name"],
 )
 def test_state_json_fields_must_have_their_types(tmp_path, field, value):
     edit_state(two_checkpoints(tmp_path), **{field: value})
@@ -164,7 +166,7 @@ def test_deeply_nested_pending_rollouts_fall_back(tmp_path):
     training = make_training()
     for step in (1, 2):
         path = save(tmp_path, step, training)
-        edit_state(path, pending_rollouts=True)
+        edit_state(path, extra=["pending-rollouts"])
         (path / "pending-rollouts-0.json").write_text(json.dumps({"step": step + 1}))
     (path / "pending-rollouts-0.json").write_text(DEEP)
     falls_back(tmp_path, "pending-rollouts-0.json is not readable JSON (nested deeper than 64")
@@ -172,7 +174,7 @@ def test_deeply_nested_pending_rollouts_fall_back(tmp_path):
     ckpt = check_checkpoint(tmp_path / "checkpoints" / "step-000001")
     (ckpt.path / "pending-rollouts-0.json").write_text(DEEP)
     with pytest.raises(CatError, match=r"pending-rollouts-0\.json cannot be read \(nested deeper"):
-        load_pending(ckpt, 0)
+        load_extra(ckpt, "pending-rollouts", 0)
 
 
 def test_a_deeply_nested_metrics_line_is_one_precise_error(tmp_path):

@@ -126,7 +126,7 @@ def test_a_backend_without_idle_forward_cannot_generate_in_lockstep():
 
 
 class ShardingAccelerator:
-    """What build_policy reads of an accelerator that shards with FSDP2 over 2 processes."""
+    """What build_placement reads of an accelerator that shards with FSDP2 over 2 processes."""
 
     is_fsdp2 = True
     num_processes = 2
@@ -135,7 +135,7 @@ class ShardingAccelerator:
 
 def lockstep_policy(tmp_path, tiny_policy, toy_data, trainer: str):
     from cat_framework import load_plugins
-    from cat_framework.engine.policy import build_policy
+    from cat_framework.engine.placement import build_placement
     from cat_framework.pipeline import load_pipeline
     from cat_framework.pipeline.build import BackendPool
     from tests.engine.test_trainer import write_pipeline
@@ -143,16 +143,15 @@ def lockstep_policy(tmp_path, tiny_policy, toy_data, trainer: str):
     plugins = load_plugins(entry_points=False)
     path = write_pipeline(tmp_path, tiny_policy, toy_data, trainer)
     pipeline = load_pipeline(path, plugins=plugins)
-    return build_policy(
-        pipeline, plugins, BackendPool(), torch.device("cpu"), need_frozen=False,
-        accelerator=ShardingAccelerator(),
-    )  # fmt: skip
+    return build_placement(
+        pipeline, plugins, BackendPool(), ShardingAccelerator(), need_frozen=False
+    )
 
 
 def test_without_gathering_the_sharded_policy_samples_itself(tmp_path, tiny_policy, toy_data):
     trainer = "{steps: 1, prompts_per_step: 2, fsdp_gather_for_generation: false}"
     policy = lockstep_policy(tmp_path, tiny_policy, toy_data, trainer)
-    assert policy.generation is None and policy.sampler is policy.trainable
+    assert policy.topology == "on-shards" and policy.sampler is policy.trainable
     assert policy.lockstep is not None and policy.trainable.lockstep is not None
     assert not policy.pushes_weights  # nothing to refill after a step
 

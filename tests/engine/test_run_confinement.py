@@ -12,11 +12,11 @@ import pytest
 
 from cat_framework import hookimpl, load_plugins
 from cat_framework.engine.checkpoint import CHECKPOINTS, tidy_checkpoints
-from cat_framework.engine.runner import new_run_dir
 from cat_framework.errors import CatError
 from cat_framework.logs import attach_run_log, detach_run_log
 from cat_framework.pipeline import load_pipeline
 from cat_framework.rundir import MARKER, check_fresh, holds_run
+from cat_framework.runner import new_run_dir
 from tests.engine.test_run_directories import evaluate_yaml, start
 from tests.helpers.echo_backend import EchoBackend
 

@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from cat_framework import Aggregator, Reference, RolloutGroup, hookimpl, load_plugins
-from cat_framework.engine.runner import run_pipeline
 from cat_framework.errors import CatError
 from cat_framework.pipeline import load_pipeline
+from cat_framework.runner import run_pipeline
 from tests.helpers.echo_backend import EchoBackend
 
 

@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from cat_framework import BackendError, load_plugins
-from cat_framework.engine.runner import run_pipeline
 from cat_framework.pipeline import load_pipeline
 from cat_framework.rundir import REDACTED, check_resume, redact
+from cat_framework.runner import run_pipeline
 from cat_framework.scrub import scrub
 from tests.helpers.openai_server import FakeServer, Fault, free_port
 

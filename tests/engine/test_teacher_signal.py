@@ -20,9 +20,9 @@ from cat_framework import (
     hookimpl,
     load_plugins,
 )
-from cat_framework.engine.runner import run_pipeline
 from cat_framework.pipeline import load_pipeline
 from cat_framework.records import read_records
+from cat_framework.runner import run_pipeline
 from tests.helpers.echo_backend import EchoBackend
 
 

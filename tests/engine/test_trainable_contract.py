@@ -11,7 +11,7 @@ from pydantic import Field
 
 from cat_framework import Backend, ComponentParams, hookimpl, load_plugins
 from cat_framework.components import TrainableBackend
-from cat_framework.engine.policy import trainable_class
+from cat_framework.engine.placement import trainable_class
 from cat_framework.errors import CatError
 from cat_plugins.backends.transformers_backend import TransformersBackend
 from tests.engine.test_trainer import read_jsonl, run, write_pipeline

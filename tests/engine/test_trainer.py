@@ -19,10 +19,10 @@ from safetensors.torch import load_file
 
 from cat_framework import hookimpl, load_plugins
 from cat_framework.engine.checkpoint import latest_checkpoint
-from cat_framework.engine.runner import run_pipeline
 from cat_framework.errors import CatError
 from cat_framework.pipeline import load_pipeline
 from cat_framework.records import RunRecord
+from cat_framework.runner import run_pipeline
 
 
 def write_pipeline(tmp: Path, model: Path, data: Path, trainer: str, extra: str = "") -> Path:

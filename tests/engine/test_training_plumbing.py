@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from cat_framework.engine.accelerator import check_processes
 from cat_framework.engine.schedule import derive_seed, shard, step_prompts
-from cat_framework.engine.training import check_processes
 from cat_framework.errors import CatError
 
 
@@ -49,7 +49,7 @@ def test_unsupported_launch_modes_are_refused_clearly(monkeypatch, kind, version
     import accelerate
     from accelerate.utils import DistributedType
 
-    from cat_framework.engine.training import make_accelerator
+    from cat_framework.engine.accelerator import make_accelerator
 
     class FakeAccelerator:
         def __init__(self, **kwargs):
@@ -73,7 +73,7 @@ def test_unsupported_launch_modes_are_refused_clearly(monkeypatch, kind, version
     ],
 )
 def test_training_roles(anchor, judge, want_anchor, want_judge, make_plugins, tmp_path):
-    from cat_framework.engine.policy import build_training_roles
+    from cat_framework.engine.placement import training_roles as build_training_roles
     from cat_framework.pipeline import load_pipeline
     from cat_framework.pipeline.build import BackendPool
 
@@ -93,7 +93,7 @@ def test_training_roles(anchor, judge, want_anchor, want_judge, make_plugins, tm
 def test_a_policy_backend_that_cannot_take_weights_is_refused_before_loading(
     make_plugins, tmp_path
 ):
-    from cat_framework.engine.policy import build_policy
+    from cat_framework.engine.placement import build_placement
     from cat_framework.pipeline import load_pipeline
     from cat_framework.pipeline.build import BackendPool
 
@@ -104,4 +104,5 @@ def test_a_policy_backend_that_cannot_take_weights_is_refused_before_loading(
     plugins = make_plugins()
     pipe = load_pipeline(tmp_path / "p.yaml", plugins=plugins)
     with pytest.raises(CatError, match="backend 'openai' cannot receive the trainer's weights"):
-        build_policy(pipe, plugins, BackendPool(), "cpu", need_frozen=False)  # type: ignore[arg-type]
+        one = SimpleNamespace(is_fsdp2=False, num_processes=1, device="cpu")
+        build_placement(pipe, plugins, BackendPool(), one, need_frozen=False)

@@ -48,8 +48,8 @@ def _cut_run(edit: Any):
 
     def prepare(work: Path) -> None:
         from cat_framework import load_plugins
-        from cat_framework.engine.runner import run_pipeline
         from cat_framework.pipeline import load_pipeline
+        from cat_framework.runner import run_pipeline
         from tests.plugins.backends.conftest import build_tiny_model, build_tiny_tokenizer
 
         tok = build_tiny_tokenizer()

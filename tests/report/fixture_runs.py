@@ -2,8 +2,10 @@
 
 ``make_eval_run`` runs a real ``mode: evaluate`` pipeline with the scripted echo backend (the
 model text includes an injected ``<script>``); ``make_train_run`` writes a synthetic training run
-in the layout of issue 5 (config, log, metrics over steps with eval steps, records with rubric
-verdicts, rewards and advantages, a checkpoint, plus a line cut by a crash and unknown keys).
+(config, log, metrics over steps with eval steps, a checkpoint, a metrics line cut by a crash)
+whose records are built as the trainer builds them: the engine's ``build_record`` over rewards
+whose details are the rubric reward's (``verdict_record`` verdicts, ``rubric``,
+``rubric_status``), so no test pins a record layout the engine does not write.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ from pathlib import Path
 import yaml
 
 from cat_framework import hookimpl, load_plugins
-from cat_framework.engine.runner import run_pipeline
+from cat_framework.engine.record_builder import build_record
 from cat_framework.pipeline import load_pipeline
+from cat_framework.runner import run_pipeline
+from cat_framework.types import Completion, Criterion, Prompt, Reference, Rewards, RolloutGroup
+from cat_plugins.rewards.judging import JudgeAnswer, verdict_record
 from tests.helpers.echo_backend import EchoBackend
 
 INJECTED = "<script>alert('pwned')</script>"
@@ -69,21 +74,64 @@ RUBRIC = [
 ]
 
 
-def _verdicts(pattern: list[bool | None]) -> list[dict]:
-    return [
-        {
-            "criterion": {"text": c, "points": 1.0},
-            "met": m,
-            "raw": {True: "yes", False: "no"}.get(m, "??"),
-        }
-        for c, m in zip(RUBRIC, pattern, strict=True)
-    ]
+def _rubric_details(pattern: list[bool | None]) -> dict:
+    """One rollout's details as the rubric reward writes them (the keys the report reads)."""
+    raws = {True: "yes", False: "no"}
+    return {
+        "verdicts": [
+            verdict_record(Criterion(c), JudgeAnswer(m, (raws.get(m, "??"),)))
+            for c, m in zip(RUBRIC, pattern, strict=True)
+        ],
+        "rubric": list(RUBRIC),
+        "rubric_status": "ok",
+    }
+
+
+#: the rollouts' verdicts on RUBRIC (``None``: unparsed), the same at every step
+PATTERNS = [
+    [True] * 5,
+    [True, False, True, None, True],
+    [False] * 5,
+    [True, True, True, True, False],
+]
+
+
+def train_records(step: int, prompts: int, g: int) -> list[dict]:
+    """The records of one step as ``grpo_step`` writes them (``build_record(...).to_dict()``)."""
+    patterns = PATTERNS[:g]
+    rewards = [sum(v is True for v in pat) / sum(v is not None for v in pat) for pat in patterns]
+    mu = sum(rewards) / len(rewards)
+    sd = math.sqrt(sum((r - mu) ** 2 for r in rewards) / len(rewards)) or 1.0
+    ref = Reference(
+        "Rest, hydrate, see a doctor if it lasts > 10 days.", "synthesis", None, {"order": [0, 1]}
+    )
+    out = []
+    for p in range(prompts):
+        question = f"I have a cold (step {step}). What should I do?"
+        prompt = Prompt(
+            f"hb-{p}", ({"role": "user", "content": question},), meta={"task": "freeform"}
+        )
+        rollouts = tuple(
+            Completion(
+                (INJECTED if i == 1 else "") + f"Rest and drink fluids. Variant {i}.",
+                token_ids=tuple(range(30 + i)),
+                finish_reason="length" if i == 2 else "stop",
+            )
+            for i in range(g)
+        )
+        record = build_record(
+            "train", step, RolloutGroup(prompt, rollouts), {"synthesis": ref}, "synthesis",
+            rewards=Rewards(rewards, [_rubric_details(pat) for pat in patterns]),
+            advantages=[(r - mu) / sd for r in rewards],
+        )  # fmt: skip
+        out.append(record.to_dict())
+    return out
 
 
 def make_train_run(
     root: Path, steps: int = 12, eval_every: int = 4, prompts: int = 2, g: int = 4
 ) -> Path:
-    """A training run directory as issue 5 describes it: config, log, metrics, records, ckpts."""
+    """A training run directory: config, log, metrics, the trainer's records, a checkpoint."""
     root.mkdir(parents=True, exist_ok=True)
     config = {
         "name": "toy-cat-rl",
@@ -150,61 +198,9 @@ def make_train_run(
                 )
             f.write(json.dumps(row) + "\n")
         f.write('{"step": 99, "cut by a cra')  # a crash mid-line
-    patterns = [
-        [True] * 5,
-        [True, False, True, None, True],
-        [False] * 5,
-        [True, True, True, True, False],
-    ]
     with (root / "records.jsonl").open("w") as f:
         for s in range(1, steps + 1):
-            for p in range(prompts):
-                rewards = [
-                    sum(v is True for v in pat) / sum(v is not None for v in pat)
-                    for pat in patterns[:g]
-                ]
-                mu = sum(rewards) / len(rewards)
-                sd = math.sqrt(sum((r - mu) ** 2 for r in rewards) / len(rewards)) or 1.0
-                rec = {
-                    "step": s,
-                    "prompt": {
-                        "id": f"hb-{p}",
-                        "messages": [
-                            {
-                                "role": "user",
-                                "content": f"I have a cold (step {s}). What should I do?",
-                            }
-                        ],
-                    },
-                    "rollouts": [
-                        {
-                            "text": (INJECTED if i == 1 else "")
-                            + f"Rest and drink fluids. Variant {i}.",
-                            "finish_reason": "length" if i == 2 else "stop",
-                            "tokens": 30 + i,
-                        }
-                        for i in range(g)
-                    ],
-                    "reference": {
-                        "text": "Rest, hydrate, see a doctor if it lasts > 10 days.",
-                        "method": "synthesis",
-                        "answer": None,
-                        "details": {"order": [0, 1, 2, 3]},
-                    },
-                    "rewards": rewards,
-                    "reward_details": [
-                        {
-                            "score": r,
-                            "verdicts": _verdicts(pat),
-                            "rubric": RUBRIC,
-                            "rubric_status": "ok",
-                        }
-                        for r, pat in zip(rewards, patterns[:g], strict=True)
-                    ],
-                    "advantages": [(r - mu) / sd for r in rewards],
-                    "unknown_future_key": {"anything": [1, "two"]},
-                }
-                f.write(json.dumps(rec) + "\n")
+            f.writelines(json.dumps(rec) + "\n" for rec in train_records(s, prompts, g))
     ckpt = root / "checkpoints" / "step-000008"
     ckpt.mkdir(parents=True)
     (ckpt / "adapter_model.safetensors").write_bytes(b"\0" * 64)

@@ -1,8 +1,8 @@
 """The HTML run report: content, escaping, disagreement marks, robustness, and headless Chromium.
 
 Evaluate reports come from a real ``run_pipeline`` run with the scripted echo backend; training
-reports from a synthetic run directory in the layout of issue 5 (so these tests do not wait for
-the trainer); both are made in ``fixture_runs.py``. Set ``CAT_REPORT_ARTIFACTS=<dir>`` to keep
+reports from a synthetic run directory whose records the engine's ``build_record`` made (so these
+tests do not wait for the trainer); both are made in ``fixture_runs.py``. Set ``CAT_REPORT_ARTIFACTS=<dir>`` to keep
 the rendered pages and Chromium screenshots for a look.
 """
 
@@ -17,10 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from cat_framework.records import RunRecord, read_records
 from cat_framework.report import render_report, write_report
-from cat_framework.report.load import load_run
+from cat_framework.report.load import MAX_NAMED_BAD_RECORDS, load_run
+from cat_framework.report.samples import prompt_block
 from cat_framework.report.views import prompt_view
-from tests.report.fixture_runs import RUBRIC, make_eval_run, make_train_run
+from cat_framework.types import Criterion
+from cat_plugins.rewards.judging import JudgeAnswer, verdict_record
+from tests.report.fixture_runs import RUBRIC, make_eval_run, make_train_run, train_records
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -72,11 +76,11 @@ def test_model_text_is_escaped_and_page_is_self_contained(eval_run, train_run):
 
 
 def test_disagreeing_rollouts_are_highlighted(eval_run):
-    records = [json.loads(x) for x in (eval_run / "records.jsonl").read_text().splitlines()]
+    records = read_records(eval_run / "records.jsonl")
     view = prompt_view(records[2])  # gold 5/2; rollouts 4, 4, 2.5; synthesis answers 4
     assert [r.disagrees for r in view.rollouts] == [False, False, True]
     assert [r.correct for r in view.rollouts] == [False, False, True]
-    assert view.references[0].label == "single"
+    assert view.references[0].label == "single" and view.primary.label == "synthesis"
     page = render_report(eval_run)
     assert page.count('class="rollout disagree') == 3  # the "2.5" rollout of every prompt
     assert page.count('class="rollout wrong"') == 4  # "4" is wrong for b and c, agreeing with s
@@ -109,13 +113,12 @@ def test_train_report_plots_rubric_verdicts_and_eval_table(train_run):
 def test_train_records_are_sampled_across_steps(train_run):
     run = load_run(train_run, max_prompts=6, max_steps=3)
     assert run.n_records == 24 and run.record_steps == list(range(1, 13))
-    steps = [r["step"] for r in run.records]
+    steps = [r.step for r in run.records]
     assert len(run.records) == 6 and steps[0] == 1 and steps[-1] == 12 and len(set(steps)) == 3
 
 
 def test_view_rubric_verdicts_and_advantages(train_run):
-    rec = json.loads((train_run / "records.jsonl").read_text().splitlines()[0])
-    view = prompt_view(rec)
+    view = prompt_view(read_records(train_run / "records.jsonl")[0])
     assert [c for c, _ in view.rubric] == RUBRIC
     assert [v.met for v in view.rollouts[1].verdicts] == [True, False, True, None, True]
     assert view.rollouts[0].reward == 1.0 and view.rollouts[2].reward == 0.0
@@ -123,24 +126,45 @@ def test_view_rubric_verdicts_and_advantages(train_run):
     assert [r.disagrees for r in view.rollouts] == [False, True, True, True]
 
 
-def test_view_tolerates_other_layouts():
-    view = prompt_view(
-        {
-            "prompt": "Just a string prompt",
-            "rollouts": ["plain text", {"completion": "dict text", "token_ids": [1, 2, 3]}],
-            "rewards": {"values": [1.0, 0.0], "details": [{"match": True}, {"match": False}]},
-            "references": [{"text": "ref", "method": "majority", "answer": "7"}],
-            "step": "3",
-            "extra": object(),
-        }
-    )
-    assert view.messages == [("user", "Just a string prompt")] and view.step == 3
-    assert [r.text for r in view.rollouts] == ["plain text", "dict text"]
-    assert view.rollouts[1].tokens == 3
-    assert [r.disagrees for r in view.rollouts] == [False, True]
-    assert view.references[0].label == "majority"
-    empty = prompt_view({})
-    assert empty.rollouts == [] and empty.references == [] and empty.prompt_id == "?"
+def test_lines_that_are_not_run_records_are_skipped_with_file_and_line(tmp_path):
+    """The report reads records only as ``RunRecord``: a line in any other layout (an invented
+    one, a newer schema, a cut line) is skipped, and the page says which line and why."""
+    good = train_records(1, prompts=1, g=2)[0]
+    old_layout = {"step": 1, "prompt": {"id": "x"}, "completions": ["t"], "rewards": [1.0]}
+    bad_rollout = {**good, "rollouts": [{"completion": "t"}]}
+    lines = [
+        json.dumps(good),
+        json.dumps(old_layout),
+        json.dumps({**good, "schema": 99}),
+        json.dumps(bad_rollout),
+        "[1, 2]",
+        json.dumps(good)[:40],
+    ]
+    (tmp_path / "records.jsonl").write_text("\n".join(lines) + "\n")
+    run = load_run(tmp_path)
+    assert [r.prompt_id for r in run.records] == ["hb-0"]
+    assert run.problems[:2] == [
+        "records.jsonl: 1 line(s) skipped (no step, so not a run record; first: line 5)",
+        "records.jsonl: 4 line(s) skipped (not a valid run record)",
+    ]
+    named = run.problems[2:]
+    assert named[0].startswith("records.jsonl:2: no record schema version")
+    assert named[1].startswith("records.jsonl:3: record schema 99 is newer")
+    assert named[2].startswith("records.jsonl:4: not a valid run record (TypeError(")
+    assert "'completion'" in named[2]
+    assert named[3].startswith("records.jsonl:6: not a valid JSON record (")
+    assert len(named) == 4
+    page = render_report(tmp_path)
+    assert page.count('<details class="prompt"') == 1 and "records.jsonl:4: not a valid" in page
+
+
+def test_a_file_of_only_bad_records_says_so(tmp_path):
+    rows = [{"step": 0, "prompt": f"p{i}", "rollouts": ["t"]} for i in range(8)]
+    (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    page = render_report(tmp_path)
+    assert "records.jsonl: 8 line(s) skipped" in page and "records.jsonl:1: no record" in page
+    assert f"and {8 - MAX_NAMED_BAD_RECORDS} more skipped line(s)" in page
+    assert "No sampled line of records.jsonl (8 in all) is a run record" in page
 
 
 def test_missing_files_are_reported_not_fatal(tmp_path):
@@ -157,7 +181,9 @@ def test_missing_files_are_reported_not_fatal(tmp_path):
     (tmp_path / "metrics.json").write_text("[1, 2")
     (tmp_path / "records.jsonl").write_text('{"rollouts": 5}\n[1]\n')
     page = render_report(tmp_path)
-    assert "metrics.json: not valid JSON" in page and "records.jsonl: 1 line(s) skipped" in page
+    assert "metrics.json: not valid JSON" in page and "records.jsonl: 2 line(s) skipped" in page
+    assert "records.jsonl:1: no record schema version" in page
+    assert "records.jsonl:2: a record must be a JSON object, got list" in page
     with pytest.raises(FileNotFoundError):
         write_report(tmp_path / "nope")
 
@@ -241,12 +267,20 @@ def test_report_renders_in_headless_chromium(kind, eval_run, tmp_path):
 
 
 def test_a_failed_judge_request_reads_failed_not_unparsed():
-    verdicts = [
-        {"criterion": {"text": "a"}, "met": None, "raw": "", "failed": True, "error": "HTTP 500"},
-        {"criterion": {"text": "b"}, "met": None, "raw": "hmm"},
-        {"criterion": {"text": "c"}, "met": True, "raw": "yes"},
-    ]
-    rec = {"prompt_id": "p", "rollouts": [{"text": "t", "details": {"verdicts": verdicts}}]}
+    answers = [JudgeAnswer(None, (), error="HTTP 500"), JudgeAnswer(None, ("hmm",))]
+    verdicts = [verdict_record(Criterion(c), a) for c, a in zip("ab", answers, strict=True)]
+    verdicts.append(verdict_record(Criterion("c"), JudgeAnswer(True, ("yes",))))
+    rec = RunRecord.from_dict(train_records(1, prompts=1, g=1)[0])
+    rec.rollouts[0].details = {"verdicts": verdicts}
     view = prompt_view(rec)
     assert [v.word for v in view.rollouts[0].verdicts] == ["failed", "unparsed", "yes"]
     assert view.rollouts[0].verdicts[0].error == "HTTP 500"
+
+
+def test_a_rollout_sampled_only_for_the_reference_is_marked():
+    rec = RunRecord.from_dict(train_records(1, prompts=1, g=3)[0])
+    extra = rec.rollouts[-1]
+    extra.trained, extra.reward, extra.advantage, extra.details = False, None, None, {}
+    view = prompt_view(rec)
+    assert [r.trained for r in view.rollouts] == [True, True, False]
+    assert prompt_block(view).count(">reference only<") == 1

@@ -6,9 +6,11 @@ exactly them (:mod:`cat_framework.engine.parity`)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import structlog
+import torch
 
 from cat_framework.components import Backend
 from cat_framework.engine import fsdp, lora, parity
@@ -62,12 +64,9 @@ class SeparateEngine(Placement):
         the whole stream: under FSDP2 each tensor is a collective), then compare what the
         engine serves with what was sent."""
         t0 = time.perf_counter()
-        if self.lora:
-            names, tensors = lora.engine_names(self.model), lora.merged_tensors(self.model)
-        else:
-            names, tensors = list(self.model.state_dict()), fsdp.full_tensors(self.model)
+        names = lora.engine_names(self.model) if self.lora else list(self.model.state_dict())
         pushed = parity.Pushed(expected=names, dtype=self._engine_dtype)
-        self.sampler.update_weights(pushed.record(tensors))
+        self.sampler.update_weights(pushed.record(self.trained_tensors()))
         served = parity.check_engine(self.sampler, pushed)
         if served is not None:
             self._engine_dtype = served.dtype
@@ -76,6 +75,15 @@ class SeparateEngine(Placement):
             log.info("no weight parity check: the sampler cannot report what it serves",
                      backend=self.sampler.name)  # fmt: skip
         return {"time/training/push_weights": time.perf_counter() - t0}
+
+    def trained_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The weights the engine needs, named as in the base checkpoint: gathered one tensor
+        at a time (a collective each under FSDP2: every process consumes it all), LoRA merged
+        into the streamed tensors (``W + s*B@A`` computed apart: merging into ``W`` and back,
+        as PEFT's merge/unmerge, would round pi_0's base weights on every push)."""
+        if self.lora:
+            return lora.merged_tensors(self.model)
+        return fsdp.full_tensors(self.model)
 
 
 __all__ = ["SeparateEngine"]

@@ -191,8 +191,8 @@ class _Echo:
 
 
 def test_a_real_evaluate_run_writes_eval_metrics_at_step_0(tmp_path: Path) -> None:
-    from cat_framework.engine.runner import run_pipeline
     from cat_framework.pipeline import load_pipeline
+    from cat_framework.runner import run_pipeline
 
     plugins = load_plugins(entry_points=False, strict=True, extra=[("echo", _Echo())])
     data = tmp_path / "toy.jsonl"

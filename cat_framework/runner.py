@@ -1,32 +1,31 @@
-"""``run_pipeline``: one run directory per run, then dispatch on the pipeline's ``mode``.
+"""``run_pipeline``: one run directory per run, then the pipeline's mode (:mod:`.modes`) in it.
 
-The run directory holds the resolved config (``config.yaml``, secrets masked), structured logs
-(``log.jsonl``), ``status.json`` (how the run ended, and why if it failed) and whatever the mode
-writes (records, metrics, checkpoints, report); see ``docs/run_directories.md``. Observer plugins hear
-``on_run_start`` / ``on_run_end`` whatever the outcome.
+The application layer over the engine, which runs a mode in the directory it is given and never
+imports this module. The run directory holds the resolved config (``config.yaml``, secrets
+masked), structured logs (``log.jsonl``), ``status.json`` (how the run ended, and why if it
+failed) and whatever the mode writes (records, metrics, checkpoints, report); see
+``docs/run_directories.md``. Observer plugins hear ``on_run_start`` / ``on_run_end`` whatever the
+outcome.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import importlib
-import importlib.util
 import json
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
 import yaml
 
-from cat_framework import __version__
 from cat_framework.engine.files import atomic_write_json, atomic_write_text
 from cat_framework.engine.main_decides import main_decides
 from cat_framework.engine.threads import apply_thread_discipline, restore_threads
-from cat_framework.errors import CatError, ModeNotAvailableError, cut_message
+from cat_framework.errors import CatError, cut_message
 from cat_framework.logs import attach_run_log, detach_run_log
+from cat_framework.modes import MODE_RUNNERS
 from cat_framework.pipeline import Pipeline
 from cat_framework.pipeline.schema import default_of
 from cat_framework.plugins import Plugins
@@ -41,32 +40,9 @@ from cat_framework.rundir import (
     secret_values,
 )
 from cat_framework.scrub import register_secret, scrub
+from cat_framework.version import __version__
 
 log = structlog.get_logger("cat_framework.run")
-
-#: mode -> "module:function(pipeline, run_dir, plugins, resume) -> dict summary"
-MODE_RUNNERS: dict[str, str] = {
-    "evaluate": "cat_framework.engine.evaluate:run_evaluate",
-    "train": "cat_framework.engine.trainer:run_train",
-    "sft": "cat_framework.engine.sft:run_sft",
-}
-
-
-def _mode_runner(mode: str) -> Callable[..., dict[str, Any]]:
-    target = MODE_RUNNERS.get(mode)
-    if target is None:
-        raise ModeNotAvailableError(f"unknown mode {mode!r}; choose one of {sorted(MODE_RUNNERS)}")
-    module_name, _, func = target.partition(":")
-    if importlib.util.find_spec(module_name) is None:
-        available = [
-            m for m, t in MODE_RUNNERS.items() if importlib.util.find_spec(t.partition(":")[0])
-        ]
-        raise ModeNotAvailableError(
-            f"mode {mode!r} is not available in cat-framework {__version__} yet "
-            f"(available: {', '.join(available) or 'none'}). "
-            "`cat-framework validate` still checks such pipelines."
-        )
-    return getattr(importlib.import_module(module_name), func)
 
 
 def new_run_dir(pipeline: Pipeline, run_dir: str | None) -> Path:
@@ -103,7 +79,7 @@ def run_pipeline(
     ``resume`` continues a run whose ``config.yaml`` matches this pipeline in every key that
     changes results. Whatever happens, ``status.json`` and the ``run end`` log line say how the
     run ended and why."""
-    runner = _mode_runner(pipeline.config.mode)
+    runner = MODE_RUNNERS[pipeline.config.mode]  # validation accepts only modes of the table
     resolved = pipeline.resolved()
     for secret in secret_values(resolved):  # masked in every message too, not only the config
         register_secret(secret)
