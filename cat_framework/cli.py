@@ -159,11 +159,19 @@ def validate_cmd(pipelines: tuple[str, ...], overrides: tuple[str, ...]) -> None
 
     failed = 0
     for path in pipelines:
+        plugins = _plugins()
         try:
-            load_pipeline(resolve_pipeline(path), overrides, plugins=_plugins())
+            pipeline = load_pipeline(resolve_pipeline(path), overrides, plugins=plugins)
+            if pipeline.config.mode in ("train", "sft"):  # what the placement table refuses
+                from cat_framework.engine.placement.table import check_placement
+
+                check_placement(pipeline, plugins)
         except PipelineValidationError as exc:
             failed += 1
             click.echo(str(exc), err=True)
+        except CatError as exc:
+            failed += 1
+            click.echo(f"{path}: {exc}", err=True)
         else:
             click.echo(f"{path}: valid")
     if failed:

@@ -73,6 +73,22 @@ def test_validate_malformed_yaml_shows_line_and_column(tmp_path):
     assert "Traceback" not in res.stderr
 
 
+def test_validate_refuses_a_placement_the_trainer_would_refuse(tmp_path):
+    """A policy on a server that cannot receive weights cannot be trained: validate says so
+    before any model loads, with the run's own message."""
+    path = tmp_path / "remote.yaml"
+    path.write_text(
+        "name: remote\nmode: train\nmodels: {policy: {backend: openai, model: gpt-4o}}\n"
+        "data: {train: {dataset: gsm8k, limit: 4}}\naggregator: single\nreward: programmatic\n"
+    )
+    res = cli("validate", str(path))
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert f"{path}: models.policy: backend 'openai' cannot receive the trainer's weights" in (
+        res.stderr
+    )
+    assert "Traceback" not in res.stderr
+
+
 def test_validate_many_files_exit_code(tmp_path):
     good = REPO / "pipelines" / "quickstart.yaml"
     bad = tmp_path / "bad.yaml"

@@ -1,8 +1,8 @@
 """Checkpoints a crash cannot corrupt, whose loading never runs code, and resuming from the newest
 valid one.
 
-A checkpoint is ``checkpoints/step-NNNNNN/`` holding the *trainable* tensors (all weights, or only
-the LoRA adapters), the optimizer and scheduler states, every process's RNG states and
+A checkpoint is ``checkpoints/step-NNNNNN/`` holding the *trainable* tensors (all weights, or
+only the adapters), the optimizer and scheduler states, every process's RNG states and
 ``state.json``. Nothing in it is a pickle: a run directory may come from someone else, and
 unpickling runs whatever code the file names. Each state is a safetensors file (see
 :mod:`cat_framework.engine.safe_state`).
@@ -74,7 +74,7 @@ class StateLayout(Protocol):
     process (the main one writes it) or sharded (each writes its own part)."""
 
     sharded: bool
-    #: how a message names it ("whole weights", "sharded weights (FSDP2)")
+    #: how a message names it (e.g. "whole weights")
     description: str
 
     def local(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -256,7 +256,7 @@ def load_checkpoint(
         missing, extra = sorted(expected - set(tensors))[:3], sorted(set(tensors) - expected)[:3]
         raise CatError(
             f"checkpoint {ckpt.path} does not fit this model (missing {missing}, unexpected "
-            f"{extra}): was the pipeline's model or LoRA setting changed since?"
+            f"{extra}): was the pipeline's model, or which of its parameters train (adapters), changed since?"
         )
     params = {n: layout.local(p) for n, p in model.named_parameters()}
     with torch.no_grad():

@@ -265,7 +265,7 @@ def test_nothing_is_sampled_past_the_last_step():
 def test_fsdp2_gathered_copy_samples_ahead_like_one_process(tmp_path, tiny_policy, toy_data):
     """Under FSDP2 the gathered generation copy samples the next step during the sharded update
     (it is kept, not freed, for that); 2 processes match one process."""
-    from tests.engine.test_fsdp import assert_same_run, kl_only_pi0, launch
+    from tests.engine.placement_runs import assert_same_run, kl_only_pi0, launch
 
     pipeline = kl_only_pi0(pipeline_file(tmp_path / "p", tiny_policy, toy_data, 3, 1))
     plugin = tmp_path / "p" / "run_with_plugin.py"

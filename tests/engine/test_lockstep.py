@@ -2,7 +2,7 @@
 all-reduce built on a barrier), each with its own policy and pi_0 backends. Whatever each one
 generates or scores, both run the same sequence of forwards on the same modules (what FSDP2's
 per-layer all-gathers need), and every result equals generation without lock-step.
-The 2-process FSDP2 runs are in test_fsdp_lockstep.py."""
+The 2-process FSDP2 runs are in test_placement_equivalence.py and test_placement_edges.py."""
 
 from __future__ import annotations
 

