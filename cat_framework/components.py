@@ -143,6 +143,15 @@ class Backend(Component, ABC):
         sit beside the optimizer states). ``False``: it cannot (the default)."""
         return False
 
+    def logprob_support(self) -> Literal["full", "sampled", "raw"]:
+        """What the log-probs of its sampled tokens (``Completion.logprobs``) are: ``"full"``,
+        ``log_softmax(logits / temperature)`` over the whole vocabulary (the default, the
+        ``transformers`` backend's); ``"sampled"``, the distribution actually sampled from, top-k
+        and top-p renormalised over the kept tokens (vLLM's ``processed_logprobs``); ``"raw"``,
+        the model's temperature-1 log-probs. The trainer computes its own on the same support
+        before it compares them (importance weights)."""
+        return "full"
+
     def weight_checksums(self) -> WeightChecksums | None:
         """What this backend serves now, for the trainer's weight-parity check after
         :meth:`update_weights` (an engine that silently kept an old tensor would sample from

@@ -6,7 +6,6 @@ The real ``GRPOTrainer`` runs are in ``tests/test_trl_reward.py``."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,6 +18,7 @@ from cat_framework.integrations.trl.roles import LazyBackend, TrainedPolicy
 from cat_framework.records import read_records
 from cat_framework.report.load import load_run
 from cat_framework.types import GenerationRequest
+from tests.helpers.trl_pipeline import MAJORITY, write_pipeline
 
 
 def chat(text: str) -> list[dict[str, str]]:
@@ -27,21 +27,6 @@ def chat(text: str) -> list[dict[str, str]]:
 
 def said(text: str) -> list[dict[str, str]]:
     return [{"role": "assistant", "content": text}]
-
-
-def write_pipeline(tmp: Path, model: Path, teacher: str, roles: str = "") -> Path:
-    """A training pipeline around the tiny policy; ``roles``: extra ``models`` keys."""
-    path = tmp / "pipeline.yaml"
-    path.write_text(
-        "name: trl-teacher\nmode: train\n"
-        f"models:\n  policy: {{backend: transformers, model: '{model}', device: cpu}}\n{roles}"
-        "data:\n  train: {dataset: arithmetic, count: 4}\n"
-        "rollouts: {n: 2, max_new_tokens: 8}\ntrainer: {steps: 1, prompts_per_step: 2}\n" + teacher
-    )
-    return path
-
-
-MAJORITY = "aggregator: {name: majority, fallback: number}\nreward: programmatic\n"
 
 
 # -- regrouping --------------------------------------------------------------------------------
@@ -81,7 +66,8 @@ def test_a_split_group_is_refused_with_the_prompt_counts_and_fix():
     with pytest.raises(SplitGroupError) as err:
         to_groups(prompts, [said("1")] * 3, None, 2, {}, task="math")
     text = str(err.value)
-    assert "'What is b?'" in text and "1 of them" in text and "num_generations=2" in text
+    assert "of which 1 (position 0) answer the prompt 'What is b?'" in text
+    assert "not a multiple of num_generations=2" in text
     assert "multiple of num_generations" in text
 
 
@@ -91,12 +77,13 @@ def test_a_split_group_is_refused_with_the_prompt_counts_and_fix():
         ([chat("Q")] * 2, [said("a")], {}, "2 prompts but 1 completions"),
         ([[{"role": "user", "content": [{"type": "image"}]}]] * 2, [said("a")] * 2, {}, "text"),
         ([chat("Q")] * 2, [[{"role": "assistant"}]] * 2, {}, "ending in a text message"),
-        ([chat("Q")] * 2, [said("a")] * 2, {"x": [1, 1]}, "no such column"),
+        ([chat("Q")] * 2, [said("a")] * 2, {"x": [1, 1]}, "gold_column='answer': the dataset"),
     ],
 )
 def test_bad_batches_get_one_clear_error(prompts, completions, columns, match):
+    gold = "answer" if columns else None
     with pytest.raises(CatError, match=match):
-        to_groups(prompts, completions, None, 2, columns, task="math", gold_column="answer")
+        to_groups(prompts, completions, None, 2, columns, task="math", gold_column=gold)
 
 
 # -- the config check before training ------------------------------------------------------------
@@ -149,6 +136,14 @@ def test_the_policy_role_refuses_to_be_called():
         TrainedPolicy().generate([GenerationRequest(text="x")])
 
 
+def test_a_component_told_to_use_the_policy_is_refused_at_its_first_call(tmp_path, tiny_policy):
+    teacher = "aggregator: {name: synthesis, role: policy}\nreward: programmatic\n"
+    with teacher_reward(write_pipeline(tmp_path, tiny_policy, teacher), num_generations=2) as r:
+        with pytest.raises(CatError, match="synthesis role: anchor"):
+            r([chat("1+1?")] * 2, [said("2"), said("3")])
+        assert not r.roles.anchor.loaded
+
+
 def test_a_teacher_that_calls_no_model_loads_none(tmp_path, tiny_policy):
     with teacher_reward(write_pipeline(tmp_path, tiny_policy, MAJORITY), num_generations=2) as r:
         assert isinstance(r.roles.anchor, LazyBackend)
@@ -178,7 +173,8 @@ def test_a_call_scores_logs_and_records(tmp_path, tiny_policy):
     with teacher_reward(pipeline, num_generations=2, run_dir=tmp_path / "run", gold_column="answer") as r:  # fmt: skip
         assert call(r, 1, logged) == [1.0, 1.0, None, None]  # group b: no answer to match
     assert logged["reference/no_answer"] == 0.5 and logged["reward/unscorable"] == 0.5
-    assert logged["reference/accuracy"] == 1.0 and "reference/no_answer/count" not in logged
+    # audit only: a reference without an answer is a wrong one
+    assert logged["reference/accuracy"] == 0.5 and "reference/no_answer/count" not in logged
     assert logged["cat_teacher/reference"] == ["2", "2", "", ""]
     records = read_records(tmp_path / "run" / "records.jsonl")
     assert [(r.step, r.prompt_id, [o.reward for o in r.rollouts]) for r in records] == [

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from cat_framework.engine.linear_logps import linear_logps
+from cat_framework.engine.linear_logps import compute_dtype, linear_logps, tempered_logits
+from cat_framework.engine.sampling_support import Support, support_log_softmax
 
 #: config keys of models whose forward changes the head's output before returning it
 _POST_HEAD_KEYS = (
@@ -68,6 +69,37 @@ def chunk_logps(
     return torch.cat(logps), (torch.cat(ents) if entropy else None)
 
 
+@torch.no_grad()
+def support_chunk_logps(
+    head: torch.nn.Module,
+    hidden: torch.Tensor,
+    ids: torch.Tensor,
+    temperature: float,
+    chunk: int,
+    support: Support,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """No gradient: the log-probs of :func:`chunk_logps` and those on ``support``
+    (:func:`~cat_framework.engine.sampling_support.support_log_softmax`), both from the same
+    logits, ``chunk`` tokens at a time."""
+    full, kept = [], []
+    for start in range(0, hidden.shape[0], chunk):
+        h, t = hidden[start : start + chunk], ids[start : start + chunk]
+        if type(head) is torch.nn.Linear:  # the very logits linear_logps computes
+            w = head.weight.to(compute_dtype(head.weight))
+            with torch.autocast(h.device.type, enabled=False):
+                logits = tempered_logits(h, w, head.bias, temperature)
+        else:
+            logits = head(h).float()
+            logits = logits / temperature if temperature != 1.0 else logits
+        picked = logits.gather(-1, t.long().unsqueeze(-1)).squeeze(-1)
+        full.append(picked - torch.logsumexp(logits, dim=-1))
+        kept.append(support_log_softmax(logits, t, support))
+    if not full:
+        empty = hidden.new_zeros(ids.shape, dtype=torch.float32)
+        return empty, empty
+    return torch.cat(full), torch.cat(kept)
+
+
 def _logps_once(
     head: torch.nn.Module, h: torch.Tensor, ids: torch.Tensor, temperature: float, first: list
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,18 +128,27 @@ class _LogpHead(torch.nn.Module):
     of ``targets [B, C]`` (the last position, which predicts past the completion, is 0)."""
 
     def __init__(self, inner: torch.nn.Module, targets: torch.Tensor, temperature: float,
-                 chunk: int, entropy: bool) -> None:  # fmt: skip
+                 chunk: int, entropy: bool, support: Support | None = None) -> None:  # fmt: skip
         super().__init__()
         self.inner = inner
         self.targets, self.temperature, self.chunk = targets, temperature, chunk
         self.want_entropy = entropy
         self.entropy: torch.Tensor | None = None
+        self.support = support
+        self.on_support: torch.Tensor | None = None  # [B, C] when ``support`` is given
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         b, c = self.targets.shape
         if hidden.shape[:2] != (b, c + 1):
             raise ValueError(f"hidden {tuple(hidden.shape)} does not match targets [{b}, {c}+1]")
         flat = hidden[:, :-1].reshape(b * c, hidden.shape[-1])
+        if self.support is not None:
+            logp, kept = support_chunk_logps(
+                self.inner, flat, self.targets.reshape(-1), self.temperature, self.chunk,
+                self.support,
+            )  # fmt: skip
+            self.on_support = kept.reshape(b, c)
+            return torch.nn.functional.pad(logp.reshape(b, c), (0, 1)).unsqueeze(-1)
         logp, ent = chunk_logps(
             self.inner, flat, self.targets.reshape(-1), self.temperature, self.chunk,
             self.want_entropy,
@@ -134,12 +175,18 @@ def fusable(model: Any) -> bool:
 
 @contextmanager
 def logp_head(
-    model: Any, targets: torch.Tensor, temperature: float, chunk: int, entropy: bool = False
+    model: Any,
+    targets: torch.Tensor,
+    temperature: float,
+    chunk: int,
+    entropy: bool = False,
+    support: Support | None = None,
 ) -> Iterator[_LogpHead]:
-    """Within the block, ``model(...).logits`` is ``[B, C+1, 1]`` log-probs of ``targets``."""
+    """Within the block, ``model(...).logits`` is ``[B, C+1, 1]`` log-probs of ``targets`` (and,
+    with ``support``, without gradient, the head's ``on_support`` log-probs)."""
     core = _core(model)
     original = core.get_output_embeddings()
-    head = _LogpHead(original, targets, temperature, chunk, entropy)
+    head = _LogpHead(original, targets, temperature, chunk, entropy, support)
     core.set_output_embeddings(head)
     try:
         yield head
@@ -147,4 +194,4 @@ def logp_head(
         core.set_output_embeddings(original)
 
 
-__all__ = ["chunk_logps", "fusable", "logp_head"]
+__all__ = ["chunk_logps", "fusable", "logp_head", "support_chunk_logps"]

@@ -136,6 +136,34 @@ def kl_penalized_rewards(
     return (rewards - beta * k1).detach()
 
 
+def kl_outside_std(
+    task_advantages: torch.Tensor, task: torch.Tensor, penalty: torch.Tensor, group_size: int
+) -> torch.Tensor:
+    """Advantages with the reward-level KL penalty kept out of the group normalisation: the task
+    reward's group advantages minus the penalty's deviation from its group mean (``penalty`` =
+    beta x sequence KL). A group of equal task rewards then gets a beta-scale signal, not a
+    unit-scale one; an unscorable row (NaN task reward) keeps advantage 0."""
+    kl = torch.where(torch.isnan(task), torch.full_like(penalty, float("nan")), penalty)
+    return task_advantages - group_advantages(kl, group_size, "none")
+
+
+def kl_only_signal_share(task: torch.Tensor, penalized: torch.Tensor, group_size: int) -> float:
+    """The share of groups whose only signal is the KL term: their task rewards carry none (all
+    equal, or fewer than two scorable) while the KL-penalised rewards differ. Under group std
+    scaling such a group gets advantages of unit scale from KL noise alone, which
+    ``frac_reward_zero_std`` (task rewards) does not show. ``[G*n]`` each, NaN = unscorable."""
+    t, p = task.reshape(-1, group_size).float(), penalized.reshape(-1, group_size).float()
+    valid = ~torch.isnan(t)
+    enough = valid.sum(dim=1) >= 2
+    inf = torch.tensor(float("inf"), device=t.device)
+
+    def spread(x: torch.Tensor) -> torch.Tensor:
+        return torch.where(valid, x, -inf).amax(dim=1) - torch.where(valid, x, inf).amin(dim=1)
+
+    only_kl = enough & (spread(t) == 0) & (spread(p) > 0)
+    return float(only_kl.float().mean()) if len(only_kl) else 0.0
+
+
 def truncation_mask(mask: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
     """``mask [B,T]`` with the rows where ``truncated [B]`` is true zeroed (same dtype)."""
     _check_per_sequence("truncated", truncated, mask)

@@ -22,7 +22,13 @@ from cat_framework.engine import grpo
 from cat_framework.engine.placement import Placement, Sampled
 from cat_framework.engine.progress import phase
 from cat_framework.engine.record_builder import build_record
-from cat_framework.engine.sequences import TokenBatch, build_batch, completion_logps
+from cat_framework.engine.sampling_support import Support
+from cat_framework.engine.sequences import (
+    TokenBatch,
+    build_batch,
+    completion_logps,
+    completion_logps_on_support,
+)
 from cat_framework.engine.teacher import Teacher, TeacherOutput
 from cat_framework.engine.update import Rows, Updater, micro_batches
 from cat_framework.pipeline.schema import Rollouts, Trainer
@@ -152,29 +158,46 @@ class GRPOStep:
         if cfg.beta > 0:
             with self.placement.reference() as ref:
                 ref_logp = self._logps(ref, batch)
-        rewards = rows.rewards.to(dev)
+        task = rows.rewards.to(dev)
+        penalty = None  # beta x the sequence KL, subtracted from the task reward
         if cfg.beta > 0 and cfg.kl_in == "reward":
             assert ref_logp is not None
             cur = self._logps(self.placement.model, batch)
-            rewards = grpo.kl_penalized_rewards(rewards, cur, ref_logp, mask, cfg.beta)
-            metrics["reward/kl_penalized_mean"] = float(self._gather(rewards).nanmean())
-        teacher_rewards = self._gather(rows.rewards.to(dev))  # metrics: before any KL penalty
-        adv = self._advantages(rewards)
+            penalized = grpo.kl_penalized_rewards(task, cur, ref_logp, mask, cfg.beta)
+            penalty = task - penalized
+            metrics["reward/kl_penalized_mean"] = float(self._gather(penalized).nanmean())
+            metrics["kl/only_signal_groups"] = grpo.kl_only_signal_share(
+                self._gather(task), self._gather(penalized), self.rollouts.n
+            )
+        teacher_rewards = self._gather(task)  # metrics: before any KL penalty
+        adv = self._advantages(task, penalty)
         # importance weights: for an engine's log-prob mismatch, and for stale rollouts
         engine = self.placement.pushes_weights and cfg.vllm_importance_sampling
         correct = sampled.off_policy or engine or sampled.staleness > 0
-        old_logp = None
+        weigh = correct and rows.engine_logp is not None
+        old_logp = is_ref = None
         if cfg.num_iterations > 1 or correct:
-            old_logp = self._logps(self.placement.model, batch)
+            old_logp, is_ref = self._old_logps(batch, weigh)
         is_w = None
-        if correct and rows.engine_logp is not None:
-            assert old_logp is not None
-            is_w = grpo.importance_weights(old_logp, rows.engine_logp.to(dev))
+        if weigh:
+            assert is_ref is not None and rows.engine_logp is not None
+            engine_logp = rows.engine_logp.to(dev)
+            is_w = grpo.importance_weights(is_ref, engine_logp, cfg.importance_cap)
+            raw = torch.exp(is_ref - engine_logp)
+            metrics.update(self._token_means(mask, raw=raw, capped=(raw > cfg.importance_cap)))
         return Tensors(
             rows, batch, mask, adv, old_logp, ref_logp, is_w, teacher_rewards, metrics
         )  # fmt: skip
 
-    def _advantages(self, rewards: torch.Tensor) -> torch.Tensor:
+    def _advantages(self, task: torch.Tensor, penalty: torch.Tensor | None) -> torch.Tensor:
+        """Group advantages of the (KL-penalised) rewards; with ``trainer.kl_in_group_std:
+        false`` the KL penalty stays out of the group normalisation: the task reward's group
+        advantage minus the penalty's deviation from its group mean (an unscorable row keeps 0)."""
+        if penalty is None or self.cfg.kl_in_group_std:
+            return self._normalised(task if penalty is None else task - penalty)
+        return grpo.kl_outside_std(self._normalised(task), task, penalty, self.rollouts.n)
+
+    def _normalised(self, rewards: torch.Tensor) -> torch.Tensor:
         g = self.rollouts.n
         if self.cfg.scale_rewards == "batch" and self.acc.num_processes > 1:
             everyone = self._gather(rewards)
@@ -182,6 +205,34 @@ class GRPOStep:
             spread = scored.std().item() if scored.numel() > 1 else 0.0
             return grpo.group_advantages(rewards, g, "none") / (spread + 1e-4)
         return grpo.group_advantages(rewards, g, self.cfg.scale_rewards)
+
+    def _old_logps(
+        self, batch: TokenBatch, weigh: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """pi_old's log-probs (the GRPO ratio's denominator) and, when importance weights are
+        computed, pi_old's on the sampler's support (:mod:`..sampling_support`): renormalised
+        over the top-k / top-p kept tokens for a sampler that reports its sampled distribution,
+        at temperature 1 for one that reports raw log-probs."""
+        model = self.placement.model
+        kind = self.placement.sampler.logprob_support() if weigh else "full"
+        support = Support(self.rollouts.top_k, self.rollouts.top_p)
+        if kind == "sampled" and support.truncates:
+            return self._logps(model, batch, support=support)
+        old = self._logps(model, batch)
+        if kind == "raw" and self.temperature != 1.0:
+            return old, self._logps(model, batch, temperature=1.0)
+        return old, old
+
+    def _token_means(self, mask: torch.Tensor, **values: torch.Tensor) -> dict[str, float]:
+        """Mask-weighted means over every process's tokens, as ``is_weight/<name>_mean``."""
+        tokens = max(self._global_sum(float(mask.sum().item())), 1.0)
+        return {
+            f"is_weight/{name}_{'share' if v.dtype == torch.bool else 'mean'}": self._global_sum(
+                float((v.to(mask.dtype) * mask).sum().item())
+            )
+            / tokens
+            for name, v in values.items()
+        }
 
     # ------------------------------------------------------------------ update
     def _update(self, t: Tensors, step: int) -> dict[str, float]:
@@ -231,17 +282,24 @@ class GRPOStep:
 
     # ------------------------------------------------------------------ helpers
     @torch.no_grad()
-    def _logps(self, model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
-        out: torch.Tensor | None = None
+    def _logps(self, model: torch.nn.Module, batch: TokenBatch, **kw: Any) -> Any:
+        """No gradient, micro-batch by micro-batch: the completion log-probs ``[B, C]`` (at
+        ``temperature``, default the sampling one), or with ``support`` the pair (full, on
+        support)."""
+        support = kw.get("support")
+        temperature = kw.get("temperature", self.temperature)
+        outs: list[torch.Tensor] = []
         for s in micro_batches(batch, self.cfg.micro_batch_size):
-            logp = completion_logps(
-                model, batch.rows(s), self.temperature, chunk=self.cfg.logprob_chunk
-            )[0]
-            if out is None:
-                out = logp.new_zeros(batch.completion_mask.shape)
-            out[s] = logp
-        assert out is not None
-        return out
+            mb, chunk = batch.rows(s), self.cfg.logprob_chunk
+            if support is not None:
+                parts = completion_logps_on_support(model, mb, temperature, support, chunk)
+            else:
+                parts = (completion_logps(model, mb, temperature, chunk=chunk)[0],)
+            if not outs:
+                outs = [p.new_zeros(batch.completion_mask.shape) for p in parts]
+            for out, part in zip(outs, parts, strict=True):
+                out[s] = part
+        return tuple(outs) if support is not None else outs[0]
 
     def _global_sum(self, value: float) -> float:
         t = torch.tensor([float(value)], device=self.acc.device)

@@ -47,7 +47,10 @@ def linear_logps(
     return logp, (ent if entropy else None)
 
 
-def _logits(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, t: float) -> torch.Tensor:
+def tempered_logits(
+    h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, t: float
+) -> torch.Tensor:
+    """``(h W^T + b) / t`` in float32, the matmul in ``w``'s dtype (one chunk's logits)."""
     logits = F.linear(h.to(w.dtype), w, None if b is None else b.to(w.dtype)).float()
     return logits.div_(t) if t != 1.0 else logits
 
@@ -72,7 +75,7 @@ class _LinearLogps(torch.autograd.Function):
         ent = hidden.new_zeros(n if entropy else 0, dtype=torch.float32)
         for s in range(0, n, chunk):
             e = min(s + chunk, n)
-            logits = _logits(hidden[s:e], w, bias, temperature)
+            logits = tempered_logits(hidden[s:e], w, bias, temperature)
             lse[s:e] = torch.logsumexp(logits, dim=-1)
             logp[s:e] = logits.gather(-1, ids[s:e].long().unsqueeze(-1)).squeeze(-1) - lse[s:e]
             if entropy:  # H = logsumexp - sum p x (-inf logits: p = 0, x clamped finite)
@@ -100,7 +103,7 @@ class _LinearLogps(torch.autograd.Function):
             e = min(s + ctx.chunk, n)
             g = grad_logp[s:e].float().unsqueeze(-1)
             # d logp / d logits = onehot(ids) - softmax, times the incoming gradient, / t
-            grad = _logits(hidden[s:e], w, bias, t).sub_(lse[s:e].unsqueeze(-1)).exp_()
+            grad = tempered_logits(hidden[s:e], w, bias, t).sub_(lse[s:e].unsqueeze(-1)).exp_()
             grad.mul_(-g).scatter_add_(-1, ids[s:e].long().unsqueeze(-1), g)
             if t != 1.0:
                 grad.div_(t)
@@ -120,4 +123,4 @@ class _LinearLogps(torch.autograd.Function):
         return grad_h, gw, gb, None, None, None, None, None
 
 
-__all__ = ["compute_dtype", "linear_logps"]
+__all__ = ["compute_dtype", "linear_logps", "tempered_logits"]

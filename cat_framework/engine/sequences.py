@@ -16,6 +16,7 @@ import torch
 
 from cat_framework.engine.fused_head import fusable, logp_head
 from cat_framework.engine.grpo import entropy_from_logits, selective_log_softmax
+from cat_framework.engine.sampling_support import Support, support_log_softmax
 
 
 @dataclass
@@ -123,6 +124,32 @@ def completion_logps(
     return logp, ent
 
 
+@torch.no_grad()
+def completion_logps_on_support(
+    model: Any, batch: TokenBatch, temperature: float, support: Support, chunk: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """No gradient: :func:`completion_logps` and the log-probs on the sampler's ``support``
+    (:mod:`cat_framework.engine.sampling_support`), ``[B, C]`` each, from one forward pass."""
+    full_width = batch.completion_mask.shape[1]
+    batch = batch.trimmed()
+    width_c = batch.completion_mask.shape[1]
+    if chunk > 0 and fusable(model):
+        with logp_head(model, batch.completion_ids, temperature, chunk, support=support) as head:
+            logp = _forward(model, batch, width_c).logits[:, :-1, 0]
+        assert head.on_support is not None
+        kept = head.on_support
+    else:
+        logits = _forward(model, batch, width_c).logits[:, :-1]
+        logp = selective_log_softmax(logits, batch.completion_ids, temperature)
+        scaled = logits.float() / temperature if temperature != 1.0 else logits.float()
+        ids = batch.completion_ids
+        kept = torch.stack(
+            [support_log_softmax(scaled[b], ids[b], support) for b in range(len(ids))]
+        )
+    pad = (0, full_width - width_c)
+    return torch.nn.functional.pad(logp, pad), torch.nn.functional.pad(kept, pad)
+
+
 def _forward(model: Any, batch: TokenBatch, width_c: int) -> Any:
     positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
     return model(
@@ -134,4 +161,4 @@ def _forward(model: Any, batch: TokenBatch, width_c: int) -> Any:
     )
 
 
-__all__ = ["TokenBatch", "build_batch", "completion_logps"]
+__all__ = ["TokenBatch", "build_batch", "completion_logps", "completion_logps_on_support"]

@@ -64,6 +64,9 @@ class TrainingRun:
         self.prompts = prompts
         self.pool = BackendPool()
         self.resume: str | None = None
+        #: the ``state.json`` of the checkpoint resumed from (a mode's own keys included; empty
+        #: for a fresh run): what a mode keeps across a resume besides weights and optimizer
+        self.resumed_state: dict[str, Any] = {}
         self.placement: Placement
         self.updater: Updater
 
@@ -109,26 +112,29 @@ class TrainingRun:
             self.placement.checkpoint_layout,
         )  # fmt: skip
         self.placement.resume(ckpt)
+        self.resumed_state = dict(ckpt.state)
         log.info("resumed", step=ckpt.step, checkpoint=str(ckpt.path))
         return ckpt.step
 
     # ------------------------------------------------------------------ a step, the end
     def finish_step(
         self, step: int, metrics: dict[str, Any], records: list[dict[str, Any]] | None,
-        last_step: int,
+        last_step: int, state: dict[str, Any] | None = None,
     ) -> None:  # fmt: skip
         """Run files (main process), a checkpoint when ``trainer.save_every`` says so or at the
         last step (all processes), then the observers' ``on_step_end`` (after the checkpoint,
-        so an observer that stops the run never loses the step)."""
+        so an observer that stops the run never loses the step). ``state``: a mode's own plain
+        JSON kept in the checkpoint's ``state.json`` (read back as :attr:`resumed_state`)."""
         tc, acc = self.cfg.trainer, self.acc
         if acc.is_main_process:
             if records:
                 append_jsonl(self.run_dir / "records.jsonl", records)
             append_jsonl(self.run_dir / "metrics.jsonl", [metrics])
         if (tc.save_every and step % tc.save_every == 0) or step == last_step:
+            kept = {"prompts_seen": step * tc.prompts_per_step, **(state or {})}
             save_checkpoint(
                 self.run_dir, step, self.placement.model, self.updater.optimizer,
-                self.updater.scheduler, acc, {"prompts_seen": step * tc.prompts_per_step},
+                self.updater.scheduler, acc, kept,
                 tc.keep_checkpoints, self.placement.checkpoint_layout,
                 self.placement.extra_state(),
             )  # fmt: skip

@@ -208,6 +208,20 @@ class Trainer(Strict):
     vllm_importance_sampling: bool = Field(
         False, description="Correct for engine/trainer log-prob mismatch (vLLM rollouts)."
     )
+    importance_cap: float = Field(
+        3.0,
+        gt=0,
+        description="Truncate per-token importance weights at this value (TRL's token_truncate "
+        "cap); is_weight/raw_mean and is_weight/capped_share log them before truncation.",
+    )
+    kl_in_group_std: bool = Field(
+        True,
+        description="With kl_in: reward, whether the KL penalty is part of the reward that is "
+        "group-centred and divided by the group std (true, as verl's use_kl_in_reward) or stays "
+        "out of the normalisation (false: task-reward group advantage minus the penalty's "
+        "deviation from its group mean, so a group of equal task rewards gets only a beta-scale "
+        "KL signal). kl/only_signal_groups counts such groups.",
+    )
     async_rollouts: int = Field(
         0,
         ge=0,
@@ -243,6 +257,34 @@ class Trainer(Strict):
     )
     sft_epochs: int = Field(
         1, ge=1, le=10_000, description="Epochs over synthesized references (mode: sft)."
+    )
+    sft_loss: Literal["token_mean", "sequence_mean"] = Field(
+        "token_mean",
+        description="mode: sft. 'sequence_mean': each reference's token mean, averaged over "
+        "references (the paper, Eq. 13: every reference weighs alike); 'token_mean': one mean "
+        "over all target tokens (long references weigh more). Also the validation loss.",
+    )
+    sft_validation: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="mode: sft. Share of the prompts with a reference held out (their anchor "
+        "references, never gold) for the validation loss of early stopping (the paper); the "
+        "run ends with the weights of the lowest one. 0: no validation, all train, last weights.",
+    )
+    sft_validate_every: int = Field(
+        0,
+        ge=0,
+        le=MAX_STEPS,
+        description="mode: sft. Steps between validation losses (0: at each epoch's end); the "
+        "last step is always validated.",
+    )
+    sft_patience: int | None = Field(
+        1,
+        ge=1,
+        le=MAX_STEPS,
+        description="mode: sft. Validations in a row without a new lowest loss that stop "
+        "training (None: never stop early; the run still ends with the best weights).",
     )
     reference_fallback: NamedSpec | None = Field(
         None,

@@ -49,9 +49,9 @@ def nan_loss_at(monkeypatch: pytest.MonkeyPatch, steps: set[int]) -> None:
     current = {"step": 0}
     step_call, loss = GRPOStep.__call__, grpo.grpo_loss
 
-    def call(self: Any, prompts: Any, seeds: Any, step: int, ahead: Any = None) -> Any:
+    def call(self: Any, prompts: Any, seeds: Any, step: int) -> Any:
         current["step"] = step
-        return step_call(self, prompts, seeds, step, ahead)
+        return step_call(self, prompts, seeds, step)
 
     def poisoned(*args: Any, **kwargs: Any) -> Any:
         out = loss(*args, **kwargs)

@@ -65,6 +65,7 @@ def test_update_micro_batches_group_similar_lengths_and_keep_row_order() -> None
     from types import SimpleNamespace
 
     from cat_framework.engine.grpo_step import GRPOStep
+    from cat_framework.engine.update import micro_batches
 
     model = tiny_model()
     prompts = [[5, 6], [7, 8, 9], [10], [11, 12]]
@@ -73,7 +74,7 @@ def test_update_micro_batches_group_similar_lengths_and_keep_row_order() -> None
     step = GRPOStep.__new__(GRPOStep)
     step.cfg = SimpleNamespace(micro_batch_size=2, logprob_chunk=0)
     step.temperature = 0.7
-    micro = step._micro(batch)
+    micro = micro_batches(batch, 2)
     assert [sorted(m.tolist()) for m in micro] == [[1, 3], [0, 2]]  # short rows together
     spy = WidthSpy(model)
     with torch.no_grad():

@@ -15,8 +15,8 @@ SFT = (
 )
 
 
-def sft_pipeline(tmp, model, data):
-    path = write_pipeline(tmp, model, data, SFT)
+def sft_pipeline(tmp, model, data, trainer=SFT):
+    path = write_pipeline(tmp, model, data, trainer)
     text = (
         path.read_text()
         .replace("mode: train", "mode: sft")

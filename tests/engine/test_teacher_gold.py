@@ -25,7 +25,10 @@ def trapped(i: int, task: str) -> Prompt:
 REPLIES = ["so \\boxed{4}", "so \\boxed{4}", "maybe \\boxed{5}"]
 
 
-@pytest.mark.parametrize("aggregator", ["synthesis", "majority", "minppl", "best_of_n", "single"])
+@pytest.mark.parametrize(
+    "aggregator",
+    ["synthesis", "majority", "minppl", "mutual_predictability", "best_of_n", "single"],
+)
 @pytest.mark.parametrize("reward", ["programmatic", "rubric", "judge"])
 def test_teacher_never_reads_gold(aggregator, reward, make_plugins):
     plugins = make_plugins()

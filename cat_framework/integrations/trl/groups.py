@@ -75,12 +75,13 @@ def check_whole(keys: Sequence[str], g: int, previews: Sequence[str]) -> None:
         while end < len(keys) and keys[end] == keys[start]:
             end += 1
         if (end - start) % g:
+            where = f"position {start}" if end - start == 1 else f"positions {start}-{end - 1}"
             raise SplitGroupError(
-                f"TRL passed this reward call {len(keys)} completions, and the prompt "
-                f"{previews[start]!r} has {end - start} of them in a row (positions "
-                f"{start}-{end - 1}), not a multiple of num_generations={g}: its group is split "
-                "between reward calls or processes. The teacher builds one reference from all G "
-                f"completions of a prompt, so it refuses a partial group. {_FIX}."
+                f"TRL passed this reward call {len(keys)} completions, of which {end - start} "
+                f"({where}) answer the prompt {previews[start]!r}: not a multiple of "
+                f"num_generations={g}, so that prompt's group is split between reward calls or "
+                "processes. The teacher builds one reference from all G completions of a "
+                f"prompt, so it refuses a partial group. {_FIX}."
             )
         start = end
 

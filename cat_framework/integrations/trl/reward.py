@@ -20,7 +20,7 @@ from typing import Any
 from cat_framework.components import Roles
 from cat_framework.engine.record_builder import build_record
 from cat_framework.engine.teacher import Teacher, TeacherOutput
-from cat_framework.errors import CatError
+from cat_framework.errors import CatError, cut_message
 from cat_framework.integrations.trl.groups import check_layout, to_groups
 from cat_framework.integrations.trl.roles import trl_roles
 from cat_framework.integrations.trl.run_dir import TeacherRunDir, teacher_metrics
@@ -28,6 +28,8 @@ from cat_framework.pipeline import Pipeline, load_pipeline
 from cat_framework.pipeline.build import BackendPool, build_component
 from cat_framework.plugins import Plugins
 from cat_framework.records import RunRecord
+from cat_framework.rundir import secret_values
+from cat_framework.scrub import register_secret, scrub
 from cat_framework.types import RolloutGroup
 
 #: the reward's name in TRL's logs, unless given another (its metrics are then prefixed with it)
@@ -135,7 +137,7 @@ class TeacherReward:
             self.close()
         else:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            self.close(status, f"{type(exc).__name__}: {exc}"[:2000])
+            self.close(status, cut_message(scrub(f"{type(exc).__name__}: {exc}")))
 
 
 def teacher_reward(
@@ -174,7 +176,8 @@ def teacher_reward(
                 f"pipeline {pipe.config.name!r} has no {key}: the teacher reward needs the "
                 "teacher section of a training pipeline (aggregator and reward)"
             )
-    writer = TeacherRunDir(run_dir, pipe, resume=resume) if run_dir is not None else None
+    for secret in secret_values(pipe.resolved()):  # masked in every message, as in our runs
+        register_secret(secret)
     pool = BackendPool()
     roles = trl_roles(pipe, pool)
     fallback = pipe.component("trainer", "reference_fallback")
@@ -183,6 +186,8 @@ def teacher_reward(
         build_component(pipe, "reward", roles=roles),  # type: ignore[arg-type]
         fallback.build(roles=roles) if fallback else None,  # type: ignore[arg-type]
     )
+    # last: a refused pipeline leaves no run directory behind
+    writer = TeacherRunDir(run_dir, pipe, resume=resume) if run_dir is not None else None
     max_tokens = getattr(args, "max_completion_length", None) if args is not None else None
     return TeacherReward(
         teacher, g, task=_task(pipe), roles=roles, pool=pool, run_dir=writer,

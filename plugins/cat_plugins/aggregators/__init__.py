@@ -8,6 +8,9 @@ AGGREGATORS = {
     "synthesis": "cat_plugins.aggregators.synthesis:SynthesisAggregator",
     "minppl": "cat_plugins.aggregators.minppl:MinPPLAggregator",
     "best_of_n": "cat_plugins.aggregators.best_of_n:BestOfNAggregator",
+    "mutual_predictability": (
+        "cat_plugins.aggregators.mutual_predictability:MutualPredictabilityAggregator"
+    ),
 }
 
 

@@ -291,6 +291,10 @@ class VLLMBackend(Backend):
             results[i] = [step[tok].logprob for step, tok in zip(steps, cont_ids, strict=True)]
         return results
 
+    def logprob_support(self) -> Literal["full", "sampled", "raw"]:
+        """``processed_logprobs``: the sampled distribution; ``raw_logprobs``: temperature 1."""
+        return "sampled" if self.params.logprobs_mode == "processed_logprobs" else "raw"
+
     def update_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
         """Load the trainer's current weights into the engine in place (checkpoint names, e.g. a
         model's ``state_dict().items()``; LoRA: merged weights) and drop the prefix cache, whose
