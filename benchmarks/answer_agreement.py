@@ -2,7 +2,9 @@
 
 Each case of ``tests/data/math_verify_pairs.json`` is a (gold, prediction, expected verdict)
 from huggingface/Math-Verify's test suite. Ours: the ``programmatic`` reward with
-``Reference(answer=gold)`` and the prediction as the rollout text (1.0 means "equal"); math-verify
+``Reference(answer=gold)`` and the prediction as the rollout text (1.0 means "equal"), read at
+``fallback: number`` because the predictions are bare expressions (``$9$``, ``1/2``) that commit
+to no answer at the reward's default level: this measures equivalence, not extraction; math-verify
 alone: ``verify(parse(gold), parse(pred))``. Both directions are measured: as given, and swapped
 (the prediction as the reference), since a reference in CaT is itself a model output. Extra
 line, for information: ``Reference(text=gold)``, where a gold that commits to no answer (a bare
@@ -42,7 +44,7 @@ def _ours(gold: str, pred: str, as_text: bool) -> bool | None:
         prompt=Prompt(id="q", messages=[{"role": "user", "content": "?"}]),
         rollouts=[Completion(text=pred)],
     )
-    (rewards,) = ProgrammaticReward().derive([group], [ref])
+    (rewards,) = ProgrammaticReward({"fallback": "number"}).derive([group], [ref])
     value = rewards.values[0]
     return None if value is None else value == 1.0
 
@@ -88,7 +90,8 @@ def _markdown(result: dict[str, Any], cases: list[dict[str, Any]]) -> str:
         "# Answer agreement with math-verify\n",
         f"{n} (gold, prediction, expected) pairs from huggingface/Math-Verify's tests "
         "(`tests/data/math_verify_pairs.json`; provenance inside). Ours = the `programmatic` "
-        "reward (default params) with `Reference(answer=gold)`; swapped = the prediction is the "
+        "reward with `Reference(answer=gold)`, at `fallback: number` (the predictions are bare "
+        "expressions: this measures equivalence, not extraction); swapped = the prediction is the "
         "reference. Produced by `python benchmarks/answer_agreement.py`. "
         "`ours_reference_text` uses `Reference(text=gold)` instead: a gold that commits to no "
         "answer (a bare `$9$`: no box, `####` or final-answer phrase) is no reference, so the "

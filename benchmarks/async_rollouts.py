@@ -61,7 +61,7 @@ data:
   train: {{dataset: arithmetic, split: train, count: 64}}
 rollouts: {{n: {g}, temperature: 0.7, max_new_tokens: {tokens}}}
 aggregator: {{name: majority, fallback: number}}
-reward: programmatic
+reward: {{name: programmatic, fallback: number}}
 trainer: {{steps: {steps}, prompts_per_step: {prompts}, micro_batch_size: 8,
   learning_rate: 1.0e-6, beta: 0.0, save_every: 0, async_rollouts: {mode},
   vllm_importance_sampling: {is_vllm}}}

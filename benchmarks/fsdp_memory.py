@@ -50,7 +50,7 @@ data:
   train: {{dataset: jsonl, path: "{data}", answer_field: answer, id_field: id}}
 rollouts: {{n: 4, temperature: 1.0, max_new_tokens: {tokens}}}
 aggregator: {{name: majority, fallback: number}}
-reward: programmatic
+reward: {{name: programmatic, fallback: number}}
 trainer: {{steps: {steps}, prompts_per_step: 2, micro_batch_size: {micro}, learning_rate: 1.0e-4,
   {trainer}}}
 """

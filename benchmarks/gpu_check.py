@@ -70,7 +70,7 @@ data:
   train: {{dataset: jsonl, path: "{data}", answer_field: answer, id_field: id}}
 rollouts: {{n: 4, temperature: 1.0, max_new_tokens: 16}}
 aggregator: {{name: majority, fallback: number}}
-reward: programmatic
+reward: {{name: programmatic, fallback: number}}
 trainer: {{steps: 2, prompts_per_step: 2, micro_batch_size: 8, learning_rate: 1.0e-3,
   beta: 0.01, mixed_precision: {precision}{trainer}}}
 """

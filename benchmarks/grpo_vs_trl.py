@@ -142,7 +142,7 @@ def pipeline(s: dict[str, Any]) -> dict[str, Any]:
             "max_new_tokens": s["max_new_tokens"],
         },
         "aggregator": {"name": "majority", "fallback": "number"},
-        "reward": "programmatic",
+        "reward": {"name": "programmatic", "fallback": "number"},
         "trainer": trainer,
     }
 

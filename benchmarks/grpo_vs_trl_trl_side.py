@@ -32,7 +32,7 @@ def reward_function(group_size: int) -> Any:
     from cat_plugins.rewards.programmatic import ProgrammaticReward
 
     aggregator = MajorityAggregator({"fallback": "number"})
-    reward = ProgrammaticReward({})
+    reward = ProgrammaticReward({"fallback": "number"})
 
     def majority_programmatic(prompts: list, completions: list, **_: Any) -> list[float | None]:
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]

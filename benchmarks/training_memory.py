@@ -43,7 +43,7 @@ data:
   train: {{dataset: gsm8k, split: test, limit: 4}}
 rollouts: {{n: 4, temperature: 0.7, max_new_tokens: {tokens}}}
 aggregator: single
-reward: programmatic
+reward: {{name: programmatic, fallback: number}}
 trainer: {{steps: 1, prompts_per_step: 2, micro_batch_size: 8, learning_rate: 1.0e-5, {trainer}}}
 """
 

@@ -89,9 +89,64 @@ def test_commas_follow_context(text: str, value: str) -> None:
     assert answers_equivalent(read_answer(text), value, symmetric=True)
 
 
+@pytest.mark.parametrize(
+    ("pred", "gold"),
+    [
+        ("1.2", "1,2"),  # before: the bare "1,2" was read as 1.2 *and* as {1, 2}
+        ("-2.1", "-2,1"),  # MATH writes the roots of a polynomial as -2,1
+        ("\\{1.2\\}", "1,2"),
+        ("1.22", "1,22"),
+    ],
+)
+def test_a_bare_comma_is_never_read_two_ways(pred: str, gold: str) -> None:
+    """Issue 22 item 2: a bare ``1,2`` has one reading, the one it has in a box: a list."""
+    assert len(Answer.of(gold).values) == 1
+    assert not answers_equivalent(pred, gold)
+    assert not answers_equivalent(read_answer(f"so \\boxed{{{pred}}}"), gold)
+    listed = "\\{" + gold + "\\}"
+    assert answers_equivalent(gold, listed, symmetric=True)
+    assert answers_equivalent(read_answer(f"\\boxed{{{gold}}}"), gold, symmetric=True)
+
+
+@pytest.mark.parametrize(
+    ("answer", "value"),
+    [
+        ("1,000", "1000"),  # thousands: every group after a comma has three digits
+        ("58,500", "58500"),  # a MATH-500 answer
+        ("-2,1", "\\{1, -2\\}"),  # a list, in any order
+        ("1000,99", "\\{99, 1000\\}"),
+        ("0,111", "0.111"),  # math-verify's LaTeX reading of a leading zero, in a box too
+    ],
+)
+def test_a_bare_answer_reads_as_in_a_box(answer: str, value: str) -> None:
+    boxed = read_answer(f"\\boxed{{{answer}}}")
+    assert boxed is not None and boxed.text == answer
+    assert answers_equivalent(answer, value, symmetric=True)
+    assert answers_equivalent(boxed, value, symmetric=True)
+
+
+def test_a_decimal_comma_in_prose_is_written_with_a_point() -> None:
+    """Running text keeps math-verify's decimal comma, and the answer's string says so: stored
+    as ``Reference.answer`` it cannot be read back as a list."""
+    got = read_answer("The answer is 1,5")
+    assert got is not None and got.text == "1.5"
+    assert answers_equivalent(got, "1.5", symmetric=True)
+    assert not answers_equivalent(got, "1,5")
+    assert not answers_equivalent(read_answer("\\boxed{1,5}"), got)
+
+
+def test_a_leading_zero_is_no_thousands_separator() -> None:
+    """Before: normalised to "0111", string-equal to 111 while its value is 0.111."""
+    assert normalize_answer("0,111") == "0,111"
+    assert not answers_equivalent("0,111", "0111")
+    assert extract_answer("0,111", fallback="phrase") is None  # not a bare thousands number
+
+
 def test_answer_strings_read_back_to_their_value() -> None:
     """An extracted string (e.g. set as Reference.answer) is read to the same value again."""
-    for text in ("\\boxed{1} or \\boxed{2}", "$\\boxed{2}$ and $\\boxed{5}$", "so it is $3.5$"):
+    texts = ("\\boxed{1} or \\boxed{2}", "$\\boxed{2}$ and $\\boxed{5}$", "so it is $3.5$")
+    texts += ("The answer is 1,22", "\\boxed{-2,1}", "\\boxed{1,000}", "The answer is 0,5.")
+    for text in texts:
         got = read_answer(text)
         assert got is not None
         assert answers_equivalent(got, Answer.of(got.text), symmetric=True), got
@@ -338,6 +393,45 @@ def test_cluster_answers_are_symmetric_and_order_independent() -> None:
     assert cluster_answers([ineq, member]) == [[0], [1]]
     assert cluster_answers([member, ineq]) == [[0], [1]]
     assert answers_equivalent(member, ineq, symmetric=True) is False
+
+
+def test_cluster_answers_never_chain_through_an_ambiguous_answer() -> None:
+    """Issue 22 item 2: before, the bare "1,2" (read as 1.2 and as {1, 2}) linked both values
+    into one 5-answer cluster that outvoted "7" (3 answers)."""
+    got = ["1.2", "1,2", "\\{1,2\\}", "7", "1.2", "7", "\\{1,2\\}", "7"]
+    assert cluster_answers(got) == [[0, 4], [1, 2, 6], [3, 5, 7]]
+
+
+def test_cluster_members_are_equivalent_pairwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever the equivalence, a cluster never holds two answers that are not equivalent to
+    each other: an answer equivalent to two others does not join them (b ~ a, b ~ c, a !~ c)."""
+    from cat_framework.answers import equivalence
+
+    links = {frozenset("ab"), frozenset("bc")}
+
+    def linked(a: Answer, b: Answer, *args: object, **kwargs: object) -> bool:
+        return a.text == b.text or frozenset(a.text + b.text) in links
+
+    monkeypatch.setattr(equivalence, "answers_equivalent", linked)
+    assert cluster_answers(["a", "b", "c"]) == [[0, 1], [2]]  # before: [[0, 1, 2]]
+    # the largest group places first: "b" twice takes "a" (ties: the smaller string) ...
+    assert cluster_answers(["c", "b", "a", "b"]) == [[0], [1, 2, 3]]
+    # ... and "c" twice is placed before the single "b", which then joins the larger cluster
+    assert cluster_answers(["a", "b", "c", "c"]) == [[0], [1, 2, 3]]
+
+
+def test_cluster_answers_do_not_depend_on_order() -> None:
+    import itertools
+
+    got = ["1.2", "1,2", "\\{1,2\\}", "7", "0.5", "\\frac{1}{2}", None, "7"]
+
+    def contents(answers: list[str | None]) -> list[list[str]]:
+        return sorted(sorted(str(answers[i]) for i in c) for c in cluster_answers(answers))
+
+    base = contents(got)
+    assert base == [["0.5", "\\frac{1}{2}"], ["1,2", "\\{1,2\\}"], ["1.2"], ["7", "7"]]
+    for order in itertools.islice(itertools.permutations(range(len(got))), 0, None, 97):
+        assert contents([got[i] for i in order]) == base, order
 
 
 def test_cluster_answers_string_mode() -> None:

@@ -21,7 +21,7 @@ MAX_VERIFY_CHARS = 400
 #: ("a", answer, timeout) or ("t", text, anchored, timeout)
 Key = tuple[Any, ...]
 
-#: a plain number as written in prose: 1,000 / 1 000 / 1,000.5 / decimal comma 1,22 / 12%
+#: a plain number: 1,000 / 1 000 / 1,000.5 / 12% / 1,22 (a list when bare: :func:`comma_list`)
 _PLAIN_NUMBER = re.compile(r"-?(?:[1-9]\d{0,2}(?:[ ,]\d{3})+(?:\.\d+)?|\d+(?:[.,]\d+)?|\.\d+)%?")
 _THOUSANDS = re.compile(r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?%?")
 _DELIMITED = re.compile(r"(?<!\\)\$|\\\(|\\\[|\\boxed")
@@ -60,25 +60,32 @@ def _split(found: list[Any]) -> tuple[tuple[Any, ...], str | None]:
     return values, span
 
 
+def comma_list(number: str) -> bool:
+    """Whether a plain number's comma separates list items rather than thousands (``1,2``,
+    ``-2,1``, ``1,22``; not ``1,000``): the LaTeX reading of a box, which a bare answer keeps."""
+    return "," in number and not _THOUSANDS.fullmatch(number)
+
+
 @lru_cache(maxsize=16384)
 def answer_values(answer: str, timeout_s: float | None) -> tuple[Any, ...]:
     """math-verify's value of a bare answer string.
 
-    A plain number goes to math-verify's number reader (``1,000`` is 1000). A bare ``1,22`` is
-    ambiguous (a decimal comma in prose, the list {1, 22} in LaTeX, as MATH writes ``-2,1``):
-    it keeps both readings, and matches either. A delimited answer (``$..$``, ``\\boxed``) or a
-    sentence is read as text; anything else is wrapped in ``$...$`` first, since
-    ``parse("3\\sqrt{2}")`` alone yields 3.
+    A plain number goes to math-verify's number reader (``1,000`` is 1000). A bare comma
+    between digits that is no thousands separator (``1,2``, ``-2,1``, ``1,22``) has one reading,
+    the one it has in a box: math-verify's LaTeX reading, a list ({1, 2}, as MATH writes the
+    roots ``-2,1``), not a decimal comma. Both readings at once made ``1,2`` equal to ``1.2``
+    *and* to ``\\{1,2\\}`` (issue 22); a bare answer is what an aggregator stores from a box
+    (``Reference.answer``) or a gold label, so the box's reading is the one it had. A delimited
+    answer (``$..$``, ``\\boxed``) or a sentence is read as text; anything else is wrapped in
+    ``$...$`` first, since ``parse("3\\sqrt{2}")`` alone yields 3.
     """
     from math_verify import ExprExtractionConfig
 
     s = answer.strip()
     if not s:
         return ()
-    if _PLAIN_NUMBER.fullmatch(s):
+    if _PLAIN_NUMBER.fullmatch(s) and not comma_list(s):
         values, _ = _split(_run_parse(s, [ExprExtractionConfig()], timeout_s))
-        if "," in s and not _THOUSANDS.fullmatch(s):
-            values += _split(_run_parse(f"${s}$", None, timeout_s))[0]
         if values:
             return values
     if _DELIMITED.search(s) or _PROSE.search(_TEXT_CMD.sub(" ", s)):

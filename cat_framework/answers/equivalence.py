@@ -5,6 +5,7 @@
 (``\\frac{1}{2}`` vs ``0.5``, ``3\\sqrt{2}`` vs ``\\sqrt{18}``, intervals, sets). math-verify is
 not symmetric (``verify(gold, pred)`` may differ from ``verify(pred, gold)``, e.g. ``x = 2``
 against ``2``): a reward asks gold first; voting asks both ways, because a vote has no gold.
+Nor is it transitive, so a voting cluster holds answers equal to each other, not only linked.
 """
 
 from __future__ import annotations
@@ -66,28 +67,34 @@ def cluster_answers(
 ) -> list[list[int]]:
     """Group the indices of equivalent answers; ``None`` or blank answers belong to no cluster.
 
-    Order-independent: two answers are linked when they are equivalent *both ways*, and a
-    cluster is a connected set of links (union-find), so permuting the answers permutes the
-    indices and nothing else. Members are in index order, clusters in order of their first
-    member.
+    Every two members of a cluster are equivalent *both ways*: equivalence is not transitive
+    (an answer read two ways, a numeric tolerance), and joining links transitively let one
+    answer chain different values into one cluster (issue 22: ``1.2`` + ``1,2`` + ``{1,2}``
+    outvoted ``7``). Answers with the same normalised string form one group; groups are placed
+    largest first (ties: the smaller string), each into the largest cluster all of whose
+    members it is equivalent to (ties: the cluster made first), else into a new one. Nothing
+    depends on the answers' order, so permuting them permutes the indices and nothing else.
+    Members are in index order, clusters in order of their first member.
     """
     items = [_as_answer(a, timeout_s) for a in answers]
-    live = [i for i, a in enumerate(items) if a is not None and normalize_answer(a.text)]
-    parent = {i: i for i in live}
+    groups: dict[str, list[int]] = {}
+    for i, a in enumerate(items):
+        norm = normalize_answer(a.text) if a is not None else ""
+        if norm:
+            groups.setdefault(norm, []).append(i)
 
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
+    def fits(group: list[int], cluster: list[int]) -> bool:
+        return all(
+            answers_equivalent(items[i], items[j], mode, timeout_s=timeout_s, symmetric=True)
+            for i in group
+            for j in cluster
+        )
 
-    for n, i in enumerate(live):
-        for j in live[n + 1 :]:
-            if find(i) == find(j):
-                continue  # already joined: the answer cannot change the clusters
-            if answers_equivalent(items[i], items[j], mode, timeout_s=timeout_s, symmetric=True):
-                parent[max(find(i), find(j))] = min(find(i), find(j))
-    groups: dict[int, list[int]] = {}
-    for i in live:
-        groups.setdefault(find(i), []).append(i)
-    return sorted(groups.values(), key=lambda c: c[0])
+    clusters: list[list[int]] = []
+    for norm in sorted(groups, key=lambda n: (-len(groups[n]), n)):
+        homes = [c for c in clusters if fits(groups[norm], c)]
+        if homes:
+            max(homes, key=len).extend(groups[norm])  # max keeps the first of equal sizes
+        else:
+            clusters.append(list(groups[norm]))
+    return sorted((sorted(c) for c in clusters), key=lambda c: c[0])

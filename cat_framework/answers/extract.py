@@ -8,16 +8,21 @@ The *level* (``fallback``) decides what counts as committing to an answer:
   "the correct answer (or solution) is X"; or a response that is nothing but one number;
 - ``"number"``: also any bare LaTeX or last number/expression in the text.
 
-References use at most ``"phrase"`` (a reference that commits to nothing is no reference);
-rollouts may use ``"number"``.
+References use at most ``"phrase"`` (a reference that commits to nothing is no reference).
+Rollouts are read at ``"phrase"`` by the ``programmatic`` reward and the voting and selecting
+aggregators unless a pipeline names ``"number"``, the lenient reading (see docs/concepts.md).
 
 Once the level admits a text, math-verify reads it (boxes and phrases only below ``"number"``),
 so several boxes (``\\boxed{2} and \\boxed{5}`` is the set {2, 5}), a "final answer is" after
-intermediate boxes, decimal commas and thousands separators follow math-verify's rules. The
-answer's string is the raw box content when math-verify read exactly that one box, else
-math-verify's own span. Where math-verify reads nothing (``\\boxed{Evelyn}``, "the answer is
-blue"), a strict hand-written fallback gives the last box, the ``####`` line or the phrase's
-text; the ``"number"`` level never guesses beyond math-verify.
+intermediate boxes and thousands separators follow math-verify's rules. A comma between digits
+has one reading per answer: in a box or ``$...$`` (and in a bare answer string, which reads as
+its box did) math-verify's LaTeX reading, a list (``-2,1`` is {-2, 1}, as MATH writes roots)
+unless it separates thousands (``1,000``); in running text math-verify's number reading, a
+decimal comma (``the answer is 1,5`` is 1.5, and its string is ``1.5``). The answer's string is
+the raw box content when math-verify read exactly that one box, else math-verify's own span,
+so the string reads back to the answer's value. Where math-verify reads nothing
+(``\\boxed{Evelyn}``, "the answer is blue"), a strict hand-written fallback gives the last box,
+the ``####`` line or the phrase's text; the ``"number"`` level never guesses beyond math-verify.
 """
 
 from __future__ import annotations
@@ -41,8 +46,9 @@ _PHRASE = re.compile(
     r"\s*(?:is(?![\w'\u2019])|:)\s*:?\s*(\S[^\n]*)",
     re.IGNORECASE,
 )
-_THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
-_NUM = r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
+#: thousands separators as math-verify reads them (``1,000``; ``0,111`` is not: a leading zero)
+_THOUSANDS = re.compile(r"^-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?$")
+_NUM = r"-?(?:[1-9]\d{0,2}(?:,\d{3})+|\d+)(?:\.\d+)?"
 _NUMBER_THEN_WORDS = re.compile(rf"^\\?\$?\s*({_NUM})\s+[A-Za-z][A-Za-z ]*$")
 _LEADING_NUMBER = re.compile(rf"^\\?\$?\s*({_NUM})")
 _BARE_NUMBER = re.compile(rf"^\s*\$?\s*({_NUM})\s*\$?\s*\.?\s*$")

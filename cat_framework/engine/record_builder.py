@@ -21,8 +21,8 @@ def task_of(group: RolloutGroup) -> str:
 
 def graded_answer(text: str) -> str | None:
     """A rollout's answer as graded against gold (the lenient extraction of the ``single``
-    baseline and the programmatic reward's default: the committed answer, else the last
-    number)."""
+    baseline: the committed answer, else the last number; the programmatic reward reads
+    committed answers only unless a pipeline names ``fallback: number``)."""
     return extract_answer(text)
 
 

@@ -71,7 +71,9 @@ def with_trainer(path: Path, trainer: str) -> Path:
 def to_sft(path: Path) -> Path:
     """The test pipeline as ``mode: sft`` whose references pi_0 synthesizes (free-form)."""
     text = (
-        path.read_text().replace("mode: train", "mode: sft").replace("reward: programmatic\n", "")
+        path.read_text()
+        .replace("mode: train", "mode: sft")
+        .replace("reward: {name: programmatic, fallback: number}\n", "")
     )
     text = text.replace(
         "{name: majority, fallback: number}", "{name: synthesis, max_new_tokens: 12}"

@@ -60,7 +60,11 @@ PLUGIN = ("even-tokens", EvenTokensPlugin())
 def pipeline_file(tmp: Path, model: Path, data: Path, steps: int, mode: int) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     path = write_pipeline(tmp, model, data, ASYNC % (steps, mode))
-    path.write_text(path.read_text().replace("reward: programmatic", "reward: even_tokens"))
+    path.write_text(
+        path.read_text().replace(
+            "reward: {name: programmatic, fallback: number}", "reward: even_tokens"
+        )
+    )
     return path
 
 

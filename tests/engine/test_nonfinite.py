@@ -40,7 +40,11 @@ TRAINER = (
 def train_pipeline(tmp: Path, model: Path, data: Path, extra: str = "") -> Path:
     """4 steps whose every update moves the weights (the even-token reward always spreads)."""
     path = write_pipeline(tmp, model, data, TRAINER % extra)
-    path.write_text(path.read_text().replace("reward: programmatic", "reward: even_tokens"))
+    path.write_text(
+        path.read_text().replace(
+            "reward: {name: programmatic, fallback: number}", "reward: even_tokens"
+        )
+    )
     return path
 
 
@@ -118,9 +122,9 @@ def test_sft_skips_a_nan_step(monkeypatch, tmp_path, tiny_policy, toy_data):
     current = {"step": 0}
     update, logps = sft.sft_update, sft.completion_logps
 
-    def tracked(*args: Any) -> Any:
-        current["step"] = args[-1]
-        return update(*args)
+    def tracked(run: Any, pairs: Any, step: int, *rest: Any) -> Any:
+        current["step"] = step
+        return update(run, pairs, step, *rest)
 
     def poisoned(*args: Any, **kwargs: Any) -> Any:
         logp, ent = logps(*args, **kwargs)

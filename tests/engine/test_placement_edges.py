@@ -62,7 +62,7 @@ def uneven_pipeline(tmp_path, tiny_policy, gather: bool):
           eval: {jsonl}
         rollouts: {{n: 4, temperature: 1.0, max_new_tokens: 16, stop: [q, x, z, j, k, Q, X]}}
         aggregator: {{name: synthesis, max_new_tokens: 12}}
-        reward: programmatic
+        reward: {{name: programmatic, fallback: number}}
         eval: {{limit: 3}}
         trainer: {{steps: 2, prompts_per_step: 2, micro_batch_size: 4, learning_rate: 0.01,
                    beta: 0.01, eval_before: true, fsdp_gather_for_generation: {str(gather).lower()},
@@ -128,7 +128,7 @@ def test_lockstep_sft_with_a_process_that_has_no_prompt(tmp_path, tiny_policy):
         work.mkdir()
         path = write_pipeline(work, tiny_policy, data, trainer)
         text = path.read_text().replace("mode: train", "mode: sft")
-        text = text.replace("reward: programmatic\n", "").replace(
+        text = text.replace("reward: {name: programmatic, fallback: number}\n", "").replace(
             "{name: majority, fallback: number}", "{name: synthesis, max_new_tokens: 12}"
         )
         path.write_text(text.replace("{dataset: jsonl,", "{dataset: jsonl, task: freeform,"))

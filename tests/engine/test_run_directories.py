@@ -164,7 +164,7 @@ def tiny_eval_yaml(model: Path, data: Path, mode: str = "evaluate", trainer: str
         {train if mode == "train" else ""}
         rollouts: {{n: 3, temperature: 1.0, max_new_tokens: 6}}
         aggregator: {{name: majority, fallback: number}}
-        reward: programmatic
+        reward: {{name: programmatic, fallback: number}}
         eval:
           aggregators: [single, {{name: synthesis, max_new_tokens: 6}}]
           batch_size: 2

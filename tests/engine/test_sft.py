@@ -26,7 +26,9 @@ def sft_pipeline(tmp, model, data, trainer=SFT):
         )
     )
     eval_data = f'  eval: {{dataset: jsonl, path: "{data}", answer_field: answer, id_field: id}}'
-    text = text.replace("data:\n", f"data:\n{eval_data}\n").replace("reward: programmatic\n", "")
+    text = text.replace("data:\n", f"data:\n{eval_data}\n").replace(
+        "reward: {name: programmatic, fallback: number}\n", ""
+    )
     # freeform: a tiny random model's math references commit to no answer, which is no reference
     text = text.replace("  train: {dataset: jsonl,", "  train: {dataset: jsonl, task: freeform,")
     path.write_text(text + "eval: {aggregators: [single], limit: 2, bootstrap: 10}\n")

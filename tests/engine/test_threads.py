@@ -215,7 +215,7 @@ def test_the_environment_and_the_pipeline_win_in_every_mode(
     assert (event["source"], event["torch"]) == ("env", torch.get_num_threads())
 
     sft = path.read_text().replace("mode: train", "mode: sft") + "threads: 1\n"
-    path.write_text(sft.replace("reward: programmatic\n", ""))
+    path.write_text(sft.replace("reward: {name: programmatic, fallback: number}\n", ""))
     clean_env.setenv("OMP_NUM_THREADS", "2")
     run(path, tmp_path / "pipeline")
     (event,) = thread_events(tmp_path / "pipeline")

@@ -36,9 +36,10 @@ def write_pipeline(tmp: Path, model: Path, data: Path, trainer: str, extra: str 
         data:
           train: {{dataset: jsonl, path: "{data}", answer_field: answer, id_field: id}}
         rollouts: {{n: 4, temperature: 1.0, max_new_tokens: 10}}
-        # a tiny random model commits to no answer: its last numbers vote (a signal to train on)
+        # a tiny random model commits to no answer: its last numbers vote and are rewarded
+        # (a signal to train on)
         aggregator: {{name: majority, fallback: number}}
-        reward: programmatic
+        reward: {{name: programmatic, fallback: number}}
         trainer: {trainer}
         """)
         + extra

@@ -38,7 +38,7 @@ def test_two_steps_with_vllm_rollouts(tmp_path, async_rollouts):
           train: {dataset: gsm8k, split: test, limit: 4}
         rollouts: {n: 4, temperature: 1.0, max_new_tokens: 32}
         aggregator: {name: majority, fallback: number}
-        reward: programmatic
+        reward: {name: programmatic, fallback: number}
         trainer:
           steps: 2
           prompts_per_step: 2

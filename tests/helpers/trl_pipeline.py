@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-MAJORITY = "aggregator: {name: majority, fallback: number}\nreward: programmatic\n"
+MAJORITY = (
+    "aggregator: {name: majority, fallback: number}\n"
+    "reward: {name: programmatic, fallback: number}\n"
+)
 SYNTHESIS = "aggregator: {name: synthesis, max_new_tokens: 16}\nreward: programmatic\n"
 
 

@@ -25,7 +25,7 @@ data:
   train: {dataset: jsonl, path: data.jsonl, answer_field: answer}
 rollouts: {n: 2, temperature: 1.0, max_new_tokens: 6}
 aggregator: {name: majority, fallback: number}
-reward: programmatic
+reward: {name: programmatic, fallback: number}
 trainer: {steps: 2, prompts_per_step: 2, learning_rate: 0.01, save_every: 1, async_rollouts: 1}
 """
 DATA = "".join(

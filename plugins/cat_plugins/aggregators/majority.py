@@ -35,7 +35,9 @@ class MajorityAggregator(Aggregator):
 
     Answers are extracted from every rollout and clustered by equivalence that holds both ways
     (math-verify is asymmetric: with a cluster's first member as gold, two orders of the same
-    rollouts could elect different winners). The largest cluster wins; a tie goes to the
+    rollouts could elect different winners) between *every* two members of a cluster, so no
+    answer chains two different values into one cluster
+    (:func:`~cat_framework.answers.cluster_answers`). The largest cluster wins; a tie goes to the
     cluster whose smallest normalised answer sorts first, and the reference is the member with
     the smallest (normalised answer, answer, text): permuting the rollouts never changes the
     reference. Rollouts without a committed answer do not vote; if none has one, the reference

@@ -62,8 +62,10 @@ def in_context(messages: Sequence[Message], answers: Sequence[str]) -> list[dict
 
 
 class MutualPredictabilityAggregator(Aggregator):
-    """The rollout with the lowest mean token NLL when the other rollouts precede it in context
-    (mutual predictability, Wen et al. 2025; a CaT selection baseline)."""
+    """The rollout the others make most predictable (mutual predictability, Wen et al. 2025).
+
+    Each rollout is scored last, after the other rollouts in context; the lowest mean token NLL
+    wins (a CaT selection baseline: the module docstring has the paper's definition)."""
 
     name = "mutual_predictability"
 

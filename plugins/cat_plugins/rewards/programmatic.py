@@ -25,10 +25,12 @@ class ProgrammaticParams(ComponentParams):
         "boxed-string match after light normalisation).",
     )
     fallback: Literal["none", "phrase", "number"] = Field(
-        "number",
-        description="What counts as a rollout's answer: none (\\boxed{} or '#### n' only), phrase "
-        "(also 'the final answer is X'), or number (also the last number or expression). The "
-        "reference text never goes beyond phrase: a reference must commit to its answer.",
+        "phrase",
+        description="What counts as a rollout's answer: phrase (default: a committed answer, the "
+        "paper's level: \\boxed{}, '#### n', 'the final answer is X' or a response that is only "
+        "a number), none (\\boxed{} or '#### n' only) or number (also the last number or "
+        "expression anywhere: lenient, TTRL-style, an explicit choice; a number met along the way "
+        "then counts). The reference text never goes beyond phrase: a reference must commit.",
     )
 
 
@@ -38,6 +40,12 @@ def _reference_level(fallback: Fallback) -> Fallback:
 
 class ProgrammaticReward(RewardDeriver):
     """1.0 when a rollout's final answer is equivalent to the reference's, else 0.0 (math only).
+
+    The paper's reward is ``1[boxed(o) == boxed(s)]``: only a rollout's committed final answer
+    counts, so rollouts are read at ``phrase`` by default. At ``number`` (named in a pipeline), a
+    rollout that never commits is graded by its last number ("... got 12 along the way" scores
+    1 against 12): a reward for stopping on the right number, which a small model that seldom
+    boxes may need for any signal at all (the quickstart names it).
 
     The reference's answer is ``reference.answer`` when set (an aggregator chose it), else the
     answer its text *commits* to: a box, ``#### n`` or an explicit "final answer is X", never its

@@ -100,6 +100,34 @@ def test_equivalence_for_votes_is_symmetric() -> None:
     assert [v["count"] for v in ref.details["votes"]] == [1, 1]
 
 
+CHAIN = (  # issue 22: the bare "1,2" was read as 1.2 and as {1, 2}, and linked both
+    ("\\boxed{1.2}",) * 2 + ("\\boxed{1,2}",) + ("\\boxed{\\{1,2\\}}",) * 2 + ("\\boxed{7}",) * 3
+)
+
+
+def test_an_ambiguous_answer_chains_no_values_together() -> None:
+    """Before: one 5-vote cluster (1.2 + 1,2 + {1,2}) beat 7 with 3 votes."""
+    ref = vote(*CHAIN)
+    assert ref.details["votes"] == [
+        {"answer": "1,2", "count": 3, "members": [2, 3, 4]},
+        {"answer": "7", "count": 3, "members": [5, 6, 7]},
+        {"answer": "1.2", "count": 2, "members": [0, 1]},
+    ]
+    assert ref.details["tie"] is True
+    without_one_set = vote(*CHAIN[:4], *CHAIN[5:])  # before: 4 votes beat 7's 3
+    assert (without_one_set.answer, without_one_set.details["tie"]) == ("7", False)
+
+
+def test_no_chain_in_any_rollout_order() -> None:
+    import itertools
+
+    texts = (*CHAIN[:4], *CHAIN[5:])
+    for order in itertools.islice(itertools.permutations(range(len(texts))), 0, None, 89):
+        ref = vote(*(texts[i] for i in order))
+        assert ref.answer == "7", order
+        assert sorted(v["count"] for v in ref.details["votes"]) == [2, 2, 3], order
+
+
 def test_rollouts_without_answers_do_not_vote() -> None:
     ref = vote("I give up", "\\boxed{4}", "", "hmm", fallback="none")
     assert (ref.answer, ref.details["index"]) == ("4", 1)

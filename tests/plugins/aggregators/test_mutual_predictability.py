@@ -125,7 +125,7 @@ def test_in_context_keeps_system_first_and_roles_alternating():
         {"role": "user", "content": "U2"},
     ]
     ctx = in_context(messages, ["x", "y"])
-    assert [m["role"] for m in ctx] == ["system"] + ["user", "assistant"] * 6 + ["user"]
+    assert [m["role"] for m in ctx] == ["system"] + ["user", "assistant"] * 5 + ["user"]
     assert [m["content"] for m in ctx if m["role"] == "assistant"] == ["A1", "x", "A1", "y", "A1"]
     assert in_context(messages, []) == messages  # G = 1: nothing in context (minPPL)
 

@@ -91,8 +91,8 @@ def test_reference_commits_with_a_box_gsm8k_line_or_final_answer_phrase() -> Non
     g = group("The answer is 12.", "it is 12", "\\boxed{3}")
     for text in ("so \\boxed{12}", "#### 12", "The final answer is $12$.", "The answer is 12."):
         ref = Reference(text=text, method="synthesis")
-        assert derive(g, ref).values == (1.0, 1.0, 0.0), text  # rollouts: last number allowed
-        assert derive(g, ref, fallback="phrase").values == (1.0, 0.0, 0.0), text
+        assert derive(g, ref).values == (1.0, 0.0, 0.0), text  # "it is 12" commits to nothing
+        assert derive(g, ref, fallback="number").values == (1.0, 1.0, 0.0), text
 
 
 def test_final_answer_after_intermediate_boxes() -> None:
@@ -108,7 +108,8 @@ def test_final_answer_after_intermediate_boxes() -> None:
     [
         ("so \\boxed{2} and \\boxed{5}", "\\{2, 5\\}", 1.0),  # several boxes: one set
         ("so \\boxed{2} and \\boxed{5}", "5", 0.0),
-        ("The answer is 1,22.", "1.22", 1.0),  # a decimal comma is not the set {1, 22}
+        ("The answer is 1,22.", "1.22", 1.0),  # a decimal comma in prose is not {1, 22}
+        ("The answer is 1,22.", "1,22", 0.0),  # ... and so not the bare (list) answer 1,22
         ("\\boxed{32, 349}", "32, 349", 1.0),
         ("\\boxed{32349}", "32, 349", 0.0),  # a list is not a thousands separator
     ],
@@ -121,11 +122,69 @@ def test_multiple_boxes_and_commas(rollout: str, reference: str, expected: float
 def test_fallback_applies_to_rollouts() -> None:
     g = group("The answer is 12.", "it is 12")
     ref = Reference(text="\\boxed{12}", method="synthesis")
-    assert derive(g, ref).values == (1.0, 1.0)  # default "number"
-    phrase = derive(g, ref, fallback="phrase")
+    phrase = derive(g, ref)  # default "phrase"
     assert phrase.values == (1.0, 0.0)
     assert phrase.details[1]["answer"] is None
+    assert derive(g, ref, fallback="number").values == (1.0, 1.0)
     assert derive(g, ref, fallback="none").values == (0.0, 0.0)
+
+
+ALONG_THE_WAY = "Adding the first two terms I got 12 along the way, then I ran out of time."
+
+
+def test_a_number_met_along_the_way_is_no_answer() -> None:
+    """Issue 22 item 1: the paper rewards ``1[boxed(o) == boxed(s)]``. Before, the default
+    ``number`` reading gave this rollout, which never commits, 1.0 against a reference of 12."""
+    g = group(ALONG_THE_WAY, "so \\boxed{12}", "The final answer is 12.")
+    for ref in (
+        Reference(text="so \\boxed{12}", method="synthesis"),
+        Reference(text="", method="majority", answer="12"),
+    ):
+        rewards = derive(g, ref)
+        assert rewards.values == (0.0, 1.0, 1.0)
+        assert rewards.details[0]["answer"] is None
+        assert derive(g, ref, fallback="none").values == (0.0, 1.0, 0.0)
+        lenient = derive(g, ref, fallback="number")  # the lenient reading, named explicitly
+        assert lenient.values == (1.0, 1.0, 1.0)
+        assert lenient.details[0]["answer"] == "12"
+
+
+@pytest.mark.parametrize(
+    ("name", "level"),
+    [("math500_cat_rl", "phrase"), ("math500_ttrl_majority", "phrase"), ("quickstart", "number")],
+)
+def test_shipped_pipelines_name_how_rollouts_are_read(name: str, level: str) -> None:
+    """The paper pipelines grade committed answers; the quickstart names its lenient reading."""
+    from pathlib import Path
+
+    from cat_framework.pipeline import load_pipeline
+
+    repo = Path(__file__).resolve().parents[3]
+    path = repo / "pipelines" / f"{name}.yaml"
+    reward = load_pipeline(path, plugins=load_plugins(entry_points=False)).component("reward")
+    assert reward is not None and reward.params.fallback == level
+    assert f"fallback: {level}" in path.read_text() or name == "math500_ttrl_majority"
+
+
+@pytest.mark.parametrize(
+    ("rollout", "reference", "expected"),
+    [
+        ("\\boxed{1.2}", "1,2", 0.0),  # before: 1.0, the bare 1,2 was also read as 1.2
+        ("\\boxed{-2.1}", "-2,1", 0.0),  # MATH's roots -2,1 are not the decimal -2.1
+        ("\\boxed{-2,1}", "-2,1", 1.0),
+        ("\\boxed{1, -2}", "-2,1", 1.0),  # a set: any order
+        ("\\boxed{\\{1,2\\}}", "1,2", 1.0),
+        ("\\boxed{1,000}", "1000", 1.0),  # three digits after the comma: thousands
+    ],
+)
+def test_a_bare_comma_reference_has_one_reading(
+    rollout: str, reference: str, expected: float
+) -> None:
+    """Issue 22 item 2: a bare reference ``1,2`` reads as it does in a box, the list {1, 2}."""
+    ref = Reference(text="", method="majority", answer=reference)
+    assert derive(group(rollout), ref).values == (expected,)
+    (string,) = derive(group(rollout), ref, mode="string").values
+    assert string is not None and string <= expected  # string mode accepts no more
 
 
 def test_batches_align_groups_and_references() -> None:
