@@ -148,6 +148,21 @@ def step_diagnostics(records: Sequence[RunRecord], task: str) -> dict[str, Any]:
     return {**reference_diagnostics(records, task=task), **reward_diagnostics(records)}
 
 
+def teacher_metrics(records: Sequence[RunRecord], task: str) -> dict[str, float]:
+    """What a training step logs about its teacher: the reference diagnostics (rates with
+    counts) and how often the reference matched gold, where prompts carry it (audit only, like
+    TTRL's label accuracy). Our trainer and the TRL adapter log the same."""
+    out = dict(step_diagnostics(records, task))
+    judged = [
+        rec.reference.correct
+        for rec in records
+        if rec.reference is not None and rec.reference.correct is not None
+    ]
+    if judged:
+        out["reference/accuracy"] = sum(judged) / len(judged)
+    return out
+
+
 __all__ = [
     "majority_answer",
     "pearson",
@@ -155,4 +170,5 @@ __all__ = [
     "reward_diagnostics",
     "same_answer",
     "step_diagnostics",
+    "teacher_metrics",
 ]

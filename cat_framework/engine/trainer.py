@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from cat_framework.engine.accelerator import gather_records
-from cat_framework.engine.diagnostics import step_diagnostics
+from cat_framework.engine.diagnostics import teacher_metrics
 from cat_framework.engine.evaluate import PeriodicEval
 from cat_framework.engine.grpo_step import GRPOStep
 from cat_framework.engine.placement import needs_frozen_copy, training_roles
@@ -70,7 +70,8 @@ def _steps(
             assert planned is not None
             out = step_fn(*planned, step)
             records = gather_records(acc, out.records)
-            metrics = {"step": step, **out.metrics, **teacher_metrics(records, task)}
+            teacher = teacher_metrics(parse_records(records, "step records"), task)
+            metrics = {"step": step, **out.metrics, **teacher}
             if evaluator is not None and tc.eval_every and step % tc.eval_every == 0:
                 metrics.update(evaluator.everywhere(step, acc, run.placement.settle))
             run.finish_step(step, metrics, records, tc.steps)
@@ -79,19 +80,4 @@ def _steps(
     return last
 
 
-def teacher_metrics(rows: list[dict[str, Any]], task: str) -> dict[str, float]:
-    """The step's reference diagnostics (rates with counts) and how often the reference
-    matched gold (audit only, like TTRL's label accuracy)."""
-    records = parse_records(rows, "step records")
-    out = step_diagnostics(records, task)
-    judged = [
-        rec.reference.correct
-        for rec in records
-        if rec.reference is not None and rec.reference.correct is not None
-    ]
-    if judged:
-        out["reference/accuracy"] = sum(judged) / len(judged)
-    return out
-
-
-__all__ = ["run_train", "teacher_metrics"]
+__all__ = ["run_train"]

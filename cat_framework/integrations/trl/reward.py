@@ -18,12 +18,13 @@ from types import TracebackType
 from typing import Any
 
 from cat_framework.components import Roles
+from cat_framework.engine.diagnostics import teacher_metrics
 from cat_framework.engine.record_builder import build_record
 from cat_framework.engine.teacher import Teacher, TeacherOutput
 from cat_framework.errors import CatError, cut_message
 from cat_framework.integrations.trl.groups import check_layout, to_groups
 from cat_framework.integrations.trl.roles import trl_roles
-from cat_framework.integrations.trl.run_dir import TeacherRunDir, teacher_metrics
+from cat_framework.integrations.trl.run_dir import TeacherRunDir
 from cat_framework.pipeline import Pipeline, load_pipeline
 from cat_framework.pipeline.build import BackendPool, build_component
 from cat_framework.plugins import Plugins

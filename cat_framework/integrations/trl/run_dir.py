@@ -14,13 +14,12 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from cat_framework.engine.diagnostics import step_diagnostics
+from cat_framework.engine.diagnostics import teacher_metrics
 from cat_framework.engine.files import (
     append_jsonl,
     atomic_write_json,
@@ -30,7 +29,7 @@ from cat_framework.engine.files import (
 from cat_framework.engine.main_decides import main_decides
 from cat_framework.errors import CatError
 from cat_framework.pipeline import Pipeline
-from cat_framework.records import RunRecord, check_schema, parse_records
+from cat_framework.records import check_schema, parse_records
 from cat_framework.rundir import (
     MARKER,
     check_name_lengths,
@@ -46,20 +45,6 @@ from cat_framework.version import __version__
 def is_main_process() -> bool:
     """Rank 0, or no launcher."""
     return os.environ.get("RANK", "0") == "0"
-
-
-def teacher_metrics(records: Sequence[RunRecord], task: str) -> dict[str, float]:
-    """What our trainer logs about its teacher at a step: the reference diagnostics and, with
-    gold answers, how often the reference matched them (audit only)."""
-    out = dict(step_diagnostics(records, task))
-    judged = [
-        rec.reference.correct
-        for rec in records
-        if rec.reference is not None and rec.reference.correct is not None
-    ]
-    if judged:
-        out["reference/accuracy"] = sum(judged) / len(judged)
-    return out
 
 
 class TeacherRunDir:
@@ -145,4 +130,4 @@ def _gather(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(gather_object(rows))
 
 
-__all__ = ["TeacherRunDir", "is_main_process", "teacher_metrics"]
+__all__ = ["TeacherRunDir", "is_main_process"]
