@@ -186,6 +186,28 @@ def test_a_call_scores_logs_and_records(tmp_path, tiny_policy):
     assert run.metrics[0]["reference/no_answer/count"] == 1.0
 
 
+def test_an_evaluation_call_is_scored_but_not_recorded_as_a_step(tmp_path, tiny_policy):
+    """TRL calls reward functions during evaluation too (its model in eval mode): the scores
+    go to TRL's eval metrics, and no training step is written."""
+
+    class Trainer:  # what the adapter reads of TRL's trainer: its model's mode
+        model = SimpleNamespace(training=False)
+        logged: dict[str, float] = {}
+
+        def _log_metric(self, key: str, value: float) -> None:
+            self.logged[key] = value
+
+    pipeline = write_pipeline(tmp_path, tiny_policy, MAJORITY)
+    trainer = Trainer()
+    with teacher_reward(pipeline, num_generations=2, run_dir=tmp_path / "run") as r:
+        scores = r(
+            [chat("1+1?")] * 2, [said("2"), said("2")], [[1], [2]], prompt_id=["a", "a"],
+            trainer_state=SimpleNamespace(global_step=0), log_metric=trainer._log_metric,
+        )  # fmt: skip
+    assert scores == [1.0, 1.0] and "reference/no_answer" in trainer.logged
+    assert read_records(tmp_path / "run" / "records.jsonl") == []
+
+
 def test_the_run_dir_is_new_or_resumed(tmp_path, tiny_policy):
     pipeline = write_pipeline(tmp_path, tiny_policy, MAJORITY)
     run_dir = tmp_path / "run"

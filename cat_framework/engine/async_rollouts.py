@@ -32,6 +32,7 @@ import torch
 
 from cat_framework.components import Backend
 from cat_framework.engine.checkpoint import Checkpoint, load_extra
+from cat_framework.engine.checkpoint_check import FLAG_SLOTS
 from cat_framework.engine.teacher import explore
 from cat_framework.errors import CatError
 from cat_framework.pipeline.schema import Rollouts
@@ -41,6 +42,7 @@ log = structlog.get_logger("cat_framework.async_rollouts")
 
 #: the checkpoint slot holding each process's rollouts sampled ahead (pending-rollouts-<i>.json)
 SLOT = "pending-rollouts"
+FLAG_SLOTS["pending_rollouts"] = SLOT  # how checkpoints before the generic slots marked it
 
 #: what a step needs to sample: its prompts and their seeds (None: no such step)
 Plan = Callable[[int], "tuple[Sequence[Prompt], Sequence[int]] | None"]

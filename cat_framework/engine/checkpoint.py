@@ -44,6 +44,7 @@ from cat_framework.engine.checkpoint_check import (
     OPTIMIZER,
     PREFIX,
     SCHEDULER,
+    SLOT_NAME,
     STATE,
     WEIGHTS,
     Checkpoint,
@@ -191,6 +192,9 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     save_state(tmp / rng_file(accelerator.process_index), rng_state())
+    for name in extra or {}:  # a bad name would make every later resume skip this checkpoint
+        if not SLOT_NAME.fullmatch(name):
+            raise ValueError(f"checkpoint slot name {name!r} must match {SLOT_NAME.pattern}")
     for name, data in (extra or {}).items():
         atomic_write_json(tmp / extra_file(name, accelerator.process_index), data)
     sharded = layout.sharded

@@ -40,6 +40,11 @@ MAX_PROCESSES = 65_536
 #: what an extra slot may be called (it names files inside the checkpoint)
 SLOT_NAME = re.compile(r"[a-z][a-z0-9-]{0,63}")
 
+#: slots an older version marked with a boolean in ``state.json`` instead of naming them in
+#: ``"extra"`` (``{flag: slot}``; each slot's owner adds its own): such a checkpoint resumes
+#: with that slot, its files checked like any other's
+FLAG_SLOTS: dict[str, str] = {}
+
 #: a slot's content check: what is wrong with it (None: nothing)
 SlotCheck = Callable[[Any], "str | None"]
 
@@ -118,6 +123,13 @@ def _read_state(path: Path) -> dict[str, Any]:
         raise InvalidCheckpoint(
             f"{STATE}: 'sharded' is {reprlib.repr(state['sharded'])}, not a boolean"
         )
+    for flag, slot in FLAG_SLOTS.items():
+        if flag in state and type(state[flag]) is not bool:
+            raise InvalidCheckpoint(
+                f"{STATE}: {flag!r} is {reprlib.repr(state[flag])}, not a boolean"
+            )
+        if state.get(flag) and "extra" not in state:
+            state["extra"] = [slot]
     extra = state.get("extra", [])
     if not isinstance(extra, list) or not all(
         isinstance(n, str) and SLOT_NAME.fullmatch(n) for n in extra
@@ -244,6 +256,7 @@ def load_extra(ckpt: Checkpoint, name: str, process_index: int) -> tuple[Any, Pa
 
 __all__ = [
     "CHECKPOINTS",
+    "FLAG_SLOTS",
     "Checkpoint",
     "InvalidCheckpoint",
     "SlotCheck",

@@ -31,6 +31,7 @@ from cat_framework.engine.sequences import (
 )
 from cat_framework.engine.teacher import Teacher, TeacherOutput
 from cat_framework.engine.update import Rows, Updater, micro_batches
+from cat_framework.errors import CatError
 from cat_framework.pipeline.schema import Rollouts, Trainer
 from cat_framework.types import Prompt, RolloutGroup
 
@@ -159,22 +160,21 @@ class GRPOStep:
             with self.placement.reference() as ref:
                 ref_logp = self._logps(ref, batch)
         task = rows.rewards.to(dev)
-        penalty = None  # beta x the sequence KL, subtracted from the task reward
+        penalized = None  # the task reward minus beta x the sequence KL
         if cfg.beta > 0 and cfg.kl_in == "reward":
             assert ref_logp is not None
             cur = self._logps(self.placement.model, batch)
             penalized = grpo.kl_penalized_rewards(task, cur, ref_logp, mask, cfg.beta)
-            penalty = task - penalized
             metrics["reward/kl_penalized_mean"] = float(self._gather(penalized).nanmean())
             metrics["kl/only_signal_groups"] = grpo.kl_only_signal_share(
                 self._gather(task), self._gather(penalized), self.rollouts.n
             )
         teacher_rewards = self._gather(task)  # metrics: before any KL penalty
-        adv = self._advantages(task, penalty)
+        adv = self._advantages(task, penalized)
         # importance weights: for an engine's log-prob mismatch, and for stale rollouts
         engine = self.placement.pushes_weights and cfg.vllm_importance_sampling
         correct = sampled.off_policy or engine or sampled.staleness > 0
-        weigh = correct and rows.engine_logp is not None
+        weigh = correct and self._everyone_aligned(rows, sampled)
         old_logp = is_ref = None
         if cfg.num_iterations > 1 or correct:
             old_logp, is_ref = self._old_logps(batch, weigh)
@@ -183,19 +183,35 @@ class GRPOStep:
             assert is_ref is not None and rows.engine_logp is not None
             engine_logp = rows.engine_logp.to(dev)
             is_w = grpo.importance_weights(is_ref, engine_logp, cfg.importance_cap)
-            raw = torch.exp(is_ref - engine_logp)
+            raw = torch.where(mask > 0, torch.exp(is_ref - engine_logp), 0.0)  # no inf * 0
             metrics.update(self._token_means(mask, raw=raw, capped=(raw > cfg.importance_cap)))
         return Tensors(
             rows, batch, mask, adv, old_logp, ref_logp, is_w, teacher_rewards, metrics
         )  # fmt: skip
 
-    def _advantages(self, task: torch.Tensor, penalty: torch.Tensor | None) -> torch.Tensor:
+    def _everyone_aligned(self, rows: TrainingRows, sampled: Sampled) -> bool:
+        """Whether every process has the sampler's log-probs of every trained token: the
+        importance weights (and their collectives) are computed on all processes or on none.
+        Stale rollouts cannot be trained without them: every process stops alike."""
+        missing = self._global_sum(0.0 if rows.engine_logp is not None else 1.0)
+        if missing and sampled.off_policy:
+            raise CatError(
+                f"trainer.async_rollouts: backend {self.placement.sampler.name!r} did not return "
+                "one log-prob per sampled token on every process, so stale rollouts cannot be "
+                "importance-weighted: use a backend that reports them, or set "
+                "trainer.async_rollouts: 0"
+            )
+        return missing == 0
+
+    def _advantages(self, task: torch.Tensor, penalized: torch.Tensor | None) -> torch.Tensor:
         """Group advantages of the (KL-penalised) rewards; with ``trainer.kl_in_group_std:
         false`` the KL penalty stays out of the group normalisation: the task reward's group
         advantage minus the penalty's deviation from its group mean (an unscorable row keeps 0)."""
-        if penalty is None or self.cfg.kl_in_group_std:
-            return self._normalised(task if penalty is None else task - penalty)
-        return grpo.kl_outside_std(self._normalised(task), task, penalty, self.rollouts.n)
+        if penalized is None:
+            return self._normalised(task)
+        if self.cfg.kl_in_group_std:
+            return self._normalised(penalized)
+        return grpo.kl_outside_std(self._normalised(task), task, task - penalized, self.rollouts.n)
 
     def _normalised(self, rewards: torch.Tensor) -> torch.Tensor:
         g = self.rollouts.n

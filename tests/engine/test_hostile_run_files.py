@@ -162,6 +162,22 @@ def test_a_hostile_cat_state_falls_back(tmp_path, structure, reason):
     falls_back(tmp_path, f"optimizer.safetensors: its {reason}")
 
 
+def test_a_checkpoint_marked_the_old_way_keeps_its_pending_rollouts(tmp_path):
+    """Before the generic slots, state.json said ``"pending_rollouts": true``: such a checkpoint
+    still resumes with its rollouts sampled ahead (same file), checked like any slot."""
+    import cat_framework.engine.async_rollouts  # noqa: F401  (registers its old flag)
+
+    path = save(tmp_path, 1, make_training())
+    edit_state(path, pending_rollouts=True)
+    (path / "pending-rollouts-0.json").write_text(json.dumps({"step": 2}))
+    ckpt = check_checkpoint(path)
+    assert ckpt.extra == ["pending-rollouts"]
+    assert load_extra(ckpt, "pending-rollouts", 0)[0] == {"step": 2}
+    (path / "pending-rollouts-0.json").unlink()
+    with pytest.raises(CatError, match="pending-rollouts-0.json is missing"):
+        check_checkpoint(path)
+
+
 def test_deeply_nested_pending_rollouts_fall_back(tmp_path):
     training = make_training()
     for step in (1, 2):

@@ -39,6 +39,14 @@ DEFAULT_NAME = "cat_teacher"
 _TRL_KWARGS = ("trainer_state", "log_metric", "log_extra", "environments")
 
 
+def _evaluating(log_metric: Any) -> bool:
+    """Whether TRL calls the reward for an evaluation: ``log_metric`` is the trainer's bound
+    ``_log_metric``, and the trainer's model is in eval mode then. An evaluation's scores go to
+    TRL's eval metrics; they are not training steps, so the run folder does not record them."""
+    model = getattr(getattr(log_metric, "__self__", None), "model", None)
+    return model is not None and not getattr(model, "training", True)
+
+
 class TeacherReward:
     """A TRL reward function: ``reward(prompts, completions, completion_ids, **columns)`` ->
     one reward per completion, ``None`` where the teacher could not score it.
@@ -94,7 +102,7 @@ class TeacherReward:
         ]
         self.last = (groups, out)
         self._log(records, out, trl)
-        if self.run_dir is not None:
+        if self.run_dir is not None and not _evaluating(trl.get("log_metric")):
             rows = [r.to_dict() for r in records]
             self.run_dir.append(step, rows, self.task, out.timings)
         return [v for r in out.rewards for v in r.values]
