@@ -174,7 +174,7 @@ def test_a_checkpoint_marked_the_old_way_keeps_its_pending_rollouts(tmp_path):
     assert ckpt.extra == ["pending-rollouts"]
     assert load_extra(ckpt, "pending-rollouts", 0)[0] == {"step": 2}
     (path / "pending-rollouts-0.json").unlink()
-    with pytest.raises(CatError, match="pending-rollouts-0.json is missing"):
+    with pytest.raises(CatError, match=r"pending-rollouts-0\.json is missing"):
         check_checkpoint(path)
 
 
