@@ -82,7 +82,8 @@ def test_healthbench_physician_rubrics(tmp_path):
         # 30 real conversations committed under tests/data: no download in tests
         "--set", f"data.eval.path={HEALTHBENCH_SLICE}",
         "--set", "rollouts.max_new_tokens=48",
-        "--set", "eval.aggregators.1.max_new_tokens=48",
+        # synthesis alone (the single baseline would double the judge calls)
+        "--set", "eval.aggregators=[{name: synthesis, template: freeform, max_new_tokens: 48}]",
         "--set", "eval.scorer.judge_max_new_tokens=48",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
