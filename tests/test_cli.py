@@ -89,6 +89,20 @@ def test_validate_refuses_a_placement_the_trainer_would_refuse(tmp_path):
     assert "Traceback" not in res.stderr
 
 
+def test_validate_refuses_lora_on_the_shards(tmp_path):
+    """``fsdp_gather_for_generation: false`` only means something under FSDP2: validate checks
+    it as a sharded run would, before any launch."""
+    path = tmp_path / "shards.yaml"
+    path.write_text(
+        "name: shards\nmode: train\nmodels: {policy: default}\n"
+        "data: {train: {dataset: gsm8k, limit: 4}}\naggregator: single\nreward: programmatic\n"
+        "trainer: {fsdp_gather_for_generation: false, lora: {r: 4}}\n"
+    )
+    res = cli("validate", str(path))
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "fsdp_gather_for_generation: false does not support trainer.lora" in res.stderr
+
+
 def test_validate_many_files_exit_code(tmp_path):
     good = REPO / "pipelines" / "quickstart.yaml"
     bad = tmp_path / "bad.yaml"

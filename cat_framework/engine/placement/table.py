@@ -159,8 +159,12 @@ def choose(pipeline: Pipeline, plugins: Plugins, launch: Launch) -> Choice:
 
 
 def check_placement(pipeline: Pipeline, plugins: Plugins) -> None:
-    """What ``validate`` can know without a launch: the refusals of a one-process run."""
+    """What ``validate`` can know without a launch: the refusals of a one-process run, and,
+    when the pipeline asks to generate on FSDP2 shards (a setting that only means something
+    under FSDP2), those of a sharded one."""
     choose(pipeline, plugins, Launch())
+    if not pipeline.config.trainer.fsdp_gather_for_generation:
+        choose(pipeline, plugins, Launch(sharded=True, processes=2))
 
 
 def pi0_generates(pipeline: Pipeline) -> bool:
