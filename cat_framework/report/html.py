@@ -293,14 +293,14 @@ def files_section(run: RunData) -> str:
         f'<tr><td><code>{esc(p)}</code></td><td class="num">{_size(n)}</td></tr>'
         for p, n in run.files
     )
-    ckpts = sorted(
-        {
-            p.split("/")[1]
-            for p, _ in run.files
-            if p.startswith("checkpoints/") and p.count("/") >= 2
-        }
-    )
+    folders = {
+        p.split("/")[1] for p, _ in run.files if p.startswith("checkpoints/") and p.count("/") >= 2
+    }
+    ckpts = sorted(f for f in folders if f.startswith("step-"))
+    best = sorted(f for f in folders if f.startswith("best-"))  # CaT-SFT's lowest validation loss
     note = f"<p>{len(ckpts)} checkpoint(s): {esc(', '.join(ckpts))}</p>" if ckpts else ""
+    if best:
+        note += f"<p>best weights (lowest validation loss): {esc(', '.join(best))}</p>"
     return f'{note}<div class="scroll"><table>{rows}</table></div>'
 
 

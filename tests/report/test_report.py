@@ -110,6 +110,18 @@ def test_train_report_plots_rubric_verdicts_and_eval_table(train_run):
     assert "rubric fallback" in page  # a warning from the log
 
 
+def test_best_weights_are_not_counted_as_checkpoints(tmp_path):
+    """CaT-SFT keeps its lowest-validation-loss weights beside the checkpoints: they are named
+    as what they are, not counted as a checkpoint to resume from."""
+    run = make_train_run(tmp_path / "run")
+    best = run / "checkpoints" / "best-000003"
+    best.mkdir(parents=True)
+    (best / "trainable.safetensors").write_bytes(b"x")
+    page = render_report(run)
+    assert "1 checkpoint(s): step-000008" in page
+    assert "best weights (lowest validation loss): best-000003" in page
+
+
 def test_train_records_are_sampled_across_steps(train_run):
     run = load_run(train_run, max_prompts=6, max_steps=3)
     assert run.n_records == 24 and run.record_steps == list(range(1, 13))
