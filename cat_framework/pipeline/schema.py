@@ -16,7 +16,6 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from cat_framework.confine import MAX_NAME_BYTES
-from cat_framework.engine.grpo_losses import LossType  # noqa: F401
 from cat_framework.pipeline.specs import (  # noqa: F401  (re-exported)
     _NOT_PLAIN,
     MAX_BATCH,

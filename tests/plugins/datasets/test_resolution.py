@@ -1,6 +1,6 @@
 """Where a dataset's file comes from: ``path:``, ``$CAT_DATA_DIR``, the package, the cache.
 
-Issue 11: a user with only the package (no ``../shared`` beside a checkout) must get MATH-500 and
+Issue 11: a user with only the package (no research folder beside a checkout) must get MATH-500 and
 GSM8K test from any folder, and the product must never name this repository's surroundings.
 """
 
@@ -106,6 +106,13 @@ def test_data_dir_copy_wins_over_the_package(
 # ------------------------------------------------------------------- the product's own words
 
 
+#: the name of the folder of research notes and benchmark data beside the developers' checkout:
+#: users do not have it, so neither the product nor a test may read it (written once, here, and
+#: only to check that nothing names it)
+NEIGHBOUR = "shared"
+NAMES_IT = rf"\.\./{NEIGHBOUR}|{NEIGHBOUR}/(data|research)"
+
+
 def test_no_product_file_names_the_shared_folder() -> None:
     offenders = []
     for root in (REPO / "cat_framework", REPO / "plugins" / "cat_plugins"):
@@ -113,7 +120,7 @@ def test_no_product_file_names_the_shared_folder() -> None:
             if path.suffix not in {".py", ".md", ".txt", ".yaml"} or "__pycache__" in path.parts:
                 continue
             text = path.read_text(encoding="utf-8")
-            if re.search(r"\.\./shared|shared/data|shared/research", text):
+            if re.search(NAMES_IT, text):
                 offenders.append(str(path.relative_to(REPO)))
     assert not offenders
 
@@ -122,8 +129,8 @@ def test_no_test_reads_the_shared_folder() -> None:
     """Issue 21: the tests pass from a clone alone; what they read ships with the package or
     lies under tests/data (this file names the folder only to check that nothing guesses it)."""
     shared = re.compile(
-        r"\.\./shared|shared/(data|research)|(REPO|parent|\]|DIR|ROOT)\s*/\s*\"shared\""
-        r"|\"shared\"\s*/\s*\"(data|research)\""
+        rf"{NAMES_IT}|(REPO|parent|\]|DIR|ROOT)\s*/\s*\"{NEIGHBOUR}\""
+        rf"|\"{NEIGHBOUR}\"\s*/\s*\"(data|research)\""
     )
     offenders = []
     for root in (REPO / "tests", *(REPO / "plugins").glob("*/tests")):
@@ -136,9 +143,9 @@ def test_no_test_reads_the_shared_folder() -> None:
     assert not offenders
     # the regex catches the forms these tests used before
     for old in (
-        'DATA = Path(__file__).resolve().parents[4] / "shared" / "data"',
-        'SHARED_DATA = REPO.parent / "shared" / "data"',
-        '"--set", "data.eval.path=../shared/data/healthbench/x.jsonl"',
+        f'DATA = Path(__file__).resolve().parents[4] / "{NEIGHBOUR}" / "data"',
+        f'SHARED_DATA = REPO.parent / "{NEIGHBOUR}" / "data"',
+        f'"--set", "data.eval.path=../{NEIGHBOUR}/data/healthbench/x.jsonl"',
     ):
         assert shared.search(old), old
 
@@ -146,10 +153,10 @@ def test_no_test_reads_the_shared_folder() -> None:
 def test_data_dir_is_the_env_var_or_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "shared" / "data").mkdir(parents=True)
+    (tmp_path / NEIGHBOUR / "data").mkdir(parents=True)
     (tmp_path / "work" / "data").mkdir(parents=True)
     monkeypatch.chdir(tmp_path / "work")
-    assert data_dir() is None  # neither ../shared/data nor ./data is guessed
+    assert data_dir() is None  # neither the research folder's data nor ./data is guessed
     monkeypatch.setenv("CAT_DATA_DIR", str(tmp_path / "chosen"))
     assert data_dir() == tmp_path / "chosen"  # returned even though it does not exist
 
@@ -176,7 +183,7 @@ def test_offline_without_cache_says_what_to_download_and_where(tmp_path: Path) -
     assert str(tmp_path / "cache" / "data" / "gsm8k" / "train.jsonl") in message
     assert "CAT_OFFLINE=1" in message
     assert "`path:`" in message and "CAT_DATA_DIR" in message
-    assert "shared" not in message
+    assert NEIGHBOUR not in message
 
 
 def test_missing_explicit_path_lists_every_place_tried(
