@@ -298,12 +298,17 @@ class GRPOStep:
 
     # ------------------------------------------------------------------ helpers
     @torch.no_grad()
-    def _logps(self, model: torch.nn.Module, batch: TokenBatch, **kw: Any) -> Any:
+    def _logps(
+        self,
+        model: torch.nn.Module,
+        batch: TokenBatch,
+        temperature: float | None = None,
+        support: Support | None = None,
+    ) -> Any:
         """No gradient, micro-batch by micro-batch: the completion log-probs ``[B, C]`` (at
         ``temperature``, default the sampling one), or with ``support`` the pair (full, on
         support)."""
-        support = kw.get("support")
-        temperature = kw.get("temperature", self.temperature)
+        temperature = self.temperature if temperature is None else temperature
         outs: list[torch.Tensor] = []
         for s in micro_batches(batch, self.cfg.micro_batch_size):
             mb, chunk = batch.rows(s), self.cfg.logprob_chunk

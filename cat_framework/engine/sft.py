@@ -91,7 +91,7 @@ def run_sft(
         )
         per_epoch = math.ceil(len(pairs) / tc.prompts_per_step)
         total = min(tc.steps, tc.sft_epochs * per_epoch)
-        start = run.prepare(total, ("metrics.jsonl",))
+        start = run.prepare(total, ("metrics.jsonl",), sample_next=False)
         val = SftValidation(run, held, per_epoch, total, tc.sft_loss) if held else None
         with run.placement.update():  # the sampler gets the result when training is done
             end = _steps(run, pairs, start, total, per_epoch, val)

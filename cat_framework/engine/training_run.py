@@ -88,10 +88,12 @@ class TrainingRun:
         return [self.prompts[i] for _, i in mine], seeds
 
     # ------------------------------------------------------------------ start, resume
-    def prepare(self, total_steps: int, files: tuple[str, ...]) -> int:
+    def prepare(self, total_steps: int, files: tuple[str, ...], sample_next: bool = True) -> int:
         """Optimizer and schedule for ``total_steps`` updates, the accelerator's wrapping, and
         the resume: returns the last step already done (0 for a fresh run). ``files``: the run
-        files whose lines after the checkpoint are dropped."""
+        files whose lines after the checkpoint are dropped. ``sample_next: False`` (``sft``:
+        nothing samples until training ends, when the sampler gets the weights anyway): the
+        restored weights are not pushed to the sampler at a resume."""
         tc = self.cfg.trainer
         model = self.placement.model
         optimizer, scheduler = make_optimizer(model, self.pipeline, total_steps)
@@ -111,7 +113,8 @@ class TrainingRun:
             ckpt, model, optimizer, scheduler, self.acc.process_index,
             self.placement.checkpoint_layout,
         )  # fmt: skip
-        self.placement.resume(ckpt)
+        if sample_next:
+            self.placement.resume(ckpt)
         self.resumed_state = dict(ckpt.state)
         log.info("resumed", step=ckpt.step, checkpoint=str(ckpt.path))
         return ckpt.step

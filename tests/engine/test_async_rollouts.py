@@ -335,3 +335,27 @@ def test_bad_pending_numbers_fall_back_to_the_older_checkpoint(tmp_path, tiny_po
     assert "pending-rollouts-0.json: group 0, rollout 0: log-prob 'NaN'" in log
     assert "resuming from an older checkpoint" in log
     assert (tmp_path / "cut" / "final").exists()
+
+
+def test_a_sampler_without_log_probs_stops_one_step_off_sampling(
+    monkeypatch, tmp_path, tiny_policy, toy_data
+):
+    """Stale rollouts cannot be importance-weighted without the sampler's log-probs: the run
+    stops with what to do (decided on every process alike), never trains on them uncorrected."""
+    import dataclasses
+
+    from cat_plugins.backends.transformers_backend import TransformersBackend
+
+    generate = TransformersBackend.generate
+
+    def without_log_probs(self: Any, requests: Any) -> Any:
+        return [
+            [dataclasses.replace(c, logprobs=None) for c in cs] for cs in generate(self, requests)
+        ]
+
+    monkeypatch.setattr(TransformersBackend, "generate", without_log_probs)
+    pipeline = pipeline_file(tmp_path, tiny_policy, toy_data, 2, 1)
+    with pytest.raises(
+        CatError, match=r"did not return one log-prob per sampled token(?s:.*)async_rollouts: 0"
+    ):
+        run(pipeline, tmp_path / "run", PLUGIN)

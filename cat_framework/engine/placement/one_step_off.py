@@ -14,7 +14,6 @@ import torch
 from cat_framework.engine.async_rollouts import SLOT, Plan, RolloutsAhead, pending_values
 from cat_framework.engine.checkpoint import Checkpoint, SlotCheck
 from cat_framework.engine.placement.contract import Placement, Sampled
-from cat_framework.errors import CatError
 from cat_framework.types import Prompt
 
 
@@ -42,13 +41,9 @@ class OneStepOff(Placement):
         return self.inner.model.get_input_embeddings().num_embeddings
 
     def sample(self, step: int, prompts: Sequence[Prompt], seeds: Sequence[int]) -> Sampled:
+        # rollouts without the sampler's log-probs are refused by the step, on every process
+        # alike (``GRPOStep._everyone_aligned``): one process must not stop alone here
         taken = self.ahead.take(step, prompts, seeds)
-        if any(c.logprobs is None for g in taken.groups for c in g.rollouts):
-            raise CatError(  # the same rollouts' kind on every process: all stop alike
-                f"trainer.async_rollouts: backend {self.inner.sampler.name!r} returned no "
-                "log-probs for its rollouts, so stale rollouts cannot be importance-weighted: "
-                "use a backend that reports them, or set trainer.async_rollouts: 0"
-            )
         metrics = {
             "time/rollouts_sampling": taken.sample_seconds,
             "rollouts/staleness": float(taken.staleness),
