@@ -19,12 +19,12 @@ from typing import Any
 
 import yaml
 
+from cat_framework.engine.checkpoint import truncate_jsonl
 from cat_framework.engine.diagnostics import teacher_metrics
 from cat_framework.engine.files import (
     append_jsonl,
     atomic_write_json,
     atomic_write_text,
-    rewrite_jsonl,
 )
 from cat_framework.engine.main_decides import main_decides
 from cat_framework.errors import CatError
@@ -100,16 +100,10 @@ class TeacherRunDir:
         self._trimmed = True
 
     def _drop_from(self, step: int) -> None:
-        """Drop the lines of ``step`` and later: TRL redoes them after its checkpoint."""
-
-        def keep(row: dict[str, Any]) -> bool:
-            value = row.get("step", 0)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise CatError(f"'step' is {value!r}, not an integer")
-            return value < step
-
-        rewrite_jsonl(self.path / "records.jsonl", lambda r: bool(check_schema(r)) and keep(r))
-        rewrite_jsonl(self.path / "metrics.jsonl", keep)
+        """Drop the lines of ``step`` and later: TRL redoes them after its checkpoint (a record
+        of a newer schema is refused, never kept and appended to)."""
+        truncate_jsonl(self.path / "records.jsonl", step - 1, check_schema)
+        truncate_jsonl(self.path / "metrics.jsonl", step - 1)
 
     def finish(self, status: str, error: str | None = None) -> None:
         """``status.json``: how the run ended (main process only)."""
