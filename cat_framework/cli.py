@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from cat_framework.engine.process_group import leave_process_group
 from cat_framework.errors import CatError, cut_message
 from cat_framework.logs import configure_logging
 from cat_framework.scrub import scrub
@@ -267,6 +268,14 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning user-facing errors into one message and an exit code."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or os.environ.get("CAT_DEBUG") == "1"
+    try:
+        _run(args, debug)
+    finally:
+        leave_process_group()  # a gloo group left to the exit-time destructor may abort
+
+
+def _run(args: list[str], debug: bool) -> None:
+    """The command, each way out turned into a message and an exit code."""
     try:
         cli.main(args=args, prog_name="cat-framework", standalone_mode=False)
     except click.exceptions.Exit as exc:

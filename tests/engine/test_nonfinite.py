@@ -170,6 +170,7 @@ WORKER = textwrap.dedent("""\
     import torch
     from accelerate import Accelerator
     from cat_framework.engine.finite import NonfiniteGuard
+    from cat_framework.engine.process_group import leave_process_group
 
     acc = Accelerator(cpu=True)
     model = torch.nn.Linear(2, 1)
@@ -182,6 +183,7 @@ WORKER = textwrap.dedent("""\
     decisions.append(guard.allow(True, model.parameters(), "step 2"))
     with open(os.path.join(sys.argv[1], f"{acc.process_index}.json"), "w") as f:
         json.dump(decisions, f)
+    leave_process_group()  # as the CLI does on its way out
     """)
 
 

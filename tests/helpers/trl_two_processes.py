@@ -16,6 +16,7 @@ import torch
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
+from cat_framework.engine.process_group import leave_process_group
 from cat_framework.integrations.trl import teacher_reward
 
 
@@ -38,6 +39,7 @@ def main(layout: str, pipeline: str, model: str, out: str) -> None:
             model=model, reward_funcs=reward, args=config, train_dataset=Dataset.from_list(rows)
         )
         trainer.train()
+    leave_process_group()  # a gloo group left to the exit-time destructor may abort
 
 
 if __name__ == "__main__":
