@@ -58,7 +58,7 @@ models:
   policy: {policy}
   anchor: policy
 data:
-  train: {{dataset: arithmetic, split: train, count: 64}}
+  train: {{dataset: arithmetic, split: train}}
 rollouts: {{n: {g}, temperature: 0.7, max_new_tokens: {tokens}}}
 aggregator: {{name: majority, fallback: number}}
 reward: {{name: programmatic, fallback: number}}

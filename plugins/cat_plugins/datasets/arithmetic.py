@@ -6,8 +6,9 @@ single integer answer and difficulty knobs (digits, number of operations, word p
 distractor sentences), so a default can sit where single-sample accuracy is 20-60 %: the regime
 in which reference estimators differ and CaT-RL can raise accuracy. Generation is pure Python and
 deterministic: the same ``seed`` and ``split`` always give the same problems. ``train`` and
-``test`` are independent streams; at the easiest settings there are only ~100 distinct problems,
-so they repeat within and across splits. The gold answer is for evaluation only.
+``test`` are disjoint and never repeat a problem (``arithmetic_space.py``): the easiest setting
+holds only 116 problems in all, so asking a split for more than it has is an error, never a
+silent repeat. The gold answer is for evaluation only.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from cat_framework import ComponentParams, Dataset, Prompt
+from cat_framework.errors import ConfigError
+from cat_plugins.datasets.arithmetic_space import Problem, Space, problems, split_size
 
 #: short: the answer fits in tens of tokens, and the reference must commit to a box
 DEFAULT_INSTRUCTION = "Give only the final number, in \\boxed{}."
@@ -30,8 +33,8 @@ STEPS = {
     "-": ("{who} gives away {n}.", "{who} loses {n}.", "{who} sells {n}."),
     "*": ("Then the number of {item} is multiplied by {n}.",),
 }
-#: seed offsets that keep the splits disjoint for a given ``seed``
-SPLIT_STREAM = {"train": 1, "test": 2}
+#: problems per split when ``count`` is not given (fewer when the split holds fewer)
+DEFAULT_COUNT = 500
 
 
 class ArithmeticParams(ComponentParams):
@@ -44,11 +47,22 @@ class ArithmeticParams(ComponentParams):
 
     split: Literal["train", "test"] = Field(
         "test",
-        description="Independent seeded streams (a repeat across them is possible but rare).",
+        description="Disjoint by construction: each computation (e.g. '7 - 3') belongs to one "
+        "split, by a hash of it, for every seed, difficulty and style.",
     )
-    count: int = Field(500, ge=1, le=100_000, description="How many problems to generate.")
+    count: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description=f"How many distinct problems; default: all of the split's, at most "
+        f"{DEFAULT_COUNT}. More than the split holds is an error (docs/datasets.md gives the "
+        "number per difficulty).",
+    )
     digits: int = Field(
-        1, ge=1, le=6, description="Digits of the starting number and of +/- operands."
+        1, ge=1, le=6, description="Digits of the starting number (and of +/- operands by default)."
+    )
+    operand_digits: int | None = Field(
+        None, ge=1, le=6, description="Digits of each +/- operand; default: digits."
     )
     operations: int = Field(1, ge=1, le=6, description="Operations after the starting number.")
     multiply: bool = Field(
@@ -79,41 +93,27 @@ class ArithmeticParams(ComponentParams):
     )
 
 
-def make_problem(rng: random.Random, p: ArithmeticParams) -> tuple[str, int]:
-    """One problem and its integer answer; the running total never goes negative."""
+def render(problem: Problem, rng: random.Random, p: ArithmeticParams) -> str:
+    """The question: the bare computation, or a short story around it (names, items,
+    sentence templates and distractors drawn from ``rng``; the computation is unchanged)."""
+    if p.style == "expression":
+        return f"What is {problem.expression}?"
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    lo, hi = 10 ** (p.digits - 1) if p.digits > 1 else 1, 10**p.digits - 1
-    total = rng.randint(max(lo, 2), hi)
-    sentences = [f"{name} has {total} {item}."]
-    expression = str(total)
-    for _ in range(p.operations):
-        ops = ["+", "-"] + (["*"] if p.multiply else [])
-        op = rng.choice(ops)
-        if op == "-" and total <= 1:
-            op = "+"
-        if op == "*":
-            n = rng.randint(2, 9)
-            total *= n
-        elif op == "-":
-            n = rng.randint(min(lo, total), min(hi, total))
-            total -= n
-        else:
-            n = rng.randint(lo, hi)
-            total += n
+    sentences = [f"{name} has {problem.start} {item}."]
+    for op, n in problem.steps:
         sentences.append(rng.choice(STEPS[op]).format(who=name, n=n, item=item))
-        if op == "*":
-            expression = f"({expression}) * {n}" if " " in expression else f"{expression} * {n}"
-        else:
-            expression = f"{expression} {op} {n}"
     others = [x for x in NAMES if x != name]
-    for _ in range(p.distractors if p.style == "word" else 0):
+    lo, hi = 10 ** (p.digits - 1) if p.digits > 1 else 1, 10**p.digits - 1
+    for _ in range(p.distractors):
         other, thing = rng.choice(others), rng.choice([x for x in ITEMS if x != item])
         at = rng.randint(1, len(sentences))
         sentences.insert(at, f"{other} has {rng.randint(lo, hi)} {thing}.")
-    question = " ".join(sentences) + f" How many {item} does {name} have now?"
-    if p.style == "expression":
-        question = f"What is {expression}?"
-    return question, total
+    return " ".join(sentences) + f" How many {item} does {name} have now?"
+
+
+def space_of(p: ArithmeticParams) -> Space:
+    operand_digits = p.digits if p.operand_digits is None else p.operand_digits
+    return Space(p.digits, operand_digits, p.operations, p.multiply)
 
 
 class ArithmeticDataset(Dataset):
@@ -131,11 +131,22 @@ class ArithmeticDataset(Dataset):
 
     def load(self) -> list[Prompt]:
         p = self.params
-        rng = random.Random(p.seed * 10 + SPLIT_STREAM[p.split])
+        space = space_of(p)
+        count = p.count
+        if count is None:
+            available = split_size(space, p.split)
+            count = DEFAULT_COUNT if available is None else min(DEFAULT_COUNT, available)
+        if p.limit is not None:
+            count = min(count, p.limit)
+        rng = random.Random(p.seed)
+        try:
+            chosen = problems(space, p.split, count, rng)
+        except ValueError as exc:
+            raise ConfigError(f"dataset arithmetic: {exc}.") from None
         instruction = DEFAULT_INSTRUCTION if p.instruction is None else p.instruction
         prompts = []
-        for i in range(p.limit if p.limit is not None and p.limit < p.count else p.count):
-            question, answer = make_problem(rng, p)
+        for i, problem in enumerate(chosen):
+            question, answer = render(problem, rng, p), problem.answer
             content = f"{question}\n{instruction}" if instruction else question
             messages = [{"role": "user", "content": content}]
             if p.system_prompt:
