@@ -3,14 +3,19 @@
 Runs, one after another, in this process (pin it: ``OMP_NUM_THREADS=1 taskset -c 1``):
 
 1. test-time table (Fig. 6 analogue): single, majority, minPPL, Self-BoN and synthesis on the same
-   G rollouts, bootstrap CIs, reference diagnostics (``arithmetic_test_time.yaml``);
-2. training arms (Fig. 4 analogue), same seed and prompts: CaT-RL (synthesis), TTRL (majority)
-   and an oracle rewarded against gold labels (clearly an upper bound that uses labels); the
-   untrained arm is their step-0 evaluation;
-3. G-scaling (Fig. 7 analogue): majority and synthesis for each G.
+   G rollouts of each test problem, every estimator pair compared on the same problems
+   (McNemar exact, paired bootstrap, Holm) (``arithmetic_test_time.yaml``);
+2. training arms (Fig. 4 analogue), for each seed: CaT-RL (synthesis), TTRL (majority) and an
+   oracle rewarded against gold labels (clearly an upper bound that uses labels), all from the
+   same initial policy; the untrained arm is the CaT-RL run's step-0 evaluation. Every arm pair
+   is compared on the same held-out problems, pooled over seeds.
 
-Writes ``results.json`` (every number, with machine and wall times), ``results.md`` (the
-tables), ``compare.html`` (``cat-framework compare`` of all runs) and PNG plots to ``--out``.
+Training problems come from the ``train`` split (a different draw per seed), evaluation problems
+from ``test``: disjoint by construction, and checked here on the runs' own records
+(``data_check`` in the results: duplicates within each evaluation set, overlap with every
+question trained on). Writes ``results.json`` (every number, with machine and wall times),
+``results.md`` (the tables), ``outcomes/*.jsonl`` (every problem's outcome per estimator, arm
+and seed), ``compare.html`` (``cat-framework compare`` of all runs) and PNG plots to ``--out``.
 Results are written after every stage, so an interrupted run leaves what finished.
 ``--quick`` is a tiny configuration for CI (a few minutes on 2 cores), checked for structure
 only: its numbers mean nothing.
@@ -37,6 +42,17 @@ from cat_framework.runner import run_pipeline
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # its sibling module, when loaded by path (tests) as when run
+from cpu_paper_tables_outcomes import (  # noqa: E402
+    arm_pairs,
+    arm_table,
+    data_check,
+    estimator_pairs,
+    eval_outcomes,
+    test_time_outcomes,
+    trained_questions,
+    versus_majority,
+    write_jsonl,
+)
 from cpu_paper_tables_output import markdown, plots  # noqa: E402
 
 PIPELINES = HERE / "cpu_experiments"
@@ -45,19 +61,25 @@ ARMS = {"cat-rl": "arithmetic_cat_rl.yaml", "ttrl": "arithmetic_ttrl.yaml"}
 ARMS["oracle (gold labels)"] = "arithmetic_oracle.yaml"
 TEST_TIME = ["single", "majority", "minppl", "best_of_n", "synthesis"]
 
-#: the committed experiment, sized for ~90 minutes of a 2-core CPU (two processes, one core each)
+#: the untrained arm: the initial policy, evaluated as the CaT-RL run's step 0
+UNTRAINED = "untrained"
+
+#: the committed experiment: one-digit numbers, two operations ("What is 7 - 3 + 5?"), whose
+#: splits hold 876 (train) and 872 (test) distinct problems, disjoint by construction
 FULL = {
-    "test_time": {"problems": 200, "G": 8},
-    "g_scaling": {"problems": 40, "Gs": [1, 2, 4, 8, 16]},
-    "training": {"steps": 8, "eval_every": 4, "eval_problems": 40, "G": 4, "prompts_per_step": 4},
+    "difficulty": {"digits": 1, "operations": 2},
+    "test_time": {"problems": 300, "G": 8},
+    "training": {"seeds": [0, 1, 2], "steps": 12, "G": 4, "prompts_per_step": 4,
+                 "eval_problems": 100},
     "max_new_tokens": 64,
-}
+}  # fmt: skip
 QUICK = {
+    "difficulty": {"digits": 1, "operations": 2},
     "test_time": {"problems": 3, "G": 2},
-    "g_scaling": {"problems": 2, "Gs": [1, 2]},
-    "training": {"steps": 1, "eval_every": 1, "eval_problems": 2, "G": 2, "prompts_per_step": 2},
+    "training": {"seeds": [0, 1], "steps": 1, "G": 2, "prompts_per_step": 2,
+                 "eval_problems": 2},
     "max_new_tokens": 12,
-}
+}  # fmt: skip
 
 
 class GoldAggregator(Aggregator):
@@ -175,23 +197,6 @@ def test_time_numbers(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def training_numbers(run_dir: Path) -> dict[str, Any]:
-    """Held-out evaluation before (step 0) and after (last evaluation), per aggregator."""
-    rows = [r for r in load_run(run_dir, max_prompts=0).metrics if "eval/rollouts/accuracy" in r]
-    if not rows:
-        return {"evaluations": []}
-    labels = sorted({k.split("/")[1] for k in rows[0] if k.endswith("/score")})
-    evals = [
-        {
-            "step": int(r["step"]),
-            "rollout_accuracy": r.get("eval/rollouts/accuracy"),
-            **{label: cell(r, label) for label in labels},
-        }
-        for r in rows
-    ]
-    return {"before": evals[0], "after": evals[-1], "evaluations": evals}
-
-
 def write_outputs(out: Path, results: dict[str, Any], run_dirs: list[Path]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -203,12 +208,79 @@ def write_outputs(out: Path, results: dict[str, Any], run_dirs: list[Path]) -> N
     plots(out, results)
 
 
+def difficulty(cfg: dict[str, Any], section: str) -> list[str]:
+    return [f"data.{section}.{k}={v}" for k, v in cfg["difficulty"].items()]
+
+
+def test_time_stage(
+    plugins: Any, cfg: dict, args: Any, reuse: bool | str, results: dict
+) -> Path | None:
+    tt = cfg["test_time"]
+    overrides = [f"eval.limit={tt['problems']}", f"rollouts.n={tt['G']}",
+                 f"rollouts.max_new_tokens={cfg['max_new_tokens']}", *difficulty(cfg, "eval")]  # fmt: skip
+    d = run(plugins, "arithmetic_test_time.yaml", overrides, args.runs / "test-time", reuse)
+    if d is None:
+        results["missing"].append("test-time")
+        return None
+    outcomes = test_time_outcomes(d)
+    write_jsonl(args.out / "outcomes" / "test_time.jsonl", outcomes)
+    results["test_time"] = {
+        **test_time_numbers(d),
+        "pairs": estimator_pairs(outcomes, TEST_TIME),
+        "versus_majority": versus_majority(outcomes, TEST_TIME),
+    }
+    results["wall_s"]["test-time"] = run_wall(d)
+    return d
+
+
+def training_stage(
+    plugins: Any, cfg: dict, args: Any, reuse: bool | str, results: dict
+) -> list[Path]:
+    """Each seed: the three arms from the same initial policy; the untrained arm is the CaT-RL
+    run's step-0 evaluation. Training prompts differ by seed; the held-out problems do not."""
+    tc, dirs = cfg["training"], []
+    per_arm: dict[str, dict[int, list[dict[str, Any]]]] = {UNTRAINED: {}, **{a: {} for a in ARMS}}
+    rows: list[dict[str, Any]] = []
+    trained: set[str] = set()
+    for seed in tc["seeds"]:
+        for arm, pipeline in ARMS.items():
+            overrides = [
+                f"seed={seed}", f"data.train.seed={seed}", f"data.eval.limit={tc['eval_problems']}",
+                f"trainer.steps={tc['steps']}", f"trainer.eval_every={tc['steps']}",
+                f"trainer.eval_before={'true' if arm == 'cat-rl' else 'false'}",
+                f"rollouts.n={tc['G']}", f"trainer.prompts_per_step={tc['prompts_per_step']}",
+                f"rollouts.max_new_tokens={cfg['max_new_tokens']}",
+                *difficulty(cfg, "train"), *difficulty(cfg, "eval"),
+            ]  # fmt: skip
+            d = run(plugins, pipeline, overrides, args.runs / f"{arm.split()[0]}-seed{seed}", reuse)
+            if d is None:
+                results["missing"].append(f"training {arm} seed {seed}")
+                continue
+            dirs.append(d)
+            trained |= trained_questions(d)
+            results["wall_s"][f"training {arm} seed {seed}"] = run_wall(d)
+            evaluated = {arm: eval_outcomes(d, tc["steps"])}
+            if arm == "cat-rl":
+                evaluated[UNTRAINED] = eval_outcomes(d, 0)
+            for name, outcomes in evaluated.items():
+                per_arm[name][seed] = outcomes
+                rows += [{"arm": name, "seed": seed, **o} for o in outcomes]
+    write_jsonl(args.out / "outcomes" / "training.jsonl", rows)
+    per_arm = {a: s for a, s in per_arm.items() if s}
+    held_out = sorted(
+        {o["question"] for seeds in per_arm.values() for x in seeds.values() for o in x}
+    )
+    results["training"] = {"arms": arm_table(per_arm), "pairs": arm_pairs(per_arm)}
+    results["data_check"] = {"held_out": held_out, "trained": trained}
+    return dirs
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny CI configuration")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where results go")
     ap.add_argument("--runs", type=Path, default=Path("runs/cpu_paper_tables"), help="run dirs")
-    ap.add_argument("--stages", default="test-time,training,g-scaling", help="which, in order")
+    ap.add_argument("--stages", default="test-time,training", help="which, in order")
     ap.add_argument("--reuse", action="store_true", help="reuse completed run directories")
     ap.add_argument(
         "--collect", action="store_true", help="run nothing: tabulate the completed runs only"
@@ -216,98 +288,34 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    unknown = set(stages) - {"test-time", "training", "g-scaling"}
+    unknown = set(stages) - {"test-time", "training"}
     if unknown:
-        ap.error(f"--stages: unknown {sorted(unknown)}; use test-time, training, g-scaling")
+        ap.error(f"--stages: unknown {sorted(unknown)}; use test-time, training")
     plugins = load_plugins(extra=[("cpu_paper_tables", OraclePlugin())])
-    mnt = cfg["max_new_tokens"]
     results: dict[str, Any] = {
         "mode": "quick" if args.quick else "full",
         "settings": cfg,
         # --collect tabulates runs made earlier, maybe by other processes: not this one's threads
         "machine": {**machine(), "tabulated_only": True} if args.collect else machine(),
         "wall_s": {},
+        "missing": [],
         "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
     }
     run_dirs: list[Path] = []
     reuse: bool | str = "collect" if args.collect else args.reuse
-    missing: list[str] = results.setdefault("missing", [])
+    checked: dict[str, list[str]] = {}
+    trained: set[str] = set()
     for stage in stages:
         if stage == "test-time":
-            tt = cfg["test_time"]
-            d = run(
-                plugins,
-                "arithmetic_test_time.yaml",
-                [
-                    f"eval.limit={tt['problems']}",
-                    f"rollouts.n={tt['G']}",
-                    f"rollouts.max_new_tokens={mnt}",
-                ],
-                args.runs / "test-time",
-                reuse,
-            )
-            if d is None:
-                missing.append("test-time")
-                continue
-            results["test_time"] = test_time_numbers(d)
-            results["wall_s"]["test-time"] = run_wall(d)
-            run_dirs.append(d)
-        elif stage == "training":
-            tc = cfg["training"]
-            results["training"] = {}
-            for arm, pipeline in ARMS.items():
-                d = run(
-                    plugins,
-                    pipeline,
-                    [
-                        f"trainer.steps={tc['steps']}",
-                        f"trainer.eval_every={tc['eval_every']}",
-                        f"data.eval.limit={tc['eval_problems']}",
-                        f"rollouts.n={tc['G']}",
-                        f"trainer.prompts_per_step={tc['prompts_per_step']}",
-                        f"rollouts.max_new_tokens={mnt}",
-                    ],
-                    args.runs / arm.split()[0],
-                    reuse,
-                )
-                if d is None:
-                    missing.append(f"training {arm}")
-                    continue
-                results["training"][arm] = training_numbers(d)
+            d = test_time_stage(plugins, cfg, args, reuse, results)
+            if d is not None:
                 run_dirs.append(d)
-                results["wall_s"][f"training {arm}"] = run_wall(d)
-                write_outputs(args.out, results, run_dirs)
+                checked["test_time"] = [o["question"] for o in test_time_outcomes(d)]
         else:
-            gc = cfg["g_scaling"]
-            results["g_scaling"] = []
-            for g in gc["Gs"]:
-                d = run(
-                    plugins,
-                    "arithmetic_test_time.yaml",
-                    [
-                        f"eval.limit={gc['problems']}",
-                        f"rollouts.n={g}",
-                        f"rollouts.max_new_tokens={mnt}",
-                        f"output.run_name=g{g}",
-                        "eval.aggregators=[{name: majority, fallback: number}, {name: synthesis, max_new_tokens: 96}]",
-                    ],
-                    args.runs / f"g-scaling-G{g}",
-                    reuse,
-                )
-                if d is None:
-                    missing.append(f"g-scaling G={g}")
-                    continue
-                n = test_time_numbers(d)
-                results["g_scaling"].append(
-                    {
-                        "G": g,
-                        **n["estimators"],
-                        "rollout_accuracy": n["rollouts"].get("accuracy"),
-                        "read_at_number_level": n["estimators_read_at_number_level"],
-                    }
-                )
-                results["wall_s"][f"g-scaling G={g}"] = run_wall(d)
-                write_outputs(args.out, results, run_dirs)
+            run_dirs += training_stage(plugins, cfg, args, reuse, results)
+            found = results.pop("data_check")
+            checked["held_out"], trained = found["held_out"], found["trained"]
+        results["data_check"] = data_check(checked, trained)
         write_outputs(args.out, results, run_dirs)
     print(f"results: {args.out / 'results.json'}")
     return 0

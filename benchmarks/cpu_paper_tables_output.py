@@ -41,20 +41,16 @@ def markdown(r: dict[str, Any]) -> str:
             f"## Test-time CaT: {s['test_time']['problems']} problems, "
             f"G = {s['test_time']['G']} (95% bootstrap CI)",
             "",
-            "| estimator | accuracy [95% CI] | no answer | disagrees w/ majority | right when "
-            "disagreeing | right when all rollouts wrong |",
+            "| estimator | accuracy [95% CI] | no answer | differs from majority | right when "
+            "it differs | right when all rollouts wrong |",
             "|---|---|---|---|---|---|",
         ]
         for label, c in tt["estimators"].items():
-            d = tt["diagnostics"].get(label, {})
-
-            def rate(key: str, d: dict[str, Any] = d) -> str:
-                n, t = d.get(f"reference/{key}/count"), d.get(f"reference/{key}/total")
-                return f"{int(n)}/{int(t)}" if n is not None and t else "—"
-
+            v = tt["versus_majority"][label]
             lines.append(
-                f"| {label} | {_ci(c)} | {rate('no_answer')} | {rate('disagree_majority')} | "
-                f"{rate('correct_when_disagreeing')} | {rate('correct_when_all_wrong')} |"
+                f"| {label} | {_ci(c)} | {v['no_answer']}/{v['problems']} | "
+                f"{v['disagrees']}/{v['problems']} | {v['right_when_disagreeing']}/"
+                f"{v['disagrees']} | {v['right_when_all_wrong']}/{v['all_rollouts_wrong']} |"
             )
         lenient = tt.get("estimators_read_at_number_level") or {}
         if lenient:
@@ -72,87 +68,105 @@ def markdown(r: dict[str, Any]) -> str:
             f"{ro.get('pass_at_g', float('nan')):.3f}.",
             "",
         ]
+    tt_pairs = (tt or {}).get("pairs")
+    if tt_pairs:
+        lines += _estimator_pairs(tt_pairs)
     tr = r.get("training")
     if tr:
+        lines += _training(tr, s["training"])
+    dc = r.get("data_check")
+    if dc:
+        lines += ["## Data check (on the runs' own records)", ""]
         lines += [
-            f"## Training arms: {s['training']['steps']} GRPO steps, held-out "
-            f"{s['training']['eval_problems']} problems (95% bootstrap CI)",
-            "",
-            "| arm | single before | single after | majority before | majority after | "
-            "rollout acc. before | after |",
-            "|---|---|---|---|---|---|---|",
+            f"- {name}: {c['problems']} problems, {c['distinct']} distinct, "
+            f"{c['also_trained_on']} also trained on"
+            for name, c in dc.items()
+            if isinstance(c, dict)
         ]
-        for arm, t in tr.items():
-            b, a = t.get("before") or {}, t.get("after") or {}
-            acc = [x.get("rollout_accuracy") for x in (b, a)]
-            lines.append(
-                f"| {arm} | {_ci(b.get('single'))} | {_ci(a.get('single'))} | "
-                f"{_ci(b.get('majority'))} | {_ci(a.get('majority'))} | "
-                + " | ".join(f"{x:.3f}" if x is not None else "—" for x in acc)
-                + " |"
-            )
-        lines.append("")
-    gs = r.get("g_scaling")
-    if gs:
         lines += [
-            f"## G-scaling: {s['g_scaling']['problems']} problems",
+            f"- distinct questions trained on (all arms, all seeds): {dc['trained_distinct']}",
             "",
-            "| G | majority | synthesis | rollout accuracy | synthesis read at `number` "
-            "(post hoc) |",
-            "|---|---|---|---|---|",
         ]
-        for p in gs:
-            acc = p.get("rollout_accuracy")
-            post = (p.get("read_at_number_level") or {}).get("synthesis")
-            lines.append(
-                f"| {p['G']} | {_ci(p.get('majority'))} | {_ci(p.get('synthesis'))} | "
-                + (f"{acc:.3f}" if acc is not None else "—")
-                + f" | {_ci(post)} |"
-            )
-        lines.append("")
     return "\n".join(lines)
 
 
+def _p(x: float) -> str:
+    return f"{x:.3f}" if x >= 0.001 else "<0.001"
+
+
+def _estimator_pairs(pairs: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "### Every estimator pair on the same problems",
+        "",
+        "| A vs B | A - B [paired 95% CI] | A right only | B right only | McNemar p | Holm p |",
+        "|---|---|---|---|---|---|",
+    ]
+    for q in pairs:
+        lines.append(
+            f"| {q['a']} vs {q['b']} | {q['diff']:+.3f} [{q['ci_low']:+.3f}, {q['ci_high']:+.3f}] "
+            f"| {q['a_only']} | {q['b_only']} | {_p(q['p'])} | {_p(q['p_holm'])} |"
+        )
+    return [*lines, ""]
+
+
+def _training(tr: dict[str, Any], s: dict[str, Any]) -> list[str]:
+    seeds = s["seeds"]
+    lines = [
+        f"## Training arms: {s['steps']} GRPO steps x {s['prompts_per_step']} prompts x "
+        f"G = {s['G']}, seeds {', '.join(map(str, seeds))}; held-out {s['eval_problems']} "
+        "problems",
+        "",
+        "Accuracy per seed (95% bootstrap CI over problems) and the mean over seeds.",
+        "",
+        "| arm | measure | " + " | ".join(f"seed {x}" for x in seeds) + " | mean |",
+        "|---|---|" + "---|" * len(seeds) + "---|",
+    ]
+    for arm, t in tr["arms"].items():
+        for m in ("rollouts", "single", "majority"):
+            cells = [_ci(t["seeds"].get(x, t["seeds"].get(str(x), {})).get(m)) for x in seeds]
+            lines.append(f"| {arm} | {m} | " + " | ".join(cells) + f" | {t['mean'][m]:.3f} |")
+    lines += [
+        "",
+        "### Every arm pair on the same held-out problems, pooled over seeds",
+        "",
+        "Rollout accuracy: per problem, the share of its rollouts that were right, averaged "
+        "over seeds; paired bootstrap CI and sign-flip p. Majority: right/wrong per (problem, "
+        "seed); McNemar exact. Holm-adjusted within each column family.",
+        "",
+        "| A vs B | rollouts A - B [paired 95% CI] | p | Holm p | majority A - B | "
+        "A only / B only | McNemar p | Holm p |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for q in tr["pairs"]:
+        ro, mj = q["rollouts"], q["majority"]
+        lines.append(
+            f"| {q['a']} vs {q['b']} | {ro['diff']:+.3f} [{ro['ci_low']:+.3f}, "
+            f"{ro['ci_high']:+.3f}] | {_p(ro['p'])} | {_p(ro['p_holm'])} | {mj['diff']:+.3f} | "
+            f"{mj['a_only']} / {mj['b_only']} | {_p(mj['p'])} | {_p(mj['p_holm'])} |"
+        )
+    return [*lines, ""]
+
+
 def plots(out: Path, r: dict[str, Any]) -> None:
+    """Held-out accuracy per arm: each seed a dot, the mean a bar (one panel per measure)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    if r.get("g_scaling"):
-        fig = Figure(figsize=(5.5, 3.4), dpi=110, layout="constrained")
-        FigureCanvasAgg(fig)
-        ax = fig.subplots()
-        pts = r["g_scaling"]
-        gs = [p["G"] for p in pts]
-        for label, color in (("majority", "#f58518"), ("synthesis", "#4c78a8")):
-            ys = [p[label]["score"] for p in pts]
-            lo = [p[label]["ci_low"] for p in pts]
-            hi = [p[label]["ci_high"] for p in pts]
-            ax.plot(gs, ys, marker="o", color=color, label=label)
-            ax.fill_between(gs, lo, hi, color=color, alpha=0.15)
-        ax.plot(gs, [p["rollout_accuracy"] for p in pts], ":", color="#777", label="rollout acc.")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(gs, [str(g) for g in gs])
-        ax.set_xlabel("G (rollouts per problem)")
-        ax.set_ylabel("accuracy")
-        ax.legend(frameon=False, fontsize=8)
-        fig.savefig(out / "g_scaling.png")
-    if r.get("training"):
-        fig = Figure(figsize=(5.5, 3.4), dpi=110, layout="constrained")
-        FigureCanvasAgg(fig)
-        ax = fig.subplots()
-        for i, (arm, t) in enumerate(r["training"].items()):
-            ev = t.get("evaluations") or []
-            xs = [e["step"] for e in ev]
-            ax.plot(xs, [e["single"]["score"] for e in ev], marker="o", color=f"C{i}", label=arm)
-            ax.fill_between(
-                xs,
-                [e["single"]["ci_low"] for e in ev],
-                [e["single"]["ci_high"] for e in ev],
-                color=f"C{i}",
-                alpha=0.1,
-            )
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_xlabel("GRPO step")
-        ax.set_ylabel("held-out accuracy (single sample)")
-        ax.legend(frameon=False, fontsize=8)
-        fig.savefig(out / "training.png")
+    tr = r.get("training")
+    if not tr:
+        return
+    measures = ("rollouts", "single", "majority")
+    fig = Figure(figsize=(9, 3.2), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(measures), sharey=True)
+    arms = list(tr["arms"])
+    for ax, m in zip(axes, measures, strict=True):
+        for i, arm in enumerate(arms):
+            t = tr["arms"][arm]
+            ax.bar(i, t["mean"][m], color=f"C{i}", alpha=0.35)
+            ys = [v[m]["score"] for v in t["seeds"].values()]
+            ax.plot([i] * len(ys), ys, "o", color=f"C{i}", markersize=4)
+        ax.set_xticks(range(len(arms)), arms, rotation=20, fontsize=8)
+        ax.set_title(m if m != "rollouts" else "rollout accuracy", fontsize=9)
+    axes[0].set_ylabel("held-out accuracy")
+    fig.savefig(out / "training.png")

@@ -152,7 +152,14 @@ _set_option = click.option(
 @cli.command("validate")
 @click.argument("pipelines", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @_set_option
-def validate_cmd(pipelines: tuple[str, ...], overrides: tuple[str, ...]) -> None:
+@click.option(
+    "--data",
+    "check_data",
+    is_flag=True,
+    help="Also load the datasets (a hub one may download) and report duplicate questions and "
+    "train/eval overlap, as a run's start does; under data.disjoint: true overlap is an error.",
+)
+def validate_cmd(pipelines: tuple[str, ...], overrides: tuple[str, ...], check_data: bool) -> None:
     """Check PIPELINES (files or shipped names) without loading any model; exit 2 with every
     problem if one is invalid."""
     from cat_framework.pipeline import PipelineValidationError, load_pipeline
@@ -167,6 +174,7 @@ def validate_cmd(pipelines: tuple[str, ...], overrides: tuple[str, ...]) -> None
                 from cat_framework.engine.placement.table import check_placement
 
                 check_placement(pipeline, plugins)
+            found = _data_findings(pipeline) if check_data else ""
         except PipelineValidationError as exc:
             failed += 1
             click.echo(str(exc), err=True)
@@ -174,9 +182,21 @@ def validate_cmd(pipelines: tuple[str, ...], overrides: tuple[str, ...]) -> None
             failed += 1
             click.echo(f"{path}: {exc}", err=True)
         else:
-            click.echo(f"{path}: valid")
+            click.echo(f"{path}: valid{found}")
     if failed:
         sys.exit(2)
+
+
+def _data_findings(pipeline: Any) -> str:
+    """``validate --data``: the run's start data check, as one line's tail."""
+    from cat_framework.engine.data_check import check_run_data
+
+    report = check_run_data(pipeline, None)
+    parts = [f"data.{n}: {d.prompts} prompts, {d.duplicates} duplicates"
+             for n, d in report.splits.items()]  # fmt: skip
+    if report.overlap is not None:
+        parts.append(f"{report.overlap.in_train} eval questions in train")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 @cli.command("run")

@@ -81,6 +81,7 @@ RUN_FILES: tuple[str, ...] = (
     "metrics.jsonl",
     "status.json",
     "report.html",
+    "data.json",
 )
 RUN_FOLDERS: tuple[str, ...] = ("checkpoints", "eval", "final", "tensorboard")
 
@@ -98,6 +99,7 @@ RESUME_SAFE: tuple[str, ...] = (
     "trainer.nonfinite_stop_after",  # only how many skipped updates in a row end a run
     "eval.bootstrap",
     "eval.confidence",
+    "data.disjoint",  # only refuses a run, never changes one
 )
 #: extra keys safe to change when resuming ``mode: evaluate`` (seeds depend on prompt ids only)
 RESUME_SAFE_EVALUATE: tuple[str, ...] = ("eval.limit", "eval.batch_size")

@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 import yaml
 
+from cat_framework.engine.data_check import check_run_data
 from cat_framework.engine.files import atomic_write_json, atomic_write_text
 from cat_framework.engine.main_decides import main_decides
 from cat_framework.engine.threads import apply_thread_discipline, restore_threads
@@ -116,6 +117,7 @@ def run_pipeline(
     threads_before: int | None = None
     try:
         _, threads_before = apply_thread_discipline(pipeline)  # every mode, every process
+        check_run_data(pipeline, path, main=is_main_process())  # data.json; data.disjoint
         summary = {
             **summary,
             **runner(pipeline=pipeline, run_dir=path, plugins=plugins, resume=resume),

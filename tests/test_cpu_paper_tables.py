@@ -1,6 +1,8 @@
 """benchmarks/cpu_paper_tables.py --quick: every stage runs and its outputs have the promised
-structure (tables, CIs, G-scaling points, training arms, compare page, plots). The values of a
-tiny configuration mean nothing and are not checked."""
+structure (tables, CIs, paired tests, per-problem outcomes, the data check, training arms per
+seed, compare page, plots). The values of a tiny configuration mean nothing and are not checked;
+the committed experiment is checked with the same code, and its paired counts against its own
+committed per-problem outcomes."""
 
 from __future__ import annotations
 
@@ -43,33 +45,52 @@ def _check(results: dict, out: Path, quick: bool) -> None:
     cfg = bench.QUICK if quick else bench.FULL
     assert results["mode"] == ("quick" if quick else "full")
     assert results["machine"]["cpu"] and results["wall_s"]
-    left_out = set(results.get("missing", []))
     tt = results["test_time"]
     assert list(tt["estimators"]) == bench.TEST_TIME
     for label, c in tt["estimators"].items():
         assert c["n"] == cfg["test_time"]["problems"], label
         assert c["ci_low"] <= c["score"] <= c["ci_high"]
-        assert "reference/correct_when_all_wrong/total" in tt["diagnostics"][label]
+        v = tt["versus_majority"][label]
+        assert v["right_when_disagreeing"] <= v["disagrees"] <= v["problems"] == c["n"]
+    assert tt["versus_majority"]["majority"]["disagrees"] == 0  # the vote agrees with itself
+    n = len(bench.TEST_TIME)
+    assert len(tt["pairs"]) == n * (n - 1) // 2
+    assert all(q["p"] <= q["p_holm"] <= 1 for q in tt["pairs"])
+    outcomes = _jsonl(out / "outcomes" / "test_time.jsonl")
+    assert len(outcomes) == cfg["test_time"]["problems"]
+    for q in tt["pairs"]:  # the committed counts are those of the committed outcomes
+        a_only = sum(o["correct"][q["a"]] and not o["correct"][q["b"]] for o in outcomes)
+        assert a_only == q["a_only"], q
+    all_wrong = [o for o in outcomes if o["rollouts_correct"] == 0]
+    for label, v in tt["versus_majority"].items():
+        assert v["right_when_all_wrong"] == sum(o["correct"][label] for o in all_wrong)
+    checked = results["data_check"]
+    assert checked["test_time"]["also_trained_on"] == 0
+    assert checked["test_time"]["distinct"] == checked["test_time"]["problems"]
     if "training" in results:
-        arms = [a for a in bench.ARMS if f"training {a}" not in left_out]
-        assert list(results["training"]) == arms
-        for arm, t in results["training"].items():
-            assert t["before"]["step"] == 0, arm
-            assert [e["step"] for e in t["evaluations"]][-1] == t["after"]["step"]
-            assert {"single", "majority"} <= set(t["after"])
-    if "g_scaling" in results:
-        gs = [g for g in cfg["g_scaling"]["Gs"] if f"g-scaling G={g}" not in left_out]
-        assert [p["G"] for p in results["g_scaling"]] == gs
-        for p in results["g_scaling"]:
-            assert {"majority", "synthesis", "rollout_accuracy"} <= set(p)
+        tc = cfg["training"]
+        arms = [bench.UNTRAINED, *bench.ARMS]
+        assert list(results["training"]["arms"]) == arms
+        for arm, t in results["training"]["arms"].items():
+            assert sorted(int(x) for x in t["seeds"]) == tc["seeds"], arm
+            for measures in t["seeds"].values():
+                assert measures["single"]["n"] == tc["eval_problems"]
+        assert len(results["training"]["pairs"]) == len(arms) * (len(arms) - 1) // 2
+        rows = _jsonl(out / "outcomes" / "training.jsonl")
+        assert len(rows) == len(arms) * len(tc["seeds"]) * tc["eval_problems"]
+        assert checked["held_out"]["also_trained_on"] == 0
+        assert checked["trained_distinct"] >= tc["prompts_per_step"]
     md = (out / "results.md").read_text()
-    assert "## Test-time CaT" in md and md.count("\n| ") >= 1 + len(bench.TEST_TIME)
+    assert "## Test-time CaT" in md and "Every estimator pair" in md
     page = (out / "compare.html").read_text()
     assert '<table class="compare">' in page and "test-time" in page
-    for png in ["g_scaling.png"] * ("g_scaling" in results) + ["training.png"] * (
-        "training" in results
-    ):
-        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if "training" in results:
+        assert "Every arm pair" in md
+        assert (out / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.mark.slow
@@ -80,7 +101,7 @@ def test_quick_mode_writes_every_table(tmp_path):
     assert results["missing"] == []
     _check(results, out, quick=True)
     # --collect runs nothing: it tabulates the complete runs and names what is not
-    (tmp_path / "runs" / "ttrl" / "status.json").write_text('{"status": "failed"}')
+    (tmp_path / "runs" / "ttrl-seed1" / "status.json").write_text('{"status": "failed"}')
     again = tmp_path / "again"
     assert (
         _benchmark().main(
@@ -89,5 +110,5 @@ def test_quick_mode_writes_every_table(tmp_path):
         == 0
     )
     results = json.loads((again / "results.json").read_text())
-    assert results["missing"] == ["training ttrl"]
-    _check(results, again, quick=True)
+    assert results["missing"] == ["training ttrl seed 1"]
+    assert sorted(results["training"]["arms"]["ttrl"]["seeds"]) == ["0"]

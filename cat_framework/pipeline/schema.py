@@ -81,6 +81,12 @@ class Data(Strict):
     eval: DatasetSpec | None = Field(
         None, description="Prompts to evaluate on (evaluate, periodic)."
     )
+    disjoint: bool = Field(
+        False,
+        description="Refuse a run, before any model loads, when a data.eval question also "
+        "occurs in data.train (the same conversation, case and spacing aside). Either way "
+        "the run records duplicates and overlap in data.json (docs/datasets.md).",
+    )
 
     @field_validator("train", "eval", mode="before")
     @classmethod
