@@ -3,7 +3,7 @@
 ``write_report(run_dir)`` reads whatever the run left (``config.yaml``, ``log.jsonl``,
 ``metrics.json`` of ``mode: evaluate``, ``metrics.jsonl`` and ``records.jsonl`` of training runs,
 ``checkpoints/``) and writes a single HTML file with the config, plots of the metrics, the
-evaluation table with confidence intervals and a browsable sample of prompts (rollouts, the
+evaluation matrix (estimator x score, confidence interval, reference diagnostics) and a browsable sample of prompts (rollouts, the
 synthesized reference, the rubric and every verdict, disagreements highlighted). The page fetches
 nothing: CSS is inline, plots are PNG data URIs, and there is no JavaScript.
 """
@@ -16,9 +16,10 @@ import tempfile
 from pathlib import Path
 
 from cat_framework.errors import OutputError
+from cat_framework.report.figure import Plot
 from cat_framework.report.html import render_page
 from cat_framework.report.load import LogSummary, RunData, load_run
-from cat_framework.report.plots import Plot, evaluate_plots, training_plots
+from cat_framework.report.plots import evaluate_plots, training_plots
 from cat_framework.report.views import PromptView, prompt_view
 
 REPORT_NAME = "report.html"

@@ -2,8 +2,9 @@
 
 Each run is read with the report's own loader (:func:`~cat_framework.report.load.load_run`), so a
 run of any mode, complete, interrupted or failed, is shown as far as it got, and what is missing
-is said on the page. Curves of the same metric from every run are overlaid on one axis (one
-colour per run); an ``evaluate`` run is its step-0 point. The table puts the runs' final
+is said on the page. Curves of the same metric from every run share one axes (one colour per
+run, the same in every figure); the held-out evaluation and the teacher diagnostics are small
+multiples, one metric per panel; an ``evaluate`` run is its step-0 point. The table puts the runs' final
 evaluations side by side, with their confidence intervals and, for training runs, the score
 they started from.
 """
@@ -15,18 +16,11 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from cat_framework.report.load import RunData, flatten, load_run, numeric
-from cat_framework.report.plots import (
-    DIAGNOSTIC,
-    KL,
-    PALETTE,
-    REWARD_MEAN,
-    Plot,
-    _figure,
-    series,
-    step_axis,
-    to_uri,
-)
+from cat_framework.report.eval_metrics import summary_row
+from cat_framework.report.eval_plots import compare_held_out, compare_teacher
+from cat_framework.report.figure import PALETTE, Plot, new_figure, series, step_axis, to_uri
+from cat_framework.report.load import RunData, load_run
+from cat_framework.report.plots import KL, REWARD_MEAN
 
 #: an evaluation score over steps: ``eval/<label>/score`` (``rollouts`` -> ``accuracy``)
 EVAL_SCORE = re.compile(r"^eval/(?P<label>[^/]+)/(?P<key>score|accuracy)$")
@@ -50,17 +44,7 @@ class ComparedRun:
         if self.data.metrics:
             return self.data.metrics
         summary = self.data.eval_summary
-        if not isinstance(summary, Mapping):
-            return []
-        flat: dict[str, float] = {"step": 0.0}
-        for label, s in (summary.get("aggregators") or {}).items():
-            for key, value in (s or {}).items():
-                if numeric(value) is not None:
-                    flat[f"eval/{label}/{key}"] = numeric(value)  # type: ignore[assignment]
-        for key, value in flatten(summary.get("rollouts") or {}, "eval/rollouts/").items():
-            if numeric(value) is not None:
-                flat[key] = numeric(value)  # type: ignore[assignment]
-        return [flat]
+        return [summary_row(summary)] if isinstance(summary, Mapping) else []
 
 
 @dataclass
@@ -116,7 +100,7 @@ def _overlay(
     runs: Sequence[ComparedRun], pattern: re.Pattern[str], title: str, caption: str
 ) -> Plot | None:
     """One axis: every metric ``pattern`` matches, one colour per run, one line style per key."""
-    fig, axes = _figure(9.0, 3.6)
+    fig, axes = new_figure(9.0, 3.6)
     ax = axes[0, 0]
     drawn = 0
     for i, run in enumerate(runs):
@@ -153,32 +137,22 @@ def _overlay(
 
 
 def compare_plots(runs: Sequence[ComparedRun]) -> list[Plot]:
-    """Reward, held-out evaluation, KL, completion length and teacher diagnostics, overlaid."""
-    specs = [
-        (REWARD_MEAN, "Reward", "mean training reward per step"),
-        (
-            re.compile(r"^eval/[^/]+/(score|accuracy)$"),
-            "Held-out evaluation",
-            "score of each aggregator (and rollout accuracy) at each evaluation; shaded: CI",
-        ),
-        (KL, "KL to the reference", "KL divergence to π₀ per step"),
-        (  # not the report's broad LENGTH pattern: min/max/clipped would crowd the overlay
+    """Reward, held-out evaluation, KL, completion length and teacher diagnostics: one metric
+    per axes, one colour per run (the evaluation and the diagnostics as small multiples)."""
+    named = [(r.label, r.rows) for r in runs]
+    plots = [
+        _overlay(runs, REWARD_MEAN, "Reward", "mean training reward per step"),
+        compare_held_out(named),
+        _overlay(runs, KL, "KL to the reference", "KL divergence to π₀ per step"),
+        _overlay(  # not the report's broad LENGTH pattern: min/max/clipped would crowd it
+            runs,
             re.compile(r"^(completions/mean_length|tokens/mean|length/mean|completion_length)$"),
             "Completion length",
             "mean tokens per rollout",
         ),
-        (
-            re.compile(DIAGNOSTIC.pattern.replace("(eval/[^/]+/)?", "")),
-            "Teacher diagnostics",
-            "rates per training step (see docs: reference diagnostics)",
-        ),
+        compare_teacher(named),
     ]
-    plots = []
-    for pattern, title, caption in specs:
-        plot = _overlay(runs, pattern, title, caption)
-        if plot is not None:
-            plots.append(plot)
-    return plots
+    return [p for p in plots if p is not None]
 
 
 __all__ = ["ComparedRun", "EvalCell", "compare_plots", "evaluations", "load_runs"]

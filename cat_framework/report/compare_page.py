@@ -20,8 +20,9 @@ from cat_framework.report.compare import (
     evaluations,
     load_runs,
 )
-from cat_framework.report.html import CSS, _confidence, missing, plots_section
-from cat_framework.report.plots import Plot
+from cat_framework.report.evaluation import confidence_label
+from cat_framework.report.figure import Plot
+from cat_framework.report.html import CSS, missing, plots_section
 from cat_framework.report.samples import esc, fmt, tag
 
 COMPARE_NAME = "compare.html"
@@ -65,7 +66,7 @@ def evaluation_table(runs: Sequence[ComparedRun]) -> str:
         + "</tr>"
         for label in labels
     )
-    confidence = sorted({_confidence(r.data) for r in runs})
+    confidence = sorted({confidence_label(r.data) for r in runs})
     return (
         f'<p class="muted">Last evaluation of each run, {esc(" / ".join(confidence))} confidence '
         "interval in brackets; a training run also shows its first evaluation (the untrained "

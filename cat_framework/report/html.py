@@ -7,12 +7,12 @@ fails to render shows the error instead of taking the whole report down.
 from __future__ import annotations
 
 import datetime as _dt
-import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
-from cat_framework.report.load import RunData, flatten, numeric
-from cat_framework.report.plots import Plot
+from cat_framework.report.evaluation import evaluation_section
+from cat_framework.report.figure import Plot
+from cat_framework.report.fragments import kv_table, missing
+from cat_framework.report.load import RunData
 from cat_framework.report.samples import esc, fmt, samples_section, tag
 from cat_framework.report.views import PromptView
 
@@ -84,6 +84,10 @@ table.rubric th.disagree{background:var(--warn)}
 .ci .range{position:absolute;top:4px;height:6px;background:#9ecbff;border-radius:3px}
 .ci .point{position:absolute;top:1px;width:3px;height:12px;background:var(--accent);margin-left:-1px}
 .kv td:first-child{color:var(--muted)}
+table.matrix .ci{width:140px}
+table.matrix th{white-space:normal;max-width:9em;vertical-align:bottom}
+p.note{font-size:12px;margin:6px 0}
+details.raw{margin-top:8px} details.raw>summary{cursor:pointer;color:var(--muted);font-size:12.5px}
 """
 
 SECTIONS = [
@@ -95,117 +99,6 @@ SECTIONS = [
     ("config", "Config"),
     ("files", "Files"),
 ]
-_EVAL_KEY = re.compile(r"^eval/(.+)/(score|ci_low|ci_high|n)$")
-
-
-def missing(text: str) -> str:
-    return f'<p class="missing">{esc(text)}</p>'
-
-
-def kv_table(items: Mapping[str, Any]) -> str:
-    rows = "".join(
-        f'<tr><td>{esc(k)}</td><td class="num">'
-        f"{fmt(numeric(v)) if numeric(v) is not None else esc(v)}</td></tr>"
-        for k, v in items.items()
-    )
-    return f'<table class="kv">{rows}</table>'
-
-
-def _ci_bar(
-    score: float | None, lo: float | None, hi: float | None, span: tuple[float, float]
-) -> str:
-    if score is None:
-        return ""
-    a, b = span
-    width = (b - a) or 1.0
-
-    def pos(x: float) -> float:
-        return max(0.0, min(100.0, 100.0 * (x - a) / width))
-
-    rng = ""
-    if lo is not None and hi is not None:
-        rng = f'<span class="range" style="left:{pos(lo):.1f}%;width:{pos(hi) - pos(lo):.1f}%"></span>'
-    return f'<div class="ci">{rng}<span class="point" style="left:{pos(score):.1f}%"></span></div>'
-
-
-def score_table(
-    rows: Sequence[tuple[str, float | None, float | None, float | None, Any]], confidence: str
-) -> str:
-    """Aggregator | score | CI | n, with a small CSS bar for the interval; the best row bold."""
-    values = [v for _, s, lo, hi, _ in rows for v in (s, lo, hi) if v is not None]
-    span = (min(0.0, *values), max(1.0, *values)) if values else (0.0, 1.0)
-    scores = {s for _, s, *_ in rows if s is not None}
-    best = max(scores) if len(scores) > 1 else None  # no winner to mark when all tie
-    body = "".join(
-        f'<tr class="{"best" if s is not None and s == best else ""}"><td>{esc(label)}</td>'
-        f'<td class="num">{fmt(s)}</td><td class="num">[{fmt(lo)}, {fmt(hi)}]</td>'
-        f'<td class="num">{esc(n if n is not None else "—")}</td><td>{_ci_bar(s, lo, hi, span)}</td></tr>'
-        for label, s, lo, hi, n in rows
-    )
-    return (
-        f'<table class="scores"><thead><tr><th>aggregator</th><th class="num">score</th>'
-        f'<th class="num">{esc(confidence)} CI</th><th class="num">n</th><th>interval</th></tr>'
-        f"</thead><tbody>{body}</tbody></table>"
-    )
-
-
-def _confidence(run: RunData) -> str:
-    c = numeric(((run.config or {}).get("eval") or {}).get("confidence"))
-    return f"{c:.0%}" if c is not None else "CI"
-
-
-def evaluation_section(run: RunData) -> str:
-    s = run.eval_summary
-    aggs = s.get("aggregators") if isinstance(s, Mapping) else None
-    if isinstance(aggs, Mapping) and aggs:
-        rows = [
-            (
-                str(k),
-                numeric(v.get("score")),
-                numeric(v.get("ci_low")),
-                numeric(v.get("ci_high")),
-                v.get("n"),
-            )
-            for k, v in aggs.items()
-            if isinstance(v, Mapping)
-        ]
-        out = [
-            f'<p class="muted">Test-time CaT on {esc(s.get("prompts", "?"))} prompts '
-            f"(task: {esc(s.get('task', '?'))}); references graded against gold.</p>",
-            score_table(rows, _confidence(run)),
-        ]
-        if isinstance(s.get("rollouts"), Mapping):
-            out.append("<h3>Rollouts</h3>" + kv_table(s["rollouts"]))
-        if isinstance(s.get("diagnostics"), Mapping):
-            out.append("<h3>Diagnostics</h3>" + kv_table(flatten(s["diagnostics"])))
-        return "".join(out)
-    return _train_eval(run)
-
-
-def _train_eval(run: RunData) -> str:
-    """The latest evaluation logged in ``metrics.jsonl`` (``eval/<label>/score|ci_low|...``)."""
-    last = next((r for r in reversed(run.metrics) if any(k.startswith("eval/") for k in r)), None)
-    if last is None:
-        what = "metrics.json" if run.mode == "evaluate" else "eval/ metrics in metrics.jsonl"
-        return missing(f"No evaluation results in this run ({what} not found).")
-    table: dict[str, dict[str, float]] = {}
-    other = {}
-    for k, v in last.items():
-        m = _EVAL_KEY.match(k)
-        if m:
-            table.setdefault(m.group(1), {})[m.group(2)] = v
-        elif k.startswith("eval/"):
-            other[k] = v
-    out = [f'<p class="muted">Latest evaluation, at step {fmt(last.get("step"))}.</p>']
-    if table:
-        rows = [
-            (k, v.get("score"), v.get("ci_low"), v.get("ci_high"), fmt(v.get("n")))
-            for k, v in table.items()
-        ]
-        out.append(score_table(rows, _confidence(run)))
-    if other:
-        out.append(kv_table(other))
-    return "".join(out)
 
 
 def plots_section(plots: Sequence[Plot]) -> str:
@@ -214,7 +107,7 @@ def plots_section(plots: Sequence[Plot]) -> str:
             "Nothing to plot: no metrics.jsonl or metrics.json with numbers in this run."
         )
     figs = "".join(
-        f'<figure class="{"wide" if p.title == "Other metrics" else ""}"><img alt="{esc(p.title)}" '
+        f'<figure class="{"wide" if p.wide else ""}"><img alt="{esc(p.title)}" '
         f'src="{p.uri}"><figcaption><b>{esc(p.title)}</b> — {esc(p.caption)}</figcaption></figure>'
         for p in plots
     )

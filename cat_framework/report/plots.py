@@ -8,14 +8,14 @@ mean reward); whatever no pattern claims is drawn in the "other metrics" grid.
 
 from __future__ import annotations
 
-import base64
-import io
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from cat_framework.records import RunRecord
+from cat_framework.report.eval_plots import TEACHER, held_out_plot, teacher_plot
+from cat_framework.report.figure import PALETTE, Plot, Rows, series, step_axis, to_uri
+from cat_framework.report.figure import new_figure as _figure
 from cat_framework.report.load import numeric
 from cat_framework.report.views import EVALUATE_PRIMARY
 
@@ -24,60 +24,14 @@ REWARD_STD = re.compile(r"^(train/)?rewards?[/_]std$")
 REWARD_RANGE = re.compile(r"^(train/)?rewards?[/_](min|max)$")
 KL = re.compile(r"(^|/)kl([/_]mean)?$")
 LENGTH = re.compile(r"length|(^|/)len(/|_|$)|(^|/)(completion_)?tokens/(mean|min|max)$")
-EVAL = re.compile(r"^eval/.*(score|accuracy|acc|pass_at_g|pass@\w+)$")
 ACCURACY = re.compile(r"accuracy")
 TIME = re.compile(r"^time/[^/]+$")
 TIME_TOTAL = re.compile(r"^time/(step|total|wall|step_total)$")
 #: x-axis-like keys never drawn as metrics
 AXES = {"step", "epoch", "global_step", "samples", "timestamp", "time"}
-#: the teacher's diagnostics (rates; see cat_framework.engine.diagnostics)
-DIAGNOSTIC = re.compile(r"^(eval/[^/]+/)?(reference/[a-z_]+|reward/(unscorable|length_corr))$")
 #: companions of a plotted metric, never drawn on their own
 COMPANION = re.compile(r"^eval/.+/(n|ci_low|ci_high|unscorable)$|/(count|total)$")
 MAX_OTHER = 12
-
-Rows = Sequence[Mapping[str, float]]
-PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6", "#9d755d"]
-
-
-@dataclass
-class Plot:
-    """One embedded figure."""
-
-    title: str
-    uri: str
-    caption: str = ""
-
-
-def _figure(width: float = 6.4, height: float = 3.4, nrows: int = 1, ncols: int = 1) -> Any:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    for ax in axes.flat:
-        ax.grid(True, color="#e6e6e6", linewidth=0.8)
-        ax.set_axisbelow(True)
-        for side in ("top", "right"):
-            ax.spines[side].set_visible(False)
-        ax.tick_params(labelsize=8)
-    return fig, axes
-
-
-def step_axis(ax: Any) -> None:
-    """Label the x axis "step" with integer ticks only: steps are whole numbers, and matplotlib's
-    default locator puts ticks at 1.0, 1.5, 2.0 on a short run."""
-    ax.set_xlabel("step", fontsize=8)
-    ax.xaxis.get_major_locator().set_params(integer=True)
-
-
-def to_uri(fig: Any) -> str:
-    """The figure as a base64 PNG data URI."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _keys(rows: Rows) -> list[str]:
@@ -87,16 +41,6 @@ def _keys(rows: Rows) -> list[str]:
             if k not in AXES:
                 seen.setdefault(k, None)
     return list(seen)
-
-
-def series(rows: Rows, key: str) -> tuple[list[float], list[float]]:
-    """``(steps, values)`` of the rows that have ``key``."""
-    xs, ys = [], []
-    for i, row in enumerate(rows):
-        if key in row:
-            xs.append(float(row.get("step", i + 1)))
-            ys.append(float(row[key]))
-    return xs, ys
 
 
 def _match(keys: Sequence[str], pattern: re.Pattern[str], used: set[str]) -> list[str]:
@@ -204,59 +148,11 @@ def _time_split(rows: Rows, keys: Sequence[str], used: set[str]) -> Plot | None:
     return Plot("Step time", to_uri(fig), "seconds per step, stacked: teacher vs training")
 
 
-def _eval_over_steps(rows: Rows, keys: Sequence[str], used: set[str]) -> Plot | None:
-    chosen = _match(keys, EVAL, used) + [
-        k for k in _match(keys, ACCURACY, used) if not k.startswith("eval/")
-    ]
-    if not chosen:
-        return None
-    used.update(chosen)
-    fig, axes = _figure()
-    ax = axes[0, 0]
-    for i, key in enumerate(chosen[:8]):
-        xs, ys = series(rows, key)
-        color = PALETTE[i % len(PALETTE)]
-        ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.5, color=color, label=key)
-        base = key.rsplit("/", 1)[0]
-        lo, hi = (
-            dict(zip(*series(rows, base + "/ci_low"), strict=True)),
-            dict(zip(*series(rows, base + "/ci_high"), strict=True)),
-        )
-        if lo and hi:
-            used.update({base + "/ci_low", base + "/ci_high"})
-            pts = [(x, lo[x], hi[x]) for x in xs if x in lo and x in hi]
-            ax.fill_between(
-                [p[0] for p in pts],
-                [p[1] for p in pts],
-                [p[2] for p in pts],
-                color=color,
-                alpha=0.12,
-            )
-    ax.legend(fontsize=7, frameon=False)
-    step_axis(ax)
-    return Plot("Accuracy and evaluation scores", to_uri(fig), "shaded: confidence interval")
-
-
-def _diagnostics(rows: Rows, keys: Sequence[str], used: set[str]) -> Plot | None:
-    """Reference diagnostics over steps: no-answer, disagreement, audit rates, unscorable."""
-    chosen = [k for k in _match(keys, DIAGNOSTIC, used) if not k.startswith("eval/")]
-    if not chosen:
-        return None
-    used.update(chosen)
-    fig, axes = _figure()
-    _lines(axes[0, 0], rows, chosen[:8])
-    return Plot(
-        "Teacher diagnostics",
-        to_uri(fig),
-        "rates per step (counts in metrics.jsonl): references without an answer, disagreeing "
-        "with the rollouts' majority, right when disagreeing / when all rollouts are wrong "
-        "(gold audit), unscorable rollouts, reward-length correlation",
-    )
-
-
 def _other(rows: Rows, keys: Sequence[str], used: set[str]) -> Plot | None:
     rest = [
-        k for k in keys if k not in used and not COMPANION.match(k) and len(series(rows, k)[0]) >= 2
+        k
+        for k in keys
+        if k not in used and not COMPANION.search(k) and len(series(rows, k)[0]) >= 2
     ][:MAX_OTHER]
     if not rest:
         return None
@@ -270,11 +166,25 @@ def _other(rows: Rows, keys: Sequence[str], used: set[str]) -> Plot | None:
         ax.xaxis.get_major_locator().set_params(integer=True)
     for ax in list(axes.flat)[len(rest) :]:
         ax.set_visible(False)
-    return Plot("Other metrics", to_uri(fig), f"{len(rest)} more metric(s) over steps")
+    return Plot("Other metrics", to_uri(fig), f"{len(rest)} more metric(s) over steps", wide=True)
+
+
+def _evaluation(rows: Rows, keys: Sequence[str], used: set[str]) -> Plot | None:
+    """Every ``eval/`` number is the held-out evaluation's (the Evaluation section lists them)."""
+    evals = [k for k in keys if k.startswith("eval/")]
+    used.update(evals)
+    return held_out_plot(rows) if evals else None
+
+
+def _teacher(rows: Rows, keys: Sequence[str], used: set[str]) -> Plot | None:
+    chosen = [k for k in keys if k not in used and TEACHER.match(k)]
+    used.update(chosen)
+    return teacher_plot(rows, chosen) if chosen else None
 
 
 def training_plots(rows: Rows) -> list[Plot]:
-    """Reward, KL, lengths, accuracy/eval scores, step-time split, then the remaining metrics."""
+    """Reward, KL, lengths, held-out evaluation, accuracy, teacher diagnostics, step-time split,
+    then the remaining metrics."""
     keys = _keys(rows)
     used: set[str] = set()
     plots = [
@@ -292,8 +202,17 @@ def training_plots(rows: Rows) -> list[Plot]:
                 or any(w in k for w in ("penal", "frac", "ratio", "clipped", "trunc", "corr"))
             ),
         ),
-        _eval_over_steps(rows, keys, used),
-        _diagnostics(rows, keys, used),
+        _evaluation(rows, keys, used),
+        _simple(
+            rows,
+            keys,
+            used,
+            ACCURACY,
+            "Accuracy",
+            "accuracies logged per step",
+            exclude=lambda k: bool(TEACHER.match(k)),
+        ),
+        _teacher(rows, keys, used),
         _time_split(rows, keys, used),
     ]
     plots.append(_other(rows, keys, used))

@@ -128,6 +128,25 @@ def train_records(step: int, prompts: int, g: int) -> list[dict]:
     return out
 
 
+def _rate(name: str, count: int, total: int) -> dict[str, float]:
+    """A diagnostic as the engine logs it: the rate (absent when nothing was counted), its
+    count and its total."""
+    out = {f"{name}/count": float(count), f"{name}/total": float(total)}
+    return {**out, name: count / total} if total else out
+
+
+def teacher_diagnostics(step: int) -> dict[str, float]:
+    """The teacher's diagnostics of a training step, under the engine's names."""
+    return {
+        **_rate("reference/no_answer", step % 2, 4),
+        **_rate("reference/disagree_majority", 1, 4 - step % 2),
+        **_rate("reference/correct_when_disagreeing", step % 2, 1),
+        **_rate("reward/unscorable", 0, 16),
+        "reference/accuracy": 0.5 + 0.02 * step,
+        "reward/length_corr": 0.1 * (step % 5) - 0.2,
+    }
+
+
 def make_train_run(
     root: Path, steps: int = 12, eval_every: int = 4, prompts: int = 2, g: int = 4
 ) -> Path:
@@ -184,6 +203,7 @@ def make_train_run(
                 "time/teacher": 1.2,
                 "time/training": 1.5,
                 "mystery": {"nested": [1, 2], "flag": True},
+                **teacher_diagnostics(s),
             }
             if s % eval_every == 0:
                 score = 0.4 + 0.02 * s
@@ -194,6 +214,10 @@ def make_train_run(
                         "eval/synthesis/ci_high": score + 0.1,
                         "eval/synthesis/n": 50,
                         "eval/rollouts/accuracy": score - 0.05,
+                        **_rate("eval/synthesis/reference/no_answer", s % 3, 50),
+                        **_rate("eval/synthesis/reference/disagree_majority", 10, 50 - s % 3),
+                        **_rate("eval/synthesis/reference/correct_when_disagreeing", 4, 10),
+                        **_rate("eval/synthesis/reference/correct_when_all_wrong", 0, 0),
                     }
                 )
             f.write(json.dumps(row) + "\n")

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from cat_framework.cli import cli
 from cat_framework.report import compare as compare_mod
+from cat_framework.report import figure as figure_mod
 from cat_framework.report import plots as plots_mod
 from cat_framework.report.compare import load_runs
 from cat_framework.report.compare_page import render_compare, write_compare
@@ -81,8 +82,8 @@ def _captured_figures(monkeypatch) -> list:
         figs.append(fig)
         return "data:image/png;base64,"
 
-    monkeypatch.setattr(plots_mod, "to_uri", capture)
-    monkeypatch.setattr(compare_mod, "to_uri", capture)
+    for module in (figure_mod, plots_mod, compare_mod):  # small multiples draw via figure
+        monkeypatch.setattr(module, "to_uri", capture)
     return figs
 
 

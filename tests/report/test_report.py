@@ -56,7 +56,7 @@ def test_evaluate_report_has_sections_table_plots_and_prompts(eval_run):
     page = path.read_text()
     for sid in ("evaluation", "plots", "samples", "log", "config", "files"):
         assert f'<section id="{sid}">' in page
-    assert '<table class="scores">' in page
+    assert '<table class="scores matrix">' in page
     for label in ("single", "majority", "minppl", "synthesis"):
         assert f"<td>{label}</td>" in page
     assert "95% CI" in page  # the pipeline's default confidence
@@ -93,12 +93,13 @@ def test_train_report_plots_rubric_verdicts_and_eval_table(train_run):
         "Reward",
         "KL to the reference",
         "Completion lengths",
-        "Accuracy and evaluation scores",
+        "Held-out evaluation",
+        "Teacher diagnostics",
         "Step time",
         "Other metrics",
     ):
         assert f"<b>{title}</b>" in page
-    assert page.count('src="data:image/png;base64,') == 6
+    assert page.count('src="data:image/png;base64,') == 7
     assert "Latest evaluation, at step 12" in page and "<td>synthesis</td>" in page
     assert '<table class="rubric">' in page
     for cls in ("met-yes", "met-no", "met-none"):
@@ -260,7 +261,8 @@ def test_report_renders_in_headless_chromium(kind, eval_run, tmp_path):
     dom = _Dom()
     dom.feed(_chromium(page, tmp_path, "--dump-dom").stdout)
     assert dom.scripts == 0  # the injected <script> stayed text
-    assert dom.images >= (3 if kind == "evaluate" else 6)
+    assert dom.images >= (3 if kind == "evaluate" else 7)
+    assert dom.classes.get("matrix") == 1 and dom.classes.get("raw") == 1  # the evaluation
     assert dom.classes.get("prompt", 0) >= 1
     assert dom.classes.get("rollout", 0) >= 3 and dom.classes.get("disagree", 0) >= 1
     assert dom.classes.get("ref", 0) >= 1
