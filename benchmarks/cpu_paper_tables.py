@@ -216,7 +216,7 @@ def test_time_stage(
     plugins: Any, cfg: dict, args: Any, reuse: bool | str, results: dict
 ) -> Path | None:
     tt = cfg["test_time"]
-    overrides = [f"eval.limit={tt['problems']}", f"rollouts.n={tt['G']}",
+    overrides = [f"data.eval.limit={tt['problems']}", f"rollouts.n={tt['G']}",
                  f"rollouts.max_new_tokens={cfg['max_new_tokens']}", *difficulty(cfg, "eval")]  # fmt: skip
     d = run(plugins, "arithmetic_test_time.yaml", overrides, args.runs / "test-time", reuse)
     if d is None:
@@ -242,7 +242,7 @@ def training_stage(
     per_arm: dict[str, dict[int, list[dict[str, Any]]]] = {UNTRAINED: {}, **{a: {} for a in ARMS}}
     rows: list[dict[str, Any]] = []
     trained: set[str] = set()
-    for seed in tc["seeds"]:
+    for seed in args.seeds or tc["seeds"]:
         for arm, pipeline in ARMS.items():
             overrides = [
                 f"seed={seed}", f"data.train.seed={seed}", f"data.eval.limit={tc['eval_problems']}",
@@ -282,6 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=Path, default=Path("runs/cpu_paper_tables"), help="run dirs")
     ap.add_argument("--stages", default="test-time,training", help="which, in order")
     ap.add_argument("--reuse", action="store_true", help="reuse completed run directories")
+    ap.add_argument(
+        "--seeds",
+        type=lambda text: [int(x) for x in text.split(",")],
+        help="training seeds to run here (e.g. 2 in a second process); default: all",
+    )
     ap.add_argument(
         "--collect", action="store_true", help="run nothing: tabulate the completed runs only"
     )

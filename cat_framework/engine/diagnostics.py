@@ -11,7 +11,9 @@ For each rate ``name`` the metrics carry ``name`` (the rate, absent when nothing
   Such a reference is *no reference*: its group gets no learning signal, unless
   ``trainer.reference_fallback`` replaced it (counted here too, and as ``reference/fallback``).
 * ``reference/disagree_majority``: the reference's answer differs from the rollouts' majority
-  answer, over prompts where both exist. Synthesis that never disagrees is only a vote.
+  answer, over prompts where both exist. Synthesis that never disagrees is only a vote. The
+  majority is the run's own (:func:`majority_reading`): rollouts read at the answer level and
+  compared as its ``majority`` aggregator does, so a majority estimator never disagrees with it.
 * ``reference/correct_when_disagreeing`` (audit, gold only): the reference is right, over the
   disagreeing prompts.
 * ``reference/correct_when_all_wrong`` (audit, gold only): the reference is right, over prompts
@@ -28,32 +30,98 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from cat_framework.answers import answers_equivalent, cluster_answers, normalize_answer
+from cat_framework.answers import (
+    EquivalenceMode,
+    Fallback,
+    answers_equivalent,
+    cluster_answers,
+    normalize_answer,
+)
 from cat_framework.answers.equivalence import AnswerLike
 from cat_framework.records import RunRecord
 
+if TYPE_CHECKING:
+    from cat_framework.pipeline import Pipeline
 
-def majority_answer(answers: Sequence[AnswerLike]) -> str | None:
-    """The most common committed answer (the project's symmetric equivalence clusters; a tie
-    goes to the smallest normalised answer, so the result does not depend on rollout order)."""
-    clusters = cluster_answers(list(answers))
+
+@dataclass(frozen=True)
+class MajorityReading:
+    """How the diagnostics' majority vote reads and compares rollout answers: the answer level
+    (``fallback``) and the equivalence (``mode``) of the run's majority vote."""
+
+    fallback: Fallback = "phrase"
+    mode: EquivalenceMode = "math_verify"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"fallback": self.fallback, "mode": self.mode}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> MajorityReading:
+        """A record's ``majority_reading``; records written before it existed voted at phrase."""
+        if not isinstance(data, dict):
+            return cls()
+        return cls(data.get("fallback", "phrase"), data.get("mode", "math_verify"))
+
+
+def majority_reading(pipeline: Pipeline, *, evaluation: bool) -> MajorityReading:
+    """The run's majority vote, so ``reference/disagree_majority`` compares against the very
+    vote the run configures: the first ``majority`` aggregator it names, those of the records'
+    own part first (``eval.aggregators`` for an ``evaluation``'s records, else the teacher's
+    ``aggregator`` and ``trainer.reference_fallback``), else the ``reward``'s reading of
+    rollouts (its ``fallback``), else the ``majority`` aggregator's defaults (``phrase``,
+    ``math_verify``)."""
+    comps = pipeline.components
+    evals = sorted((k for k in comps if k[:2] == ("eval", "aggregators")), key=lambda k: k[2])
+    teacher = [("aggregator",), ("trainer", "reference_fallback")]
+    order = evals + teacher if evaluation else teacher + evals
+    for key in order:
+        comp = comps.get(key)
+        if comp is not None and comp.name == "majority":
+            return _reading_of(comp.params)
+    reward = comps.get(("reward",))
+    return _reading_of(reward.params) if reward is not None else MajorityReading()
+
+
+def _reading_of(params: Any) -> MajorityReading:
+    default = MajorityReading()
+    fallback = getattr(params, "fallback", default.fallback)
+    mode = getattr(params, "mode", default.mode)
+    return MajorityReading(
+        fallback if fallback in ("none", "phrase", "number") else default.fallback,
+        mode if mode in ("math_verify", "string") else default.mode,
+    )
+
+
+def majority_answer(
+    answers: Sequence[AnswerLike], mode: EquivalenceMode = "math_verify"
+) -> str | None:
+    """The most common answer (clusters of answers equal both ways, as the ``majority``
+    aggregator forms them; a tie goes to the cluster with the smallest normalised answer, so
+    the result does not depend on rollout order)."""
+    clusters = cluster_answers(list(answers), mode)
     if not clusters:
         return None
     best = max(len(c) for c in clusters)
-    tied = [_text(answers[c[0]]) for c in clusters if len(c) == best]
-    return min((a for a in tied if a is not None), key=lambda a: (normalize_answer(a), a))
+    heads = [_head([_text(answers[i]) for i in c]) for c in clusters if len(c) == best]
+    return _head(heads)
+
+
+def _head(texts: Sequence[str | None]) -> str | None:
+    present = [t for t in texts if t is not None]
+    return min(present, key=lambda a: (normalize_answer(a), a)) if present else None
 
 
 def _text(answer: AnswerLike) -> str | None:
     return answer if answer is None or isinstance(answer, str) else answer.text
 
 
-def same_answer(a: str | None, b: str | None) -> bool:
+def same_answer(a: str | None, b: str | None, mode: EquivalenceMode = "math_verify") -> bool:
     """The equality majority voting uses (math-verify both ways: it treats its first argument
     as gold)."""
-    return answers_equivalent(a, b, symmetric=True)
+    return answers_equivalent(a, b, mode, symmetric=True)
 
 
 def _rate(out: dict[str, float], name: str, count: int, total: int) -> None:
@@ -98,7 +166,11 @@ def reference_diagnostics(
         disagree = [
             (r, ref)
             for r, ref in both
-            if not same_answer(ref.answer, r.diagnostics["majority_answer"])
+            if not same_answer(
+                ref.answer,
+                r.diagnostics["majority_answer"],
+                MajorityReading.from_dict(r.diagnostics.get("majority_reading")).mode,
+            )
         ]
         _rate(out, "reference/disagree_majority", len(disagree), len(both))
         audited = [(r, ref) for r, ref in disagree if ref.correct is not None]
@@ -164,7 +236,9 @@ def teacher_metrics(records: Sequence[RunRecord], task: str) -> dict[str, float]
 
 
 __all__ = [
+    "MajorityReading",
     "majority_answer",
+    "majority_reading",
     "pearson",
     "reference_diagnostics",
     "reward_diagnostics",

@@ -23,7 +23,12 @@ import structlog
 
 from cat_framework.answers import answers_equivalent
 from cat_framework.components import Aggregator, Backend, Dataset, RewardDeriver, Roles
-from cat_framework.engine.diagnostics import reference_diagnostics
+from cat_framework.engine.diagnostics import (
+    MajorityReading,
+    majority_reading,
+    reference_diagnostics,
+)
+from cat_framework.engine.eval_table import print_table
 from cat_framework.engine.files import atomic_write_text
 from cat_framework.engine.progress import phase, track
 from cat_framework.engine.record_builder import build_record
@@ -102,6 +107,7 @@ class Evaluation:
     aggregators: list[tuple[str, Aggregator]]
     scorer: GoldScorer
     labels: list[str]
+    majority: MajorityReading  # the diagnostics' majority vote: the run's own
 
     @classmethod
     def build(cls, pipeline: Pipeline, roles: Roles, task: str) -> Evaluation:
@@ -117,7 +123,13 @@ class Evaluation:
         ]
         scorer_comp = pipeline.component("eval", "scorer")
         scorer = GoldScorer(task, scorer_comp.build(roles=roles) if scorer_comp else None)
-        return cls(pipeline, roles.policy, aggregators, scorer, labels)  # type: ignore[arg-type]
+        majority = majority_reading(pipeline, evaluation=True)
+        return cls(pipeline, roles.policy, aggregators, scorer, labels, majority)  # type: ignore[arg-type]
+
+    @property
+    def levels(self) -> dict[str, str | None]:
+        """Each estimator's answer level (its ``fallback``; ``None`` for one without it)."""
+        return {label: getattr(agg.params, "fallback", None) for label, agg in self.aggregators}
 
     def seeds(self, prompts: Sequence[Prompt]) -> list[int]:
         """Sampling seeds: a pure function of (seed, prompt id), never of a prompt's position
@@ -155,7 +167,7 @@ class Evaluation:
                 "evaluate", 0, g, {lab: refs[lab][i] for lab in refs}, None,
                 scores={lab: scores[lab][i] for lab in refs},
                 grading={lab: grading[lab][i] for lab in refs},
-                n_trained=cfg.rollouts.n,
+                n_trained=cfg.rollouts.n, majority=self.majority,
             ).to_dict()
             for i, g in enumerate(groups)
         ]  # fmt: skip
@@ -214,23 +226,6 @@ def summarize(
     return out
 
 
-def print_table(summary: dict[str, Any], confidence: float) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"test-time CaT: {summary['prompts']} prompts ({summary['task']})")
-    table.add_column("aggregator")
-    table.add_column("score", justify="right")
-    table.add_column(f"{confidence:.0%} CI", justify="right")
-    for label, s in summary["aggregators"].items():
-        table.add_row(label, f"{s['score']:.3f}", f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]")
-    console = Console(stderr=True)
-    console.print(table)
-    if "rollouts" in summary:
-        r = summary["rollouts"]
-        console.print(f"rollout accuracy {r['accuracy']:.3f}, pass@G {r['pass_at_g']:.3f}")
-
-
 class PeriodicEval:
     """``trainer.eval_every`` / ``eval_before`` and CaT-SFT's final evaluation:
     :class:`Evaluation` (the very computation of ``mode: evaluate``) on ``data.eval`` with the
@@ -264,6 +259,7 @@ class PeriodicEval:
         atomic_write_text(self.out / f"{name}.json", json.dumps(summary, indent=2))
         scores = {k: round(v["score"], 4) for k, v in summary["aggregators"].items()}
         log.info("evaluated", step=step, **scores)
+        print_table(summary, cfg.eval.confidence, self.evaluation.levels, step=step)
         return flat_metrics(summary)
 
     def everywhere(
@@ -314,7 +310,7 @@ def run_evaluate(
         ordered, evaluation.labels, dataset.task_kind, cfg.eval.bootstrap, cfg.eval.confidence
     )
     atomic_write_text(run_dir / "metrics.json", json.dumps(summary, indent=2))
-    print_table(summary, cfg.eval.confidence)
+    print_table(summary, cfg.eval.confidence, evaluation.levels)
     plugins.notify(
         "on_step_end", run_dir=str(run_dir.resolve()), step=0, metrics=flat_metrics(summary)
     )

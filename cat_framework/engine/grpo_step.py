@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from cat_framework.engine import grpo
+from cat_framework.engine.diagnostics import MajorityReading
 from cat_framework.engine.placement import Placement, Sampled
 from cat_framework.engine.progress import phase
 from cat_framework.engine.record_builder import build_record
@@ -103,8 +104,11 @@ class GRPOStep:
         teacher: Teacher,
         rollouts: Rollouts,
         config: Trainer,
+        *,
+        majority: MajorityReading | None = None,
     ) -> None:
         self.placement, self.updater, self.teacher = placement, updater, teacher
+        self.majority = majority  # the diagnostics' majority vote (records)
         self.acc = updater.accelerator
         self.rollouts, self.cfg = rollouts, config
         self.temperature = rollouts.temperature if rollouts.temperature > 0 else 1.0
@@ -367,7 +371,7 @@ class GRPOStep:
         return [
             build_record(
                 "train", step, group, {ref.method: ref}, ref.method,
-                rewards=rw, advantages=adv[i * g : (i + 1) * g].tolist(),
+                rewards=rw, advantages=adv[i * g : (i + 1) * g].tolist(), majority=self.majority,
             ).to_dict()
             for i, (group, ref, rw) in enumerate(
                 zip(groups, teach.references, teach.rewards, strict=True)

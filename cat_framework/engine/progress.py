@@ -182,6 +182,12 @@ def phase(name: str) -> None:
         _active[-1].set_phase(name)
 
 
+def active_console() -> Any:
+    """The console of the active progress display (print there to stay above its bar), or
+    ``None`` when none is active."""
+    return _active[-1].console if _active else None
+
+
 def track(items: Iterable[T], label: str, *, enabled: bool = True, **display: Any) -> Iterator[T]:
     """Iterate ``items`` with progress: inside an active display (an evaluation during training)
     it is shown as that display's phase (``evaluate 1/4 · rollouts``); otherwise with its own
@@ -205,4 +211,4 @@ def track(items: Iterable[T], label: str, *, enabled: bool = True, **display: An
             own.advance(i + 1)
 
 
-__all__ = ["HEARTBEAT_S", "LiveProgress", "StepProgress", "phase", "track"]
+__all__ = ["HEARTBEAT_S", "LiveProgress", "StepProgress", "active_console", "phase", "track"]

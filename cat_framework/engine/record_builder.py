@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cat_framework.answers import answers_equivalent, extract_answer, read_answer
-from cat_framework.engine.diagnostics import majority_answer
+from cat_framework.engine.diagnostics import MajorityReading, majority_answer
 from cat_framework.records import ReferenceRecord, RolloutRecord, RunRecord
 from cat_framework.types import Reference, Rewards, RolloutGroup
 
@@ -46,10 +46,12 @@ def build_record(
     scores: Mapping[str, float | None] | None = None,
     grading: Mapping[str, Mapping[str, Any]] | None = None,
     n_trained: int | None = None,
+    majority: MajorityReading | None = None,
 ) -> RunRecord:
     """One record: ``rewards``/``advantages`` cover the trained rollouts (the first
     ``len(rewards.values)``, or ``n_trained``); the rest were sampled only for the reference
-    (``rollouts.reference_n``)."""
+    (``rollouts.reference_n``). ``majority``: how the diagnostics' majority vote reads the
+    rollouts (the run's :func:`~cat_framework.engine.diagnostics.majority_reading`)."""
     p = group.prompt
     math_task = task_of(group) == "math"
     gold = p.gold_answer if math_task else None
@@ -81,8 +83,10 @@ def build_record(
     }
     diagnostics: dict[str, Any] = {}
     if math_task:
-        committed = [read_answer(c.text, fallback="phrase") for c in group.rollouts]
-        diagnostics["majority_answer"] = majority_answer(committed)
+        vote = majority or MajorityReading()
+        read = [read_answer(c.text, fallback=vote.fallback) for c in group.rollouts]
+        diagnostics["majority_answer"] = majority_answer(read, vote.mode)
+        diagnostics["majority_reading"] = vote.to_dict()
     return RunRecord(
         mode=mode,
         step=step,

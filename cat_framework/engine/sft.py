@@ -23,6 +23,7 @@ import torch
 
 from cat_framework.components import Aggregator
 from cat_framework.engine.accelerator import gather_records
+from cat_framework.engine.diagnostics import majority_reading
 from cat_framework.engine.early_stopping import held_out
 from cat_framework.engine.evaluate import PeriodicEval
 from cat_framework.engine.files import append_jsonl
@@ -52,6 +53,7 @@ def synthesize_references(
     """Rollouts from pi_0 and one reference per prompt, appended to ``path`` batch by batch;
     each process synthesizes its share of a batch and the main process writes them all."""
     cfg, acc, placement = run.cfg, run.acc, run.placement
+    majority = majority_reading(run.pipeline, evaluation=False)
     done = {r.prompt_id: r.to_dict() for r in read_records(path)}
     todo = [(i, p) for i, p in enumerate(run.prompts) if p.id not in done]
     bs = cfg.trainer.prompts_per_step
@@ -62,7 +64,7 @@ def synthesize_references(
         refs = teacher.references(groups) if groups else []
         placement.settle()  # lock-step: a process with fewer prompts steps on
         rows = [
-            build_record("sft", 0, g, {r.method: r}, r.method).to_dict()
+            build_record("sft", 0, g, {r.method: r}, r.method, majority=majority).to_dict()
             for g, r in zip(groups, refs, strict=True)
         ]
         rows = gather_records(acc, rows)

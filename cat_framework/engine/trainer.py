@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from cat_framework.engine.accelerator import gather_records
-from cat_framework.engine.diagnostics import teacher_metrics
+from cat_framework.engine.diagnostics import majority_reading, teacher_metrics
 from cat_framework.engine.evaluate import PeriodicEval
 from cat_framework.engine.grpo_step import GRPOStep
 from cat_framework.engine.placement import needs_frozen_copy, training_roles
@@ -45,7 +45,10 @@ def run_train(
             fallback.build(roles=roles) if fallback else None,  # type: ignore[arg-type]
         )
         start = run.prepare(tc.steps * tc.num_iterations, ("metrics.jsonl", "records.jsonl"))
-        step_fn = GRPOStep(run.placement, run.updater, teacher, pipeline.config.rollouts, tc)
+        step_fn = GRPOStep(
+            run.placement, run.updater, teacher, pipeline.config.rollouts, tc,
+            majority=majority_reading(pipeline, evaluation=False),
+        )  # fmt: skip
         wants_eval = (tc.eval_every or tc.eval_before) and pipeline.config.data.eval
         evaluator = PeriodicEval(pipeline, roles, run_dir) if wants_eval else None
         if evaluator is not None and tc.eval_before and start == 0:

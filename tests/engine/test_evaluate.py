@@ -257,3 +257,69 @@ def test_resume_keeps_fields_it_does_not_know(tmp_path, plugins):
     rows = [json.loads(x) for x in records.read_text().splitlines()]
     assert [r["prompt_id"] for r in rows] == ["a", "b", "c"]
     assert rows[0] == first
+
+
+def test_a_majority_estimator_never_disagrees_with_the_majority_it_is(tmp_path, plugins):
+    """``reference/disagree_majority`` votes as the run's majority aggregator reads answers: with
+    ``fallback: number`` over rollouts that show their work and box nothing ("7 - 3 = 4"), the
+    vote is 4, not the one boxed 5 (the diagnostics used to vote at ``phrase`` whatever the run
+    configured, and the majority estimator disagreed with "the majority" on every prompt)."""
+    data = write_data(tmp_path)
+    path = tmp_path / "p.yaml"
+    text = pipeline_text(data, ["7 - 3 = 4", "7 - 3 = 4", "\\boxed{5}"]).replace(
+        "[single, majority, minppl, synthesis]",
+        "[{name: majority, fallback: number}, {name: majority, mode: string, fallback: number}]",
+    )
+    path.write_text(text)
+    run_dir = tmp_path / "run"
+    run_pipeline(load_pipeline(path, plugins=plugins), plugins=plugins, run_dir=str(run_dir))
+    records = [json.loads(x) for x in (run_dir / "records.jsonl").read_text().splitlines()]
+    for rec in records:
+        assert rec["references"]["majority[0]"]["answer"] == "4"
+        assert rec["diagnostics"]["majority_answer"] == "4"
+        assert rec["diagnostics"]["majority_reading"] == {
+            "fallback": "number",
+            "mode": "math_verify",
+        }
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for label in ("majority[0]", "majority[1]"):
+        diag = metrics["diagnostics"][label]
+        assert diag["reference/disagree_majority/count"] == 0
+        assert diag["reference/disagree_majority/total"] == 3
+
+
+def test_the_diagnostics_majority_is_the_one_the_run_configures(tmp_path, plugins):
+    from cat_framework.engine.diagnostics import MajorityReading, majority_reading
+
+    data = write_data(tmp_path)
+    path = tmp_path / "p.yaml"
+    base = pipeline_text(data, ["\\boxed{4}"])
+    cases = {  # eval.aggregators -> the vote
+        "[single, majority]": MajorityReading("phrase"),
+        "[{name: majority, fallback: none, mode: string}]": MajorityReading("none", "string"),
+        "[single, synthesis]": MajorityReading("phrase"),  # nothing configured: the default
+    }
+    for aggregators, expected in cases.items():
+        path.write_text(base.replace("[single, majority, minppl, synthesis]", aggregators))
+        pipe = load_pipeline(path, plugins=plugins)
+        assert majority_reading(pipe, evaluation=True) == expected
+    # a training run: its steps vote as its teacher's majority (the reference fallback), its
+    # evaluations as the eval list's majority
+    path.write_text(
+        base.replace("mode: evaluate", "mode: train")
+        .replace("data:\n", f'data:\n  train: {{dataset: jsonl, path: "{data}"}}\n')
+        .replace("[single, majority, minppl, synthesis]", "[{name: majority, fallback: none}]")
+        + "aggregator: synthesis\nreward: programmatic\n"
+        + "trainer: {reference_fallback: {name: majority, fallback: number}}\n"
+    )
+    pipe = load_pipeline(path, plugins=plugins)
+    assert majority_reading(pipe, evaluation=False) == MajorityReading("number")
+    assert majority_reading(pipe, evaluation=True) == MajorityReading("none")
+    # no majority anywhere: rollouts as the reward reads them
+    text = path.read_text().replace("[{name: majority, fallback: none}]", "[single]")
+    text = text.replace("trainer: {reference_fallback: {name: majority, fallback: number}}\n", "")
+    path.write_text(
+        text.replace("reward: programmatic", "reward: {name: programmatic, fallback: number}")
+    )
+    pipe = load_pipeline(path, plugins=plugins)
+    assert majority_reading(pipe, evaluation=False) == MajorityReading("number")

@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from cat_framework.components import Roles
-from cat_framework.engine.diagnostics import teacher_metrics
+from cat_framework.engine.diagnostics import MajorityReading, majority_reading, teacher_metrics
 from cat_framework.engine.record_builder import build_record
 from cat_framework.engine.teacher import Teacher, TeacherOutput
 from cat_framework.errors import CatError, cut_message
@@ -66,6 +66,7 @@ class TeacherReward:
         gold_column: str | None = None,
         max_tokens: int | None = None,
         name: str = DEFAULT_NAME,
+        majority: MajorityReading | None = None,
     ) -> None:
         self.teacher = teacher
         self.num_generations = num_generations
@@ -75,6 +76,7 @@ class TeacherReward:
         self.run_dir = run_dir
         self.gold_column = gold_column
         self.max_tokens = max_tokens
+        self.majority = majority  # the diagnostics' majority vote: the pipeline's own
         self.__name__ = name  # TRL names the reward's metrics after it
         self.calls = 0
         #: the last call's groups and teacher output (for inspection and tests)
@@ -97,7 +99,15 @@ class TeacherReward:
         state = trl.get("trainer_state")
         step = (state.global_step if state is not None else self.calls - 1) + 1
         records = [
-            build_record("train", step, group, {ref.method: ref}, ref.method, rewards=rewards)
+            build_record(
+                "train",
+                step,
+                group,
+                {ref.method: ref},
+                ref.method,
+                rewards=rewards,
+                majority=self.majority,
+            )
             for group, ref, rewards in zip(groups, out.references, out.rewards, strict=True)
         ]
         self.last = (groups, out)
@@ -201,6 +211,7 @@ def teacher_reward(
     return TeacherReward(
         teacher, g, task=_task(pipe), roles=roles, pool=pool, run_dir=writer,
         gold_column=gold_column, max_tokens=max_tokens, name=name,
+        majority=majority_reading(pipe, evaluation=False),
     )  # fmt: skip
 
 

@@ -50,6 +50,12 @@ class SynthesisAggregator(Aggregator):
         max_new_tokens: int = Field(
             1536, ge=1, le=262_144, description="Length budget of the reference."
         )
+        fallback: Literal["none", "phrase"] = Field(
+            "phrase",
+            description="How the reference's final answer is read (math): phrase (a box, "
+            "'#### n', 'the answer is X' or a bare number) or none (boxes only). Never its last "
+            "number: a reference that commits to no answer is no reference.",
+        )
 
         @field_validator("template")
         @classmethod
@@ -106,7 +112,11 @@ class SynthesisAggregator(Aggregator):
                 Reference(
                     text=completion.text,
                     method=self.name,
-                    answer=extract_answer(completion.text, fallback="phrase") if is_math else None,
+                    answer=(
+                        extract_answer(completion.text, fallback=self.params.fallback)
+                        if is_math
+                        else None
+                    ),
                     details={
                         "order": order,
                         "finish_reason": completion.finish_reason,
