@@ -11,6 +11,7 @@ setup(
         *find_namespace_packages("plugins", include=["cat_plugins*"]),
         "cat_pipelines",
         "cat_pipelines.accelerate",
+        "cat_pipelines.slurm",
     ],
     package_dir={"cat_plugins": "plugins/cat_plugins", "cat_pipelines": "pipelines"},
 )

@@ -23,6 +23,7 @@ import yaml
 from cat_framework.engine.data_check import check_run_data
 from cat_framework.engine.files import atomic_write_json, atomic_write_text
 from cat_framework.engine.main_decides import main_decides
+from cat_framework.engine.process_group import join_process_group
 from cat_framework.engine.threads import apply_thread_discipline, restore_threads
 from cat_framework.errors import CatError, cut_message
 from cat_framework.logs import attach_run_log, detach_run_log
@@ -169,10 +170,7 @@ def wait_for_everyone() -> None:
     """A barrier across ``accelerate launch`` processes (nothing without a launcher). It
     initialises accelerate's process state early; the trainer's ``Accelerator`` reuses it."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch
-        from accelerate import PartialState
-
-        PartialState(cpu=not torch.cuda.is_available()).wait_for_everyone()
+        join_process_group().wait_for_everyone()
 
 
 def is_main_process() -> bool:

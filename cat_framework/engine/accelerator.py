@@ -9,6 +9,7 @@ import structlog
 import torch
 
 from cat_framework.engine import fsdp
+from cat_framework.engine.process_group import join_process_group
 from cat_framework.errors import CatError
 
 log = structlog.get_logger("cat_framework.training")
@@ -23,6 +24,7 @@ SUPPORTED_DISTRIBUTED = (
 def make_accelerator(mixed_precision: str) -> Any:
     from accelerate import Accelerator
 
+    join_process_group()  # first, in bounded time: the Accelerator reuses the group
     acc = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
     if fsdp.requested() and not torch.cuda.is_available():
         fsdp.enable_on_cpu(acc, mixed_precision)  # accelerate alone would run plain gloo DDP

@@ -8,10 +8,16 @@ unpickling runs whatever code the file names. Each state is a safetensors file (
 :mod:`cat_framework.engine.safe_state`).
 
 Writing: everything goes into ``.tmp-step-NNNNNN/``, is fsynced, and the directory is renamed
-into place, so a ``step-*`` directory is always whole. Pruning first renames a doomed checkpoint
-to ``.trash-step-NNNNNN`` (atomic) and only then deletes it, so a kill never leaves a
-half-deleted ``step-*``. Leftover ``.tmp-*``/``.trash-*`` directories are removed at the next
-save (and by :func:`tidy_checkpoints` at a resume).
+into place, so a ``step-*`` directory is always whole: its name is the completeness marker, for
+a resume and for any other reader (a server reloading weights lists ``step-*`` only). Every
+process writes its part, then waits for the others; only then does the main process write
+``state.json``, check the directory exactly as a resume would (every process's files present and
+readable) and rename it. A process that died mid-write never reaches that point (no name is
+given; the others wait at most ``CAT_DIST_TIMEOUT``), and one whose files went elsewhere (a run
+directory not shared between machines) fails the check: the run stops, naming the files.
+Pruning first renames a doomed checkpoint to ``.trash-step-NNNNNN`` (atomic) and only then
+deletes it, so a kill never leaves a half-deleted ``step-*``. Leftover ``.tmp-*``/``.trash-*``
+directories are removed at the next save (and by :func:`tidy_checkpoints` at a resume).
 
 How the trained state is laid out comes from the run's placement (a :class:`StateLayout`): with
 sharded weights (``"sharded": true`` in ``state.json``) no process ever holds the whole model, so
@@ -61,6 +67,7 @@ from cat_framework.engine.checkpoint_check import (
 )
 from cat_framework.engine.files import atomic_write_json, fsync_dir, fsync_file, rewrite_jsonl
 from cat_framework.engine.finite import refuse_nonfinite_weights
+from cat_framework.engine.main_decides import main_decides
 from cat_framework.engine.safe_state import load_state, save_state
 from cat_framework.errors import CatError
 
@@ -211,25 +218,42 @@ def save_checkpoint(
             fsync_file(tmp / WEIGHTS)
             save_state(tmp / OPTIMIZER, optimizer.state_dict())
         save_state(tmp / SCHEDULER, scheduler.state_dict())
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        accelerator.wait_for_everyone()
-        return None
+    accelerator.wait_for_everyone()  # every process has written (and fsynced) its part
     meta = {
         "step": step,
         "processes": accelerator.num_processes,
         **({"sharded": True} if sharded else {}),
         **({"extra": sorted(extra)} if extra else {}),
     }
-    atomic_write_json(tmp / STATE, {**meta, **state})
-    fsync_dir(tmp)
-    if final.exists():  # a resumed run redoing a step: replace it
-        _discard([final])
-    tmp.rename(final)
-    fsync_dir(root)
-    prune_checkpoints(run_dir, step, keep)
-    accelerator.wait_for_everyone()
-    return final
+
+    def publish() -> Path:
+        atomic_write_json(tmp / STATE, {**meta, **state})
+        fsync_dir(tmp)
+        _require_complete(tmp, step)
+        if final.exists():  # a resumed run redoing a step: replace it
+            _discard([final])
+        tmp.rename(final)  # the name is the completeness marker
+        fsync_dir(root)
+        prune_checkpoints(run_dir, step, keep)
+        return final
+
+    # the main process names it; its refusal (a part missing) stops every process
+    return main_decides(publish, main=accelerator.is_main_process, default=None)
+
+
+def _require_complete(tmp: Path, step: int) -> None:
+    """Before a checkpoint gets its name, every process's part must be in it, checked as a
+    resume checks it: a process whose files went elsewhere (a run directory that is not the same
+    on every machine) would otherwise leave a named checkpoint no resume can use."""
+    try:
+        check_checkpoint(tmp, step=step)
+    except InvalidCheckpoint as e:
+        raise CatError(
+            f"checkpoint {tmp.name.removeprefix(TMP)} is incomplete after every process wrote "
+            f"its part ({e}), so it is not kept. Every process must write into the same run "
+            "directory: on several machines, put --run-dir on a filesystem all of them mount "
+            "(NFS, Lustre, ...), then resume with --resume"
+        ) from None
 
 
 def prune_checkpoints(run_dir: Path, step: int, keep: int) -> None:

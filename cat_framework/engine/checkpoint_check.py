@@ -99,7 +99,7 @@ def read_json(file: Path, limit: int) -> Any:
     return loads_json(read_capped(file, limit))
 
 
-def _read_state(path: Path) -> dict[str, Any]:
+def _read_state(path: Path, expected_step: int | None) -> dict[str, Any]:
     """``state.json``, with every count a resume uses range-checked before it is used: a
     hostile ``"processes": 10**12`` would otherwise name 10^12 files to check."""
     try:
@@ -111,8 +111,8 @@ def _read_state(path: Path) -> dict[str, Any]:
     except ValueError as e:
         raise InvalidCheckpoint(f"{STATE} is not readable JSON ({e})") from None
     step = state.get("step") if isinstance(state, dict) else None
-    if type(step) is not int or step != step_of(path):  # True == 1: bools are no steps
-        raise InvalidCheckpoint(f"{STATE} does not say step {step_of(path)}")
+    if type(step) is not int or step != expected_step:  # True == 1: bools are no steps
+        raise InvalidCheckpoint(f"{STATE} does not say step {expected_step}")
     processes = state.get("processes", 1)
     if type(processes) is not int or not 1 <= processes <= MAX_PROCESSES:
         raise InvalidCheckpoint(
@@ -193,11 +193,15 @@ def _check_states(path: Path, names: list[str]) -> None:
             raise InvalidCheckpoint(str(e)) from None
 
 
-def check_checkpoint(path: Path, checks: Mapping[str, SlotCheck] | None = None) -> Checkpoint:
+def check_checkpoint(
+    path: Path, checks: Mapping[str, SlotCheck] | None = None, step: int | None = None
+) -> Checkpoint:
     """Validate everything a resume will read, without loading the tensors: ``state.json``, the
-    weights' safetensors header, every state file and every extra slot's files (``checks``:
-    per slot name, what is wrong with a file's content). Raises :class:`InvalidCheckpoint`."""
-    state = _read_state(path)
+    weights' safetensors header, every process's state files and every extra slot's files
+    (``checks``: per slot name, what is wrong with a file's content). ``step``: the step it must
+    hold (default: the one its ``step-NNNNNN`` name says; a save checks its temporary directory
+    before naming it). Raises :class:`InvalidCheckpoint`."""
+    state = _read_state(path, step_of(path) if step is None else step)
     processes = state.get("processes", 1)
     if state.get("sharded"):
         weights = [shard_files(i)[0] for i in range(processes)]

@@ -3,8 +3,9 @@
 Under ``accelerate launch`` the main process alone judges and prepares the run directory (fresh
 or resumed, links, record schemas, pruning). When it refuses, the others must stop too: a
 process that raised never reaches the barrier the others wait at, and they would wait there
-until the collective's timeout (30 minutes on gloo) with no message. So the main process's
-refusal (a :class:`CatError`: a message, never an object) is broadcast and raised everywhere.
+until the collective's timeout (``CAT_DIST_TIMEOUT``, 30 minutes by default) with no message.
+So the main process's refusal (a :class:`CatError`: a message, never an object) is broadcast
+and raised everywhere.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 from collections.abc import Callable
 from typing import TypeVar
 
+from cat_framework.engine.process_group import join_process_group
 from cat_framework.errors import CatError
 
 T = TypeVar("T")
@@ -35,11 +37,9 @@ def main_decides(work: Callable[[], T], *, main: bool, default: T) -> T:
 
 
 def _from_main(error: str | None) -> str | None:
-    import torch
     import torch.distributed as dist
-    from accelerate import PartialState
 
-    PartialState(cpu=not torch.cuda.is_available())  # the process group, once
+    join_process_group()  # the process group, once, joined in bounded time
     box = [error]
     dist.broadcast_object_list(box, src=0)  # a str or None from our own main process
     return box[0]
