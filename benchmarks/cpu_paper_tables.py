@@ -68,7 +68,7 @@ UNTRAINED = "untrained"
 #: splits hold 876 (train) and 872 (test) distinct problems, disjoint by construction
 FULL = {
     "difficulty": {"digits": 1, "operations": 2},
-    "test_time": {"problems": 300, "G": 8},
+    "test_time": {"problems": 300, "G": 4},
     "training": {"seeds": [0, 1, 2], "steps": 12, "G": 4, "prompts_per_step": 4,
                  "eval_problems": 100},
     "max_new_tokens": 64,

@@ -187,20 +187,26 @@ def test_no_valid_checkpoint_is_one_clear_error(tmp_path):
     assert latest_checkpoint(tmp_path / "elsewhere") is None  # no checkpoint at all: not an error
 
 
+def thread_process(index: int, barrier: threading.Barrier) -> SimpleNamespace:
+    """What the checkpoint code reads of an accelerator, for process ``index`` of two played
+    by threads (``barrier`` stands for the launch's barrier)."""
+    return SimpleNamespace(
+        is_main_process=index == 0,
+        process_index=index,
+        num_processes=2,
+        wait_for_everyone=barrier.wait,
+        device="cpu",
+        reduce=lambda t, reduction: t,  # the weights' finiteness: both replicas are finite
+    )
+
+
 def test_every_process_saves_its_random_streams_and_all_are_required(tmp_path):
     training = make_training()
     barrier = threading.Barrier(2)
     results: dict[int, Path | None] = {}
 
     def process(index: int) -> None:
-        acc = SimpleNamespace(
-            is_main_process=index == 0,
-            process_index=index,
-            num_processes=2,
-            wait_for_everyone=barrier.wait,
-            device="cpu",
-            reduce=lambda t, reduction: t,  # the weights' finiteness: both replicas are finite
-        )
+        acc = thread_process(index, barrier)
         results[index] = save(tmp_path, 1, training, acc=acc)
 
     threads = [threading.Thread(target=process, args=(i,)) for i in (0, 1)]

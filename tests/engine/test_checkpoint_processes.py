@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -23,7 +22,7 @@ from cat_framework.engine.checkpoint import (
 )
 from cat_framework.engine.fsdp import SHARDED
 from cat_framework.errors import CatError
-from tests.engine.test_checkpoint import make_training, step_names
+from tests.engine.test_checkpoint import make_training, step_names, thread_process
 
 
 def two_processes(run_dirs: tuple[Path, Path], step: int) -> dict[int, Any]:
@@ -35,14 +34,7 @@ def two_processes(run_dirs: tuple[Path, Path], step: int) -> dict[int, Any]:
 
     def process(index: int) -> None:
         model, optimizer, scheduler = trainings[index]
-        acc = SimpleNamespace(
-            is_main_process=index == 0,
-            process_index=index,
-            num_processes=2,
-            wait_for_everyone=barrier.wait,
-            device="cpu",
-            reduce=lambda t, reduction: t,  # the weights' finiteness: both are finite
-        )
+        acc = thread_process(index, barrier)
         try:
             outcome[index] = save_checkpoint(
                 run_dirs[index], step, model, optimizer, scheduler, acc, {}, 5, SHARDED
