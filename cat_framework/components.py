@@ -226,6 +226,10 @@ class Aggregator(Component, ABC):
     kind = "aggregator"
     #: the task kinds this aggregator is defined for (majority vote needs final answers)
     tasks: ClassVar[frozenset[str]] = frozenset({"math", "freeform"})
+    #: True for the rollouts' own answer vote: its params' ``fallback`` and ``mode`` are then
+    #: how the run votes, and the reference diagnostics' majority reads rollouts the same way
+    #: (``engine/diagnostics.majority_reading``), so a vote never disagrees with itself
+    is_answer_vote: ClassVar[bool] = False
 
     @abstractmethod
     def aggregate(self, groups: Sequence[RolloutGroup]) -> list[Reference]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 from types import ModuleType
 
@@ -112,3 +113,17 @@ def test_quick_mode_writes_every_table(tmp_path):
     results = json.loads((again / "results.json").read_text())
     assert results["missing"] == ["training ttrl seed 1"]
     assert sorted(results["training"]["arms"]["ttrl"]["seeds"]) == ["0"]
+
+
+def test_every_number_in_the_results_readme_is_a_committed_one():
+    """Each figure the README quotes (accuracies, differences, intervals, p-values, counts
+    written as k/n) appears in the committed tables, so a claim cannot drift from its number."""
+    folder = ROOT / "benchmarks" / "results" / "cpu_paper_tables"
+    if not (folder / "README.md").is_file():
+        pytest.skip("no committed results yet")
+    readme, tables = (folder / "README.md").read_text(), (folder / "results.md").read_text()
+    prose = readme.split("## Reproduce")[0]
+    quoted = set(re.findall(r"[+-]?\d\.\d{3}|\b\d+/\d+\b", prose))
+    assert quoted, "the README quotes no number"
+    missing = sorted(x for x in quoted if x not in tables)
+    assert not missing, f"README numbers not in results.md: {missing}"

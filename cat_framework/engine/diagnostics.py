@@ -68,8 +68,9 @@ class MajorityReading:
 
 def majority_reading(pipeline: Pipeline, *, evaluation: bool) -> MajorityReading:
     """The run's majority vote, so ``reference/disagree_majority`` compares against the very
-    vote the run configures: the first ``majority`` aggregator it names, those of the records'
-    own part first (``eval.aggregators`` for an ``evaluation``'s records, else the teacher's
+    vote the run configures: the first answer-vote aggregator it names (``majority``, or any
+    aggregator class with ``is_answer_vote``), those of the records' own part first
+    (``eval.aggregators`` for an ``evaluation``'s records, else the teacher's
     ``aggregator`` and ``trainer.reference_fallback``), else the ``reward``'s reading of
     rollouts (its ``fallback``), else the ``majority`` aggregator's defaults (``phrase``,
     ``math_verify``)."""
@@ -79,7 +80,7 @@ def majority_reading(pipeline: Pipeline, *, evaluation: bool) -> MajorityReading
     order = evals + teacher if evaluation else teacher + evals
     for key in order:
         comp = comps.get(key)
-        if comp is not None and comp.name == "majority":
+        if comp is not None and getattr(comp.cls, "is_answer_vote", False):
             return _reading_of(comp.params)
     reward = comps.get(("reward",))
     return _reading_of(reward.params) if reward is not None else MajorityReading()

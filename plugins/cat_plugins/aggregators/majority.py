@@ -48,6 +48,7 @@ class MajorityAggregator(Aggregator):
 
     name = "majority"
     tasks = frozenset({"math"})
+    is_answer_vote = True
     Params = MajorityParams
 
     params: MajorityParams
