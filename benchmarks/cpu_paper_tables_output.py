@@ -127,6 +127,19 @@ def _training(tr: dict[str, Any], s: dict[str, Any]) -> list[str]:
             lines.append(f"| {arm} | {m} | " + " | ".join(cells) + f" | {t['mean'][m]:.3f} |")
     lines += [
         "",
+        "Mean over seeds:",
+        "",
+        "| arm | rollouts | single | majority |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {arm} | "
+        + " | ".join(f"{t['mean'][m]:.3f}" for m in ("rollouts", "single", "majority"))
+        + " |"
+        for arm, t in tr["arms"].items()
+    ]
+    lines += [
+        "",
         "### Every arm pair on the same held-out problems, pooled over seeds",
         "",
         "Rollout accuracy: per problem, the share of its rollouts that were right, averaged "

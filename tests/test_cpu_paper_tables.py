@@ -117,13 +117,20 @@ def test_quick_mode_writes_every_table(tmp_path):
 
 def test_every_number_in_the_results_readme_is_a_committed_one():
     """Each figure the README quotes (accuracies, differences, intervals, p-values, counts
-    written as k/n) appears in the committed tables, so a claim cannot drift from its number."""
+    written as k/n) is in the committed tables, and the figures of one README line all come
+    from one line of them (the same row), so a claim cannot drift from its number."""
     folder = ROOT / "benchmarks" / "results" / "cpu_paper_tables"
     if not (folder / "README.md").is_file():
         pytest.skip("no committed results yet")
     readme, tables = (folder / "README.md").read_text(), (folder / "results.md").read_text()
-    prose = readme.split("## Reproduce")[0]
-    quoted = set(re.findall(r"[+-]?\d\.\d{3}|\b\d+/\d+\b", prose))
-    assert quoted, "the README quotes no number"
-    missing = sorted(x for x in quoted if x not in tables)
-    assert not missing, f"README numbers not in results.md: {missing}"
+
+    def numbers(line: str) -> set[str]:
+        return {x.lstrip("+") for x in re.findall(r"[+-]?\d\.\d{3}|\b\d+/\d+\b", line)}
+
+    rows = [numbers(line) for line in tables.splitlines()]
+    quoted = 0
+    for line in readme.split("## Reproduce")[0].splitlines():
+        found = numbers(line)
+        quoted += len(found)
+        assert any(found <= row for row in rows), line
+    assert quoted > 20, "the README quotes almost no number"
