@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -103,57 +102,10 @@ def test_data_dir_copy_wins_over_the_package(
     assert len(Math500Dataset().load()) == 500
 
 
-# ------------------------------------------------------------------- the product's own words
-
-
-#: the name of the folder of research notes and benchmark data beside the developers' checkout:
-#: users do not have it, so neither the product nor a test may read it (written once, here, and
-#: only to check that nothing names it)
-NEIGHBOUR = "shared"
-NAMES_IT = rf"\.\./{NEIGHBOUR}|{NEIGHBOUR}/(data|research)"
-
-
-def test_no_product_file_names_the_shared_folder() -> None:
-    offenders = []
-    for root in (REPO / "cat_framework", REPO / "plugins" / "cat_plugins"):
-        for path in root.rglob("*"):
-            if path.suffix not in {".py", ".md", ".txt", ".yaml"} or "__pycache__" in path.parts:
-                continue
-            text = path.read_text(encoding="utf-8")
-            if re.search(NAMES_IT, text):
-                offenders.append(str(path.relative_to(REPO)))
-    assert not offenders
-
-
-def test_no_test_reads_the_shared_folder() -> None:
-    """Issue 21: the tests pass from a clone alone; what they read ships with the package or
-    lies under tests/data (this file names the folder only to check that nothing guesses it)."""
-    shared = re.compile(
-        rf"{NAMES_IT}|(REPO|parent|\]|DIR|ROOT)\s*/\s*\"{NEIGHBOUR}\""
-        rf"|\"{NEIGHBOUR}\"\s*/\s*\"(data|research)\""
-    )
-    offenders = []
-    for root in (REPO / "tests", *(REPO / "plugins").glob("*/tests")):
-        for path in root.rglob("*.py"):
-            if path == Path(__file__).resolve() or "__pycache__" in path.parts:
-                continue
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if shared.search(line):
-                    offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
-    assert not offenders
-    # the regex catches the forms these tests used before
-    for old in (
-        f'DATA = Path(__file__).resolve().parents[4] / "{NEIGHBOUR}" / "data"',
-        f'SHARED_DATA = REPO.parent / "{NEIGHBOUR}" / "data"',
-        f'"--set", "data.eval.path=../{NEIGHBOUR}/data/healthbench/x.jsonl"',
-    ):
-        assert shared.search(old), old
-
-
 def test_data_dir_is_the_env_var_or_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / NEIGHBOUR / "data").mkdir(parents=True)
+    (tmp_path / "research" / "data").mkdir(parents=True)  # a sibling folder with data
     (tmp_path / "work" / "data").mkdir(parents=True)
     monkeypatch.chdir(tmp_path / "work")
     assert data_dir() is None  # neither the research folder's data nor ./data is guessed
@@ -183,7 +135,7 @@ def test_offline_without_cache_says_what_to_download_and_where(tmp_path: Path) -
     assert str(tmp_path / "cache" / "data" / "gsm8k" / "train.jsonl") in message
     assert "CAT_OFFLINE=1" in message
     assert "`path:`" in message and "CAT_DATA_DIR" in message
-    assert NEIGHBOUR not in message
+    assert "../" not in message  # no folder outside the cache is suggested
 
 
 def test_missing_explicit_path_lists_every_place_tried(
