@@ -48,6 +48,7 @@ from cpu_paper_tables_outcomes import (  # noqa: E402
     data_check,
     estimator_pairs,
     eval_outcomes,
+    record_keys,
     test_time_outcomes,
     trained_questions,
     versus_majority,
@@ -233,6 +234,15 @@ def test_time_stage(
     return d
 
 
+def held_out_keys(dirs: list[Path], steps: int) -> list[str]:
+    """The held-out questions as evaluated (repeats kept, so duplicates show); every arm and
+    seed must have evaluated the same ones, or the pairing would be void."""
+    found = [record_keys(d / "eval" / f"step-{steps:06d}.jsonl") for d in dirs]
+    if any(sorted(f) != sorted(found[0]) for f in found):
+        raise SystemExit("the training runs did not evaluate the same held-out problems")
+    return found[0] if found else []
+
+
 def training_stage(
     plugins: Any, cfg: dict, args: Any, reuse: bool | str, results: dict
 ) -> list[Path]:
@@ -267,9 +277,7 @@ def training_stage(
                 rows += [{"arm": name, "seed": seed, **o} for o in outcomes]
     write_jsonl(args.out / "outcomes" / "training.jsonl", rows)
     per_arm = {a: s for a, s in per_arm.items() if s}
-    held_out = sorted(
-        {o["question"] for seeds in per_arm.values() for x in seeds.values() for o in x}
-    )
+    held_out = held_out_keys(dirs, tc["steps"])
     results["training"] = {"arms": arm_table(per_arm), "pairs": arm_pairs(per_arm)}
     results["data_check"] = {"held_out": held_out, "trained": trained}
     return dirs
@@ -315,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             d = test_time_stage(plugins, cfg, args, reuse, results)
             if d is not None:
                 run_dirs.append(d)
-                checked["test_time"] = [o["question"] for o in test_time_outcomes(d)]
+                checked["test_time"] = record_keys(d / "records.jsonl")
         else:
             run_dirs += training_stage(plugins, cfg, args, reuse, results)
             found = results.pop("data_check")

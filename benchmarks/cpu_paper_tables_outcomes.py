@@ -13,13 +13,26 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from cat_framework.engine.data_overlap import question_key
 from cat_framework.engine.paired_stats import holm, mcnemar_exact, paired_bootstrap, sign_flip_p
 from cat_framework.engine.stats import bootstrap_ci
+from cat_framework.types import Prompt
 
 
 def question(record: dict[str, Any]) -> str:
-    """What the model was asked (the user turn), as the data check compares it."""
+    """What the model was asked (the user turn), for a reader of the outcomes."""
     return " ".join(m["content"] for m in record["messages"] if m["role"] == "user").strip()
+
+
+def same_question(record: dict[str, Any]) -> str:
+    """The key under which two records ask the same question: the product's own definition
+    (:func:`cat_framework.engine.data_overlap.question_key`), as a run's ``data.json`` uses."""
+    return question_key(Prompt(id=record["prompt_id"], messages=tuple(record["messages"])))
+
+
+def record_keys(path: Path) -> list[str]:
+    """The question key of every record in a records file, in order (repeats kept)."""
+    return [same_question(r) for r in _rows(path)]
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -51,7 +64,7 @@ def eval_outcomes(run_dir: Path, step: int) -> list[dict[str, Any]]:
 
 def trained_questions(run_dir: Path) -> set[str]:
     """Every question GRPO trained on in a run (its training records)."""
-    return {question(r) for r in _rows(run_dir / "records.jsonl") if r.get("mode") == "train"}
+    return {same_question(r) for r in _rows(run_dir / "records.jsonl") if r.get("mode") == "train"}
 
 
 def data_check(evaluated: dict[str, list[str]], trained: set[str]) -> dict[str, Any]:
