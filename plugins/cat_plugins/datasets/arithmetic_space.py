@@ -119,7 +119,7 @@ def enumerate_all(space: Space) -> Iterator[Problem]:
         yield from grow(start, (), start)
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=4)  # a run needs two (train, test); each may hold 200k problems
 def split_problems(space: Space, split: str) -> tuple[Problem, ...]:
     """All problems of ``split`` in an enumerable space (fixed order; the caller shuffles)."""
     return tuple(p for p in enumerate_all(space) if split_of(p) == split)
