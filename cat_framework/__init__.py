@@ -12,6 +12,7 @@ from cat_framework.components import (
     Dataset,
     RewardDeriver,
     Roles,
+    ServerCommand,
     TrainableBackend,
     WeightChecksums,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "RolloutGroup",
     "RolloutRecord",
     "RunRecord",
+    "ServerCommand",
     "TrainableBackend",
     "UnknownComponentError",
     "Verdict",

@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from cat_framework.cli_options import set_option
 from cat_framework.engine.process_group import leave_process_group
 from cat_framework.errors import CatError, cut_message
 from cat_framework.logs import configure_logging
@@ -140,13 +141,7 @@ def components_cmd(kind: str | None, as_json: bool) -> None:
                 click.echo(f"      {pname} ({typ}, {default}): {schema.get('description', '')}")
 
 
-_set_option = click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY.PATH=VALUE",
-    help="Override a pipeline value (YAML syntax), e.g. --set rollouts.n=4. Repeatable.",
-)
+_set_option = set_option
 
 
 @cli.command("validate")
@@ -343,3 +338,7 @@ cli.add_command(data_cmd)
 from cat_framework.cli_compare import compare_cmd  # noqa: E402  (click only at import)
 
 cli.add_command(compare_cmd)
+
+from cat_framework.cli_serve import serve_command_cmd  # noqa: E402  (click only at import)
+
+cli.add_command(serve_command_cmd)

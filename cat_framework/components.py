@@ -89,10 +89,28 @@ class WeightChecksums:
     rtol: float
     dtype: Any = None  # a torch.dtype; None: the trainer's own
     exact: frozenset[str] = frozenset()
+    source: str = ""  # which server(s) reported them, for the error message
 
 
 #: relative tolerance of a sum read element by element: float64 summation order only
 EXACT_RTOL = 1e-9
+
+
+@dataclass(frozen=True)
+class ServerCommand:
+    """A server a backend talks to, as the command that starts it (``cat-framework
+    serve-command``): its environment, its argv, and the URL the backend expects it at."""
+
+    url: str
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+
+    def shell(self) -> str:
+        """One line for a POSIX shell."""
+        import shlex
+
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env)
+        return f"{env} {shlex.join(self.argv)}".strip()
 
 
 class Backend(Component, ABC):
@@ -121,6 +139,10 @@ class Backend(Component, ABC):
     #: for the trainer; ``None``: the one trainable backend installed
     trains_with: ClassVar[str | None] = None
 
+    #: one sampler serves every trainer process (servers reached over the network): the main
+    #: process alone pushes weights to it and checks them, the others wait for the outcome
+    shared_sampler: ClassVar[bool] = False
+
     @classmethod
     def helper_cores(cls, params: ComponentParams) -> int:
         """CPU cores that processes this backend would start beside the run's own keep busy (an
@@ -128,6 +150,12 @@ class Backend(Component, ABC):
         so the run gives its own torch threads only the rest (``docs/scaling.md#cpu-threads``).
         Default 0: it computes in the calling process, or on another machine."""
         return 0
+
+    @classmethod
+    def server_commands(cls, params: ComponentParams) -> list[ServerCommand]:
+        """The servers this backend, with these validated params, expects to find running,
+        as the commands that start them (``cat-framework serve-command``). Default: none."""
+        return []
 
     def update_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
         """Load new weights (e.g. the trainer's policy after an optimizer step)."""

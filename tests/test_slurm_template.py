@@ -28,9 +28,11 @@ SRUN = textwrap.dedent("""\
     args = sys.argv[1:]
     nodes = next(a.split("=", 1)[1] for a in args if a.startswith("--nodelist=")).split(",")
     command = args[next(i for i, a in enumerate(args) if not a.startswith("--")):]
+    server = "vllm" in command
     with open(os.environ["STUB_LOG"], "a") as log:
-        log.write(json.dumps({{"srun": command[0], "nodes": nodes}}) + "\\n")
-    if command[0] == "vllm":
+        entry = {{"srun": "vllm" if server else command[0], "nodes": nodes}}
+        log.write(json.dumps({{**entry, "command": command}} if server else entry) + "\\n")
+    if server:
         sys.exit(0)
     for rank, node in enumerate(nodes):
         env = {{**os.environ, "SLURM_NODEID": str(rank), "SLURMD_NODENAME": node}}
@@ -77,7 +79,7 @@ def option(argv: list[str], name: str) -> str:
 def test_trainer_nodes_get_their_ranks_and_a_server_serves_the_judge(tmp_path):
     proc, calls = submit(tmp_path, "gpu1 gpu2 gpu3", TRAIN_NODES="2", SERVE_MODEL="Qwen/Qwen3-4B")
     assert proc.returncode == 0, proc.stderr
-    assert {"srun": "vllm", "nodes": ["gpu3"]} in calls
+    assert [c["nodes"] for c in calls if c.get("srun") == "vllm"] == [["gpu3"]]
     launches = [c["argv"] for c in calls if "argv" in c]
     assert [option(a, "--machine_rank") for a in launches] == ["0", "1"]
     for argv in launches:
@@ -117,3 +119,29 @@ def test_a_wrong_allocation_is_refused_before_anything_starts(tmp_path, nodes, e
     proc, calls = submit(tmp_path, nodes, **env)
     assert proc.returncode == 2 and message in proc.stderr
     assert calls == []
+
+
+def test_policy_server_nodes_are_replicas_fed_the_trainers_weights(tmp_path):
+    run_dir = tmp_path / "runs" / "job"
+    proc, calls = submit(tmp_path, "gpu1 gpu2 gpu3", TRAIN_NODES="1", SERVE_MODEL="Qwen/Qwen3-4B",
+                         SERVE_ROLES="policy policy", RUN_DIR=str(run_dir))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    servers = [c for c in calls if c.get("srun") == "vllm"]
+    assert sorted(c["nodes"] for c in servers) == [["gpu2"], ["gpu3"]]  # started in background
+    for c in servers:
+        command = c["command"]
+        assert command[:2] == ["env", "VLLM_SERVER_DEV_MODE=1"]
+        assert option(command, "--weight-transfer-config") == '{"backend": "cat_file"}'
+        assert option(command, "--worker-extension-cls").endswith("CatWorkerExtension")
+        # what the vllm-server backend expects of its servers (as serve-command prints it)
+        assert option(command, "--logprobs-mode") == "processed_logprobs"
+        assert option(command, "--generation-config") == "vllm"
+    [launch] = [c["argv"] for c in calls if "argv" in c]
+    run_args = launch[launch.index(str(PIPELINE)) + 1 :]
+    overrides = [run_args[i + 1] for i, a in enumerate(run_args) if a == "--set"]
+    pipeline = load_pipeline(PIPELINE, overrides, plugins=load_plugins(entry_points=False))
+    policy = pipeline.component("models", "policy")
+    assert policy.name == "vllm-server"
+    assert policy.params.urls == ["http://gpu2:8000", "http://gpu3:8000"]
+    assert policy.params.transfer_dir == f"{run_dir}.weights"  # beside the run, shared
+    assert Path(f"{run_dir}.weights").is_dir()

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import structlog
 
-from cat_framework.components import Dataset
 from cat_framework.engine.data_overlap import DataReport, data_report, overlap_error
 from cat_framework.engine.files import atomic_write_json
 from cat_framework.pipeline import Pipeline
-from cat_framework.pipeline.build import build_component
 from cat_framework.types import Prompt
 
 log = structlog.get_logger("cat_framework.data")
@@ -25,18 +23,11 @@ def run_splits(pipeline: Pipeline) -> tuple[list[Prompt] | None, list[Prompt] | 
     """The prompts of each split the pipeline names, as the engine loads them: all of
     ``data.train``, the first ``eval.limit`` of ``data.eval``. In ``mode: evaluate`` a named
     ``data.train`` is loaded for this check alone (the overlap of what was trained on)."""
-    from cat_framework.engine.evaluate import load_prompts  # the engine's own loading
+    from cat_framework.engine.split_prompts import split_prompts  # what the run's mode reads
 
-    cfg = pipeline.config
-    train = eval_ = None
-    if cfg.data.train is not None:
-        dataset = build_component(pipeline, "data", "train")
-        assert isinstance(dataset, Dataset)
-        train = load_prompts(dataset, None)
-    if cfg.data.eval is not None:
-        dataset = build_component(pipeline, "data", "eval")
-        assert isinstance(dataset, Dataset)
-        eval_ = load_prompts(dataset, cfg.eval.limit)
+    data = pipeline.config.data
+    train = split_prompts(pipeline, "train")[1] if data.train is not None else None
+    eval_ = split_prompts(pipeline, "eval")[1] if data.eval is not None else None
     return train, eval_
 
 

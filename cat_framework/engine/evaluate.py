@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 
 from cat_framework.answers import answers_equivalent
-from cat_framework.components import Aggregator, Backend, Dataset, RewardDeriver, Roles
+from cat_framework.components import Aggregator, Backend, RewardDeriver, Roles
 from cat_framework.engine.diagnostics import (
     MajorityReading,
     majority_reading,
@@ -33,11 +33,12 @@ from cat_framework.engine.files import atomic_write_text
 from cat_framework.engine.progress import phase, track
 from cat_framework.engine.record_builder import build_record
 from cat_framework.engine.schedule import derive_seed
+from cat_framework.engine.split_prompts import split_prompts
 from cat_framework.engine.stats import bootstrap_ci, mean
 from cat_framework.engine.teacher import explore
 from cat_framework.errors import CatError
 from cat_framework.pipeline import Pipeline
-from cat_framework.pipeline.build import BackendPool, build_component, build_roles
+from cat_framework.pipeline.build import BackendPool, build_roles
 from cat_framework.plugins import Plugins
 from cat_framework.records import parse_records, read_jsonl
 from cat_framework.types import Completion, Prompt, Reference, RolloutGroup
@@ -48,26 +49,6 @@ log = structlog.get_logger("cat_framework.evaluate")
 def labels_for(names: Sequence[str]) -> list[str]:
     """Column labels: the aggregator's name, numbered when a name appears more than once."""
     return [n if names.count(n) == 1 else f"{n}[{i}]" for i, n in enumerate(names)]
-
-
-def load_prompts(dataset: Dataset, limit: int | None) -> list[Prompt]:
-    """The dataset's prompts (first ``limit``), tagged with the task so templates can adapt."""
-    prompts = dataset.load()[:limit] if limit else dataset.load()
-    seen: set[str] = set()
-    for p in prompts:  # built-ins refuse these with file:line; this covers any plugin's dataset
-        if p.id in seen:
-            raise CatError(
-                f"dataset {dataset.name!r} yields two prompts with id {p.id!r}: ids must be "
-                "unique (records, resume and metrics are keyed by them)"
-            )
-        seen.add(p.id)
-    task = dataset.task_kind
-    return [
-        p
-        if p.meta.get("task")
-        else Prompt(p.id, p.messages, p.gold_answer, p.rubric, {**p.meta, "task": task})
-        for p in prompts
-    ]
 
 
 class GoldScorer:
@@ -232,12 +213,9 @@ class PeriodicEval:
     current policy, written to ``eval/step-NNNNNN.{jsonl,json}``."""
 
     def __init__(self, pipeline: Pipeline, roles: Roles, run_dir: Path) -> None:
-        cfg = pipeline.config
         self.out = run_dir / "eval"
-        dataset = build_component(pipeline, "data", "eval")
-        assert isinstance(dataset, Dataset)
+        dataset, self.prompts = split_prompts(pipeline, "eval")
         self.pipeline = pipeline
-        self.prompts = load_prompts(dataset, cfg.eval.limit)
         self.task = dataset.task_kind
         self.evaluation = Evaluation.build(pipeline, roles, self.task)
 
@@ -277,9 +255,7 @@ def run_evaluate(
     pipeline: Pipeline, run_dir: Path, plugins: Plugins, resume: str | None = None
 ) -> dict[str, Any]:
     cfg = pipeline.config
-    dataset = build_component(pipeline, "data", "eval")
-    assert isinstance(dataset, Dataset)
-    prompts = load_prompts(dataset, cfg.eval.limit)
+    dataset, prompts = split_prompts(pipeline, "eval")
     if not prompts:
         raise CatError(f"data.eval ({dataset.name}) has no prompts to evaluate")
     records_path = run_dir / "records.jsonl"

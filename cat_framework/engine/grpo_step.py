@@ -36,6 +36,10 @@ from cat_framework.errors import CatError
 from cat_framework.pipeline.schema import Rollouts, Trainer
 from cat_framework.types import Prompt, RolloutGroup
 
+#: a token's trainer and sampler log-probs "mismatch" when their probabilities differ by more
+#: than 10 % (``is_weight/mismatch_share``; ``is_weight/logp_gap_mean`` is the mean gap)
+MISMATCH = math.log(1.1)
+
 
 @dataclass
 class StepOutput:
@@ -188,7 +192,11 @@ class GRPOStep:
             engine_logp = rows.engine_logp.to(dev)
             is_w = grpo.importance_weights(is_ref, engine_logp, cfg.importance_cap)
             raw = torch.where(mask > 0, torch.exp(is_ref - engine_logp), 0.0)  # no inf * 0
-            metrics.update(self._token_means(mask, raw=raw, capped=(raw > cfg.importance_cap)))
+            gap = torch.where(mask > 0, (is_ref - engine_logp).abs(), 0.0)
+            metrics.update(self._token_means(
+                mask, raw=raw, capped=(raw > cfg.importance_cap), logp_gap=gap,
+                mismatch=gap > MISMATCH,
+            ))  # fmt: skip
         return Tensors(
             rows, batch, mask, adv, old_logp, ref_logp, is_w, teacher_rewards, metrics
         )  # fmt: skip

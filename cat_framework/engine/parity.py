@@ -68,12 +68,14 @@ class Pushed:
         self.sums: dict[str, dict[torch.dtype, tuple[float, float]]] = {}
         self.expected = None if expected is None else set(expected)
         self.dtype = dtype  # the engine's, once a check has told it
+        self.bytes = 0  # what the push carried
 
     def record(
         self, named_tensors: Iterable[tuple[str, torch.Tensor]]
     ) -> Iterator[tuple[str, torch.Tensor]]:
         for name, tensor in named_tensors:
             self.sums[name] = sums_by_dtype(tensor, self.dtype)
+            self.bytes += tensor.numel() * tensor.element_size()
             yield name, tensor
 
     def skipped(self) -> list[str]:
@@ -136,7 +138,7 @@ def check_engine(backend: Backend, pushed: Pushed) -> WeightChecksums | None:
     if wrong:
         raise CatError(
             f"weight parity check failed after pushing the trained weights to the {backend.name} "
-            f"engine: {len(wrong)} of {compared} tensor(s) differ from the trainer's "
+            f"engine{f' ({served.source})' if served.source else ''}: {len(wrong)} of {compared} tensor(s) differ from the trainer's "
             f"({', '.join(wrong[:3])}; relative tolerance {EXACT_RTOL:.0e} read directly, "
             f"{served.rtol:.1e} through a kernel); rollouts would "
             "come from other weights than the trainer's. A push that skipped or misnamed a "

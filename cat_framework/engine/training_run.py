@@ -17,7 +17,6 @@ from typing import Any
 import structlog
 import torch
 
-from cat_framework.components import Dataset
 from cat_framework.confine import refuse_links
 from cat_framework.engine.accelerator import (
     check_processes,
@@ -34,16 +33,16 @@ from cat_framework.engine.checkpoint import (
     tidy_checkpoints,
     truncate_jsonl,
 )
-from cat_framework.engine.evaluate import load_prompts
 from cat_framework.engine.files import append_jsonl
 from cat_framework.engine.finite import NonfiniteGuard, refuse_nonfinite_weights
 from cat_framework.engine.main_decides import main_decides
 from cat_framework.engine.placement import Placement, build_placement
 from cat_framework.engine.schedule import derive_seed, shard, step_prompts
+from cat_framework.engine.split_prompts import split_prompts
 from cat_framework.engine.update import Updater
 from cat_framework.errors import CatError
 from cat_framework.pipeline import Pipeline
-from cat_framework.pipeline.build import BackendPool, build_component
+from cat_framework.pipeline.build import BackendPool
 from cat_framework.plugins import Plugins
 from cat_framework.records import check_schema
 from cat_framework.types import Prompt
@@ -179,9 +178,7 @@ def training_run(
     acc = make_accelerator(cfg.trainer.mixed_precision)
     check_processes(cfg.trainer.prompts_per_step, acc)
     set_seed(cfg.seed)
-    dataset = build_component(pipeline, "data", "train")
-    assert isinstance(dataset, Dataset)
-    prompts = load_prompts(dataset, None)
+    prompts = split_prompts(pipeline, "train")[1]
     if not prompts:
         raise CatError("data.train has no prompts")
     run = TrainingRun(pipeline, run_dir, plugins, acc, prompts)
@@ -191,6 +188,7 @@ def training_run(
             pipeline, plugins, run.pool, acc, need_frozen=need_frozen, plan=run.plan
         )
         try:
+            run.placement.begin()  # before anything samples (CaT-SFT's references, a resume's)
             yield run
         finally:
             run.placement.close()

@@ -208,7 +208,7 @@ def test_minppl_ranks_by_the_policy_by_default(tmp_path, plugins):
 
 def test_a_plugin_dataset_with_duplicate_ids_is_refused():
     from cat_framework import Dataset, Prompt
-    from cat_framework.engine.evaluate import load_prompts
+    from cat_framework.engine.split_prompts import load_prompts
     from cat_framework.errors import CatError
 
     class Twice(Dataset):

@@ -163,7 +163,8 @@ class StopAt:
 
 def comparable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
-        {k: v for k, v in r.items() if not k.startswith(("time/", "tokens_per_s"))} for r in rows
+        {k: v for k, v in r.items() if not k.startswith(("time/", "tokens_per_s", "sync/time"))}
+        for r in rows
     ]
 
 

@@ -9,6 +9,7 @@ from cat_framework.engine.placement.on_shards import OnShards
 from cat_framework.engine.placement.one_step_off import OneStepOff
 from cat_framework.engine.placement.roles import training_roles
 from cat_framework.engine.placement.separate_engine import SeparateEngine
+from cat_framework.engine.placement.server import Server
 from cat_framework.engine.placement.table import (
     Choice,
     Launch,
@@ -32,6 +33,7 @@ __all__ = [
     "Placement",
     "Sampled",
     "SeparateEngine",
+    "Server",
     "Setup",
     "build_placement",
     "check_placement",

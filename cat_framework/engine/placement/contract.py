@@ -15,7 +15,7 @@ moments per step, and know nothing of what happens there:
    leaving: the new weights reach the sampler and are parity-checked. Its timings are returned.
 
 Besides: :meth:`reference` (pi_0 log-probs), :meth:`settle` (where all processes meet outside
-a step), :meth:`resume`, :meth:`extra_state` (per-process checkpoint slots),
+a step), :meth:`begin` and :meth:`resume`, :meth:`extra_state` (per-process checkpoint slots),
 :attr:`checkpoint_layout`, :meth:`export` (the final model) and :meth:`close`.
 """
 
@@ -183,6 +183,12 @@ class Placement:
 
     def extra_checks(self) -> dict[str, SlotCheck]:
         """Per slot name, what checks a slot file's content before a checkpoint is chosen."""
+        return {}
+
+    def begin(self) -> dict[str, float]:
+        """Before anything samples (a resume then brings the checkpoint's weights): the
+        sampler gets the weights the run starts from, pi_0 (nothing by default: every
+        in-process sampler loaded them itself)."""
         return {}
 
     def resume(self, ckpt: Checkpoint) -> None:

@@ -85,6 +85,9 @@ class OneStepOff(Placement):
     def extra_checks(self) -> dict[str, SlotCheck]:
         return {**self.inner.extra_checks(), SLOT: pending_values(self.vocab)}
 
+    def begin(self) -> dict[str, float]:
+        return self.inner.begin()
+
     def resume(self, ckpt: Checkpoint) -> None:
         self.inner.resume(ckpt)
         planned = self.plan(ckpt.step + 1)

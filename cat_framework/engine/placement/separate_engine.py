@@ -66,6 +66,13 @@ class SeparateEngine(Placement):
         t0 = time.perf_counter()
         names = lora.engine_names(self.model) if self.lora else list(self.model.state_dict())
         pushed = parity.Pushed(expected=names, dtype=self._engine_dtype)
+        self.send(pushed)
+        seconds = time.perf_counter() - t0
+        return {"time/training/push_weights": seconds, "sync/time": seconds,
+                "sync/bytes": float(pushed.bytes)}  # fmt: skip
+
+    def send(self, pushed: parity.Pushed) -> None:
+        """The tensors to the sampler, recorded in ``pushed``, and the parity check."""
         self.sampler.update_weights(pushed.record(self.trained_tensors()))
         served = parity.check_engine(self.sampler, pushed)
         if served is not None:
@@ -74,7 +81,6 @@ class SeparateEngine(Placement):
             self._unchecked = True
             log.info("no weight parity check: the sampler cannot report what it serves",
                      backend=self.sampler.name)  # fmt: skip
-        return {"time/training/push_weights": time.perf_counter() - t0}
 
     def trained_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         """The weights the engine needs, named as in the base checkpoint: gathered one tensor

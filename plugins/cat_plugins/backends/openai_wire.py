@@ -7,6 +7,7 @@ Kept apart from :mod:`.openai_backend` (the request logic) so each stays readabl
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -28,6 +29,17 @@ class ServerConfigError(BackendError):
 class Malformed(Exception):
     """A 200 answer without a usable completion (cut JSON, an HTML page, no choices): a server
     or proxy fault, retried like a 5xx."""
+
+
+def run_sync(make_coro: Any) -> Any:
+    """Run a coroutine to completion from sync code, even under a running event loop (a
+    notebook's): then in a helper thread with a loop of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make_coro())
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, make_coro()).result()
 
 
 class Pacer:
@@ -117,6 +129,7 @@ __all__ = [
     "ServerConfigError",
     "read_completions",
     "retry_after",
+    "run_sync",
     "to_completion",
     "with_choices",
 ]
