@@ -118,6 +118,9 @@ def pipeline(s: dict[str, Any]) -> dict[str, Any]:
     }
     if s["lora"]:
         trainer["lora"] = {"r": 16, "alpha": 32, "target_modules": "all-linear"}
+    if s.get("bf16_rollouts"):  # a lever of ours alone: TRL without vLLM has no counterpart
+        trainer["rollout_dtype"] = "bfloat16"
+        trainer["vllm_importance_sampling"] = True
     return {
         "name": "grpo-vs-trl",
         "mode": "train",
@@ -291,7 +294,8 @@ def main(argv: list[str] | None = None) -> None:
         "--configs",
         default="full,lora,full-fixed",
         help="comma-separated: full (fine-tuning), lora, and either with -fixed: every "
-        "completion exactly max_new_tokens long on both sides (equal work)",
+        "completion exactly max_new_tokens long on both sides (equal work), and/or -bf16: ours "
+        "samples from a bfloat16 copy (trainer.rollout_dtype), TRL unchanged",
     )
     parser.add_argument(
         "--out", type=Path, default=REPO / "benchmarks" / "results" / "grpo_vs_trl-cpu-2core"
@@ -337,7 +341,9 @@ def main(argv: list[str] | None = None) -> None:
         fixed = fixed_length_folder(model_folder(), Path(models))
         for name in args.configs.split(","):
             print(f"{name}:", flush=True)
-            s = {**base, "lora": name.startswith("lora"), "fixed_length": name.endswith("-fixed")}
+            parts = name.split("-")
+            s = {**base, "lora": parts[0] == "lora", "fixed_length": "fixed" in parts,
+                 "bf16_rollouts": "bf16" in parts}  # fmt: skip
             s["model"] = fixed if s["fixed_length"] else MODEL
             result["configs"][name] = benchmark(s, args.repeats, args.venv, args.threads)
     result["wall_s"] = time.perf_counter() - start

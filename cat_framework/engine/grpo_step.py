@@ -70,6 +70,9 @@ class Tensors:
     is_weights: torch.Tensor | None
     teacher_rewards: torch.Tensor  # every process's, before any KL penalty (metrics)
     metrics: dict[str, float]
+    #: on-policy importance weights are taken in the update's own forward (no extra pass):
+    #: the sampler's log-probs they need, else None
+    engine_logp: torch.Tensor | None = None
 
 
 def to_rows(
@@ -100,6 +103,10 @@ def to_rows(
 
 class GRPOStep:
     """Holds what every step needs; ``__call__`` runs one step and returns metrics and records."""
+
+    #: take on-policy importance weights in the update's forward (False: a pass of their own,
+    #: the reference the tests compare it with)
+    weights_in_pass = True
 
     def __init__(
         self,
@@ -183,22 +190,28 @@ class GRPOStep:
         engine = self.placement.pushes_weights and cfg.vllm_importance_sampling
         correct = sampled.off_policy or engine or sampled.staleness > 0
         weigh = correct and self._everyone_aligned(rows, sampled)
-        old_logp = is_ref = None
-        if cfg.num_iterations > 1 or correct:
+        # fresh rollouts, one pass, the sampler's log-probs on the full support: pi_old is the
+        # update's own forward, so the weights are taken there instead of in a pass of their own
+        in_pass = (
+            weigh and self.weights_in_pass and cfg.num_iterations == 1 and not sampled.off_policy
+            and sampled.staleness == 0 and self._support_is_full()
+        )  # fmt: skip
+        old_logp = is_ref = is_w = in_pass_logp = None
+        if (cfg.num_iterations > 1 or correct) and not in_pass:
             old_logp, is_ref = self._old_logps(batch, weigh)
-        is_w = None
-        if weigh:
+        if in_pass:
+            assert rows.engine_logp is not None
+            in_pass_logp = rows.engine_logp.to(dev)
+        elif weigh:
             assert is_ref is not None and rows.engine_logp is not None
             engine_logp = rows.engine_logp.to(dev)
             is_w = grpo.importance_weights(is_ref, engine_logp, cfg.importance_cap)
-            raw = torch.where(mask > 0, torch.exp(is_ref - engine_logp), 0.0)  # no inf * 0
-            gap = torch.where(mask > 0, (is_ref - engine_logp).abs(), 0.0)
-            metrics.update(self._token_means(
-                mask, raw=raw, capped=(raw > cfg.importance_cap), logp_gap=gap,
-                mismatch=gap > MISMATCH,
-            ))  # fmt: skip
+            sums = self._is_sums(is_ref, engine_logp, mask)
+            tokens = max(self._global_sum(float(mask.sum().item())), 1.0)
+            metrics.update({k: self._global_sum(v) / tokens for k, v in sums.items()})
         return Tensors(
-            rows, batch, mask, adv, old_logp, ref_logp, is_w, teacher_rewards, metrics
+            rows, batch, mask, adv, old_logp, ref_logp, is_w, teacher_rewards, metrics,
+            in_pass_logp,
         )  # fmt: skip
 
     def _everyone_aligned(self, rows: TrainingRows, sampled: Sampled) -> bool:
@@ -234,6 +247,14 @@ class GRPOStep:
             return grpo.group_advantages(rewards, g, "none") / (spread + 1e-4)
         return grpo.group_advantages(rewards, g, self.cfg.scale_rewards)
 
+    def _support_is_full(self) -> bool:
+        """Whether the sampler's log-probs are over the distribution the trainer computes
+        (the full vocabulary at the sampling temperature): then pi_old needs no other pass."""
+        kind = self.placement.sampler.logprob_support()
+        if kind == "sampled":
+            return not Support(self.rollouts.top_k, self.rollouts.top_p).truncates
+        return kind == "full" or self.temperature == 1.0
+
     def _old_logps(
         self, batch: TokenBatch, weigh: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -242,24 +263,27 @@ class GRPOStep:
         over the top-k / top-p kept tokens for a sampler that reports its sampled distribution,
         at temperature 1 for one that reports raw log-probs."""
         model = self.placement.model
-        kind = self.placement.sampler.logprob_support() if weigh else "full"
-        support = Support(self.rollouts.top_k, self.rollouts.top_p)
-        if kind == "sampled" and support.truncates:
-            return self._logps(model, batch, support=support)
-        old = self._logps(model, batch)
-        if kind == "raw" and self.temperature != 1.0:
-            return old, self._logps(model, batch, temperature=1.0)
-        return old, old
-
-    def _token_means(self, mask: torch.Tensor, **values: torch.Tensor) -> dict[str, float]:
-        """Mask-weighted means over every process's tokens, as ``is_weight/<name>_mean``."""
-        tokens = max(self._global_sum(float(mask.sum().item())), 1.0)
-        return {
-            f"is_weight/{name}_{'share' if v.dtype == torch.bool else 'mean'}": self._global_sum(
-                float((v.to(mask.dtype) * mask).sum().item())
+        if not weigh or self._support_is_full():
+            old = self._logps(model, batch)
+            return old, old
+        if self.placement.sampler.logprob_support() == "sampled":
+            return self._logps(
+                model, batch, support=Support(self.rollouts.top_k, self.rollouts.top_p)
             )
-            / tokens
-            for name, v in values.items()
+        return self._logps(model, batch), self._logps(model, batch, temperature=1.0)
+
+    def _is_sums(
+        self, is_ref: torch.Tensor, engine_logp: torch.Tensor, mask: torch.Tensor
+    ) -> dict[str, float]:
+        """This process's token-weighted sums of the importance-weight statistics (the raw
+        weight, the share capped, the log-prob gap, the share mismatched)."""
+        raw = torch.where(mask > 0, torch.exp(is_ref - engine_logp), 0.0)  # no inf * 0
+        gap = torch.where(mask > 0, (is_ref - engine_logp).abs(), 0.0)
+        values = {"raw_mean": raw, "capped_share": raw > self.cfg.importance_cap,
+                  "logp_gap_mean": gap, "mismatch_share": gap > MISMATCH}  # fmt: skip
+        return {
+            f"is_weight/{k}": float((v.to(mask.dtype) * mask).sum().item())
+            for k, v in values.items()
         }
 
     # ------------------------------------------------------------------ update
@@ -279,6 +303,9 @@ class GRPOStep:
                 self.updater.model, mb, self.temperature, entropy=it == 0,
                 chunk=cfg.logprob_chunk,
             )  # fmt: skip
+            is_w = t.is_weights[s] if t.is_weights is not None else None
+            if t.engine_logp is not None:  # on-policy: pi_old is this very forward
+                is_w = self._in_pass_weights(logp.detach(), t.engine_logp[s], t.mask[s], stats)
             out = grpo.grpo_loss(
                 logp,
                 t.old_logp[s] if t.old_logp is not None else logp.detach(),
@@ -292,7 +319,7 @@ class GRPOStep:
                 max_completion_length=self.rollouts.max_new_tokens,
                 num_sequences=int(num_seq),
                 num_tokens=num_tok,
-                is_weights=t.is_weights[s] if t.is_weights is not None else None,
+                is_weights=is_w,
             )
             if it == 0:
                 tokens = float(t.mask[s].sum().item())
@@ -307,6 +334,18 @@ class GRPOStep:
         stats["grad_norm"] = updated.grad_norm
         stats["train/nonfinite_steps"] = float(updated.skipped)
         return stats
+
+    def _in_pass_weights(
+        self, old: torch.Tensor, engine_logp: torch.Tensor, mask: torch.Tensor, stats: dict
+    ) -> torch.Tensor:
+        """A micro-batch's importance weights from the update's own forward; their statistics
+        join the token-weighted ``stats`` (divided by the global token count in :meth:`_metrics`)."""
+        weights = grpo.importance_weights(old, engine_logp, self.cfg.importance_cap)
+        sums = {**self._is_sums(old, engine_logp, mask),
+                "is_weight/mean": float((weights * mask).sum().item())}  # fmt: skip
+        for key, value in sums.items():
+            stats[key] = stats.get(key, 0.0) + value
+        return weights
 
     # ------------------------------------------------------------------ helpers
     @torch.no_grad()

@@ -60,27 +60,36 @@ def sums_by_dtype(
 class Pushed:
     """The sums of the tensors a push carried, recorded as they stream past, and the names the
     trainer meant to push (``expected``): a name missing from the push is caught on the
-    trainer's side, whatever the engine reports."""
+    trainer's side, whatever the engine reports. ``summing=False`` records the names alone, for
+    an engine known to report no checksums (its sums would be a wasted pass per tensor)."""
 
     def __init__(
-        self, expected: Iterable[str] | None = None, dtype: torch.dtype | None = None
+        self,
+        expected: Iterable[str] | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        summing: bool = True,
     ) -> None:
         self.sums: dict[str, dict[torch.dtype, tuple[float, float]]] = {}
+        self.names: set[str] = set()
         self.expected = None if expected is None else set(expected)
         self.dtype = dtype  # the engine's, once a check has told it
+        self.summing = summing
         self.bytes = 0  # what the push carried
 
     def record(
         self, named_tensors: Iterable[tuple[str, torch.Tensor]]
     ) -> Iterator[tuple[str, torch.Tensor]]:
         for name, tensor in named_tensors:
-            self.sums[name] = sums_by_dtype(tensor, self.dtype)
+            self.names.add(name)
+            if self.summing:
+                self.sums[name] = sums_by_dtype(tensor, self.dtype)
             self.bytes += tensor.numel() * tensor.element_size()
             yield name, tensor
 
     def skipped(self) -> list[str]:
         """The expected names the push did not carry."""
-        return sorted((self.expected or set()) - set(self.sums))
+        return sorted((self.expected or set()) - self.names)
 
     def of(self, name: str, dtype: torch.dtype | None) -> tuple[float, float]:
         by_dtype = self.sums[name]

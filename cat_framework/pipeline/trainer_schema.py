@@ -100,6 +100,14 @@ class Trainer(Strict):
         "(no full-vocabulary logits; docs/training.md#memory); 0: plain logits.",
     )
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="accelerate setting.")
+    rollout_dtype: Literal["same", "bfloat16", "float16"] = Field(
+        "same",
+        description="Weights rollouts are sampled from, for a policy that samples in this "
+        "process: 'same', the trained ones; 'bfloat16'/'float16', a copy of them at that "
+        "precision refreshed after every update (a decode step reads half the bytes; "
+        "docs/performance.md#rollouts-from-a-bfloat16-copy). Pair it with "
+        "vllm_importance_sampling: true to correct the log-prob mismatch, as for vLLM.",
+    )
     fsdp_gather_for_generation: bool = Field(
         True,
         description="FSDP2 only: sample from a whole generation copy refilled after every step "

@@ -33,7 +33,7 @@ class SeparateEngine(Placement):
         self.sampler = sampler
         self._engine_dtype: Any = None  # the engine's, from the last parity check
         self._slept = False  # release logged once
-        self._unchecked = False  # "no parity check" logged once
+        self._unchecked = False  # the sampler reports no checksums: names checked only
         if setup.lora is None:
             (sharded_pi0 if sharded else whole_pi0)(self, loaded, setup)
             return
@@ -65,7 +65,7 @@ class SeparateEngine(Placement):
         engine serves with what was sent."""
         t0 = time.perf_counter()
         names = lora.engine_names(self.model) if self.lora else list(self.model.state_dict())
-        pushed = parity.Pushed(expected=names, dtype=self._engine_dtype)
+        pushed = parity.Pushed(names, self._engine_dtype, summing=not self._unchecked)
         self.send(pushed)
         seconds = time.perf_counter() - t0
         return {"time/training/push_weights": seconds, "sync/time": seconds,

@@ -16,7 +16,8 @@ either            servers (shared)      :class:`.Server` (the main process pushe
 
 ``trainer.async_rollouts: 1`` (``mode: train``) wraps the result in :class:`.OneStepOff`; its
 sampler needs weights of its own, so a colocated run samples from an in-process copy (a
-:class:`.SeparateEngine` whose engine is that copy).
+:class:`.SeparateEngine` whose engine is that copy). ``trainer.rollout_dtype`` other than
+``same`` makes that copy too, at its precision, whole or sharded weights alike.
 """
 
 from __future__ import annotations
@@ -69,12 +70,13 @@ class Choice:
     on_shards: bool  # sharded modules generate in lock-step
     one_step_off: bool
     server: bool = False  # that engine is servers every process shares
+    rollout_dtype: torch.dtype | None = None  # samples from an in-process copy at this dtype
 
     @property
     def topology(self) -> type[Placement]:
         if self.engine and self.server:
             return Server
-        if self.engine or (self.one_step_off and not self.sharded):
+        if self.engine or self.rollout_dtype or (self.one_step_off and not self.sharded):
             return SeparateEngine
         if self.sharded:
             return OnShards if self.on_shards else GatheredCopy
@@ -115,6 +117,7 @@ def trainable_class(comp_cls: type[Backend], plugins: Plugins) -> type[Trainable
 
 
 _ON_SHARDS = "trainer.fsdp_gather_for_generation: false"
+_ROLLOUT_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 #: (refused when, why and what to do): checked in this order, each with the run's choice
 REFUSALS: list[tuple[Callable[[Choice, Pipeline], bool], str]] = [
@@ -135,6 +138,17 @@ REFUSALS: list[tuple[Callable[[Choice, Pipeline], bool], str]] = [
         "trainer.async_rollouts: 1 samples from whole weights while the update runs, but "
         f"{_ON_SHARDS} generates on the shards (every forward a collective of all processes): "
         "set one of them back",
+    ),
+    (
+        lambda c, p: c.rollout_dtype is not None and c.engine,
+        "trainer.rollout_dtype: {dtype} makes an in-process sampling copy, but models.policy's "
+        "backend {policy!r} samples on its own engine: set that engine's precision in its own "
+        "params (e.g. dtype: bfloat16) and trainer.rollout_dtype: same",
+    ),
+    (
+        lambda c, p: c.rollout_dtype is not None and c.on_shards,
+        "trainer.rollout_dtype: {dtype} samples from a whole copy of the weights, but "
+        f"{_ON_SHARDS} generates on the shards: set one of them back",
     ),
 ]
 
@@ -157,11 +171,30 @@ def choose(pipeline: Pipeline, plugins: Plugins, launch: Launch) -> Choice:
     on_shards = launch.sharded and not cfg.trainer.fsdp_gather_for_generation
     one_step_off = bool(cfg.trainer.async_rollouts) and cfg.mode == "train"
     server = engine and comp.cls.shared_sampler
-    choice = Choice(cls, engine, launch.sharded, on_shards, one_step_off, server)
+    dtype = _ROLLOUT_DTYPES.get(cfg.trainer.rollout_dtype)
+    choice = Choice(cls, engine, launch.sharded, on_shards, one_step_off, server, dtype)
     for refused, why in REFUSALS:
         if refused(choice, pipeline):
-            raise CatError(why.format(where=_ON_SHARDS, name=cls.name))
+            raise CatError(
+                why.format(
+                    where=_ON_SHARDS, name=cls.name, policy=comp.name,
+                    dtype=cfg.trainer.rollout_dtype,
+                )
+            )  # fmt: skip
     return choice
+
+
+def sampling_copy(model: torch.nn.Module, dtype: torch.dtype | None) -> torch.nn.Module:
+    """A frozen copy of the freshly loaded (whole) module to sample from, cast to ``dtype``:
+    a decode step is bound by reading the weights, so half the bytes (and bf16 matrix units
+    where the CPU has them) make it faster. Every push refreshes it. Only the parameters are
+    cast, as loading the model at that dtype does: buffers such as the rotary frequencies keep
+    their precision (rounded, they would shift every position of a long completion)."""
+    copy = frozen_copy(model)
+    if dtype is not None:
+        for param in copy.parameters():  # a tied weight is one parameter: cast once
+            param.data = param.data.to(dtype)
+    return copy
 
 
 def check_placement(pipeline: Pipeline, plugins: Plugins) -> None:
@@ -232,9 +265,10 @@ def build_placement(
         assert comp is not None
         if choice.engine:
             sampler: Backend = pool.get(comp)
-        else:  # one-step-off: sampling keeps the old weights while the update changes them
-            sampler = loaded.backend_for(frozen_copy(loaded.model))
-            log.info("one-step-off rollouts sample from a copy of the weights, refreshed per step")
+        else:  # one-step-off or a lower precision: a sampling copy of its own
+            sampler = loaded.backend_for(sampling_copy(loaded.model, choice.rollout_dtype))
+            log.info("rollouts sample from a copy of the weights, refreshed per step",
+                     dtype=str(choice.rollout_dtype or "same"))  # fmt: skip
         placement: Placement = topology(loaded, setup, sampler, sharded=choice.sharded)
     else:
         placement = topology(loaded, setup)
