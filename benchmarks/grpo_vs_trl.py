@@ -118,6 +118,8 @@ def pipeline(s: dict[str, Any]) -> dict[str, Any]:
     }
     if s["lora"]:
         trainer["lora"] = {"r": 16, "alpha": 32, "target_modules": "all-linear"}
+    if s.get("amp"):  # bf16 autocast on both sides (TRL: bf16=True)
+        trainer["mixed_precision"] = "bf16"
     if s.get("bf16_rollouts"):  # a lever of ours alone: TRL without vLLM has no counterpart
         trainer["rollout_dtype"] = "bfloat16"
         trainer["vllm_importance_sampling"] = True
@@ -295,7 +297,8 @@ def main(argv: list[str] | None = None) -> None:
         default="full,lora,full-fixed",
         help="comma-separated: full (fine-tuning), lora, and either with -fixed: every "
         "completion exactly max_new_tokens long on both sides (equal work), and/or -bf16: ours "
-        "samples from a bfloat16 copy (trainer.rollout_dtype), TRL unchanged",
+        "samples from a bfloat16 copy (trainer.rollout_dtype), TRL unchanged, and/or -amp: "
+        "bf16 autocast on both sides (ours mixed_precision: bf16, TRL bf16=True)",
     )
     parser.add_argument(
         "--out", type=Path, default=REPO / "benchmarks" / "results" / "grpo_vs_trl-cpu-2core"
@@ -343,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}:", flush=True)
             parts = name.split("-")
             s = {**base, "lora": parts[0] == "lora", "fixed_length": "fixed" in parts,
-                 "bf16_rollouts": "bf16" in parts}  # fmt: skip
+                 "bf16_rollouts": "bf16" in parts, "amp": "amp" in parts}  # fmt: skip
             s["model"] = fixed if s["fixed_length"] else MODEL
             result["configs"][name] = benchmark(s, args.repeats, args.venv, args.threads)
     result["wall_s"] = time.perf_counter() - start

@@ -135,6 +135,8 @@ def section(cfg: dict[str, Any]) -> list[str]:
     title = "LoRA (r=16, alpha=32, all-linear)" if s["lora"] else "Full fine-tuning"
     if s.get("fixed_length"):
         title += ", fixed length (every completion exactly max_new_tokens, both sides)"
+    if s.get("amp"):
+        title += "; bf16 autocast on both sides (ours `mixed_precision: bf16`, TRL `bf16=True`)"
     if s.get("bf16_rollouts"):
         title += (
             "; ours samples from a bfloat16 copy (`rollout_dtype: bfloat16`, importance "

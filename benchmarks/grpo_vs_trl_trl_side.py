@@ -70,7 +70,7 @@ def main(settings_path: str, out_path: str) -> None:
     config = GRPOConfig(
         output_dir=s["workdir"],
         use_cpu=True,
-        bf16=False,
+        bf16=bool(s.get("amp")),  # autocast of the weights kept in float32, as ours
         fp16=False,
         per_device_train_batch_size=micro,
         gradient_accumulation_steps=p * g // micro,

@@ -26,7 +26,7 @@ def test_dry_run_runs_every_item_on_cpu(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check-cpu-dry-run.json").read_text())
     items = report["items"]
-    trained = ("grpo-bf16", "grpo-lora-bf16", "fsdp2-1proc")
+    trained = ("grpo-bf16", "grpo-lora-bf16", "grpo-bf16-rollouts", "fsdp2-1proc")
     for name in ("generate-bf16", *trained):
         assert items[name]["status"] == "pass", items[name]
         assert items[name]["peak_gib"] > 0
