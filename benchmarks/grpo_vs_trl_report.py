@@ -63,41 +63,35 @@ SETTINGS = """\
 """
 
 PROFILE = """\
-## Profile of our side, and what remains
+## Profile of both sides, and what remains
 
-`py-spy record -r 50 --format raw -- python -m cat_framework run ...` on a 2-step full
-fine-tuning run (G = 8, 2 prompts, 64 new tokens, 2 threads; 2,495 samples):
+`benchmarks/profile_step.py --config full-fixed` runs each side once under `py-spy record
+--native` (50 Hz, 2 steps of the fixed-length configuration, the same settings) and puts every
+sample in a bucket (`benchmarks/results/profile_step-full-fixed-cpu-2core.md`, seconds of the
+whole process, py-spy's overhead included):
 
-- Generation (`TransformersBackend._generate_batch`): 98.3 % of its samples are inside the
-  model's forward, 1.4 % in `sample()` (temperature, top-k/top-p, the draw, the log-prob),
-  0.3 % in `select_rows` (KV-cache shrinking); the per-token Python work (stop checks,
-  bookkeeping) does not register. No framework overhead to remove there.
-- Update (`GRPOStep`, outside generation): backward 58 %, the training forward
-  (`completion_logps`) 32 %, AdamW 6.6 %, teacher 2 %, gradient clipping 0.4 %; self time is
-  `Linear.forward` and autograd's engine. Log-softmax and entropy over the vocabulary are < 1 %.
-- A decode step of this model on this CPU costs ~39 ms for 1 row and ~73 ms for 16 rows (KV
-  cache, 2 threads): it is bound by reading the 0.54 GB of fp32 weights, not by the rows. So
-  generation wins by running fewer decode steps (finished rows leave the batch; each prompt is
-  prefilled once per group), not per token.
+| bucket | ours s | TRL s | ours/TRL |
+|---|---|---|---|
+| generation (the model's decode steps) | 24.6 | 33.0 | 0.75x |
+| update: backward | 13.6 | 22.6 | 0.60x |
+| update: training forward | 11.5 | 11.6 | 0.99x |
+| update: optimizer (AdamW, clipping) | 2.8 | 2.6 | 1.07x |
 
-Fixes made from the profile, both in the measured code:
-- each update micro-batch is forwarded at its own width (`TokenBatch.trimmed()`: the columns
-  that are padding in every row of the micro-batch are skipped; log-probs are identical,
-  `tests/engine/test_sequences_trim.py`);
-- micro-batches are cut from the step's rows sorted by completion length (`GRPOStep._micro`;
-  the loss is normalised by global counts, so the gradient is the same sum), so the trim skips
-  most padding. {sort_note}
+- **Backward (0.60x)**: ours never forms the full-vocabulary logits or their gradient (the LM
+  head fused with the log-softmax in chunks, its backward written out: `engine/linear_logps.py`),
+  and forwards each micro-batch at its own width from length-sorted rows.
+- **Training forward (0.99x) and optimizer (1.07x)**: the same model forward and the same
+  single-tensor AdamW on both sides; nothing of ours to remove there.
+- **Generation (0.75x-0.85x)**: the same decode step per token, bound by reading the float32
+  weights (`generation_levers-cpu-2core.md`: 33 ms for 1 row, 69 ms for 16); ours prefills each
+  prompt once per group and drops finished rows (at fixed length none finish).
 
-What remains between the ratio above and 0.6x, and the next levers:
-
-1. The update is the model's own forward and backward on the tokens it must see: only fewer
-   FLOPs (LoRA does not help on CPU: peft's extra matmuls) reduce it further.
-2. **Generation is weight-bandwidth bound**: fewer decode steps per token (a larger batch:
-   more prompts per step, or sampling the next step during this update, `async_rollouts`,
-   which on a 2-core CPU competes for the same cores) or fewer bytes per step (bf16 weights:
-   not equal settings here) are the levers; a compiled static-cache decode would cut the
-   per-step Python and kernel-launch cost that the ~39 ms single-row step carries.
-"""
+So at equal float32 work the step cannot reach 0.6x TRL's: 27 % of its profiled time (the training
+forward and the optimizer) runs the same kernels as TRL's, and generation is the same model forward. Only
+fewer bytes or cheaper arithmetic per token go further, and that changes the settings: sampling
+from a bfloat16 copy (`trainer.rollout_dtype: bfloat16`) takes generation to 0.54x and the step
+to 0.67x in this run.
+{notes}"""
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -126,7 +120,7 @@ def markdown(result: dict[str, Any]) -> str:
             **s,
         )
     )
-    lines.append(PROFILE.format(sort_note=result.get("sort_note", "not measured in this run.")))
+    lines.append(PROFILE.format(notes=result.get("notes", "")))
     return "\n".join(lines)
 
 

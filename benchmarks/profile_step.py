@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -32,8 +33,10 @@ from grpo_vs_trl import (
     REPO,
     child_env,
     fixed_length_folder,
+    machine,
     model_folder,
     pipeline,
+    setup_venv,
     venv_python,
 )
 
@@ -95,7 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="write .json and .md here")
     parser.add_argument("--raw", type=Path, default=None, help="keep py-spy's stacks here")
     args = parser.parse_args(argv)
+    trl_version = setup_venv(args.venv)
     env = child_env(args.threads)
+    load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="profile-step-") as tmp:
         work = Path(tmp)
         fixed = "fixed" in args.config.split("-")
@@ -118,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
                 shutil.copy(work / f"{side}.txt", args.raw / f"{side}.txt")
     result = {"config": args.config, "steps": args.steps, "rate": args.rate,
               "command": " ".join(["python", "benchmarks/profile_step.py", *(argv or sys.argv[1:])]),
-              "ours": dict(ours), "trl": dict(trl)}  # fmt: skip
+              "machine": machine(args.threads, trl_version), "load_start": load_start,
+              "load_end": os.getloadavg(), "ours": dict(ours), "trl": dict(trl)}  # fmt: skip
     text = markdown(result)
     print(text)
     if args.out is not None:
@@ -127,13 +133,18 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def markdown(r: dict[str, Any]) -> str:
-    rate = r["rate"]
+    rate, m = r["rate"], r["machine"]
     names = [n for n, _ in BUCKETS] + ["other"]
     lines = [
         f"# Where a GRPO step's time goes: ours vs TRL ({r['config']}, {r['steps']} steps)",
         "",
         f"Command: `{r['command']}`; py-spy samples at {rate} Hz, seconds = samples / rate, "
         "whole process (startup included, its own row).",
+        "",
+        f"Machine: {m['cores']}-core CPU ({m['cpu']}), torch {m['torch']}, transformers "
+        f"{m['transformers']}, TRL {m['trl']}; {m['threads_per_process']} threads per process, one process at "
+        f"a time; load average {r['load_start'][0]:.1f} at the start, {r['load_end'][0]:.1f} "
+        "at the end.",
         "",
         "| bucket | ours s | TRL s | ours/TRL |",
         "|---|---|---|---|",

@@ -184,6 +184,22 @@ def importance_weights(
     return torch.exp(old_logp - engine_logp).clamp(max=cap).detach()
 
 
+def importance_sums(
+    old_logp: torch.Tensor, engine_logp: torch.Tensor, mask: torch.Tensor, cap: float, gap: float
+) -> dict[str, float]:
+    """Masked token sums of the importance-weight statistics, before truncation: the raw
+    weight ``exp(old - engine)``, the tokens it exceeds ``cap`` on, the absolute log-prob gap,
+    and the tokens whose gap exceeds ``gap``. Sums (not means), so micro-batches and processes
+    add up; divide by the global token count."""
+    _same_shape("engine_logp", engine_logp, "old_logp", old_logp)
+    diff = old_logp - engine_logp
+    raw = torch.where(mask > 0, torch.exp(diff), 0.0)  # no inf * 0
+    spread = torch.where(mask > 0, diff.abs(), 0.0)
+    values = {"raw_mean": raw, "capped_share": raw > cap, "logp_gap_mean": spread,
+              "mismatch_share": spread > gap}  # fmt: skip
+    return {f"is_weight/{k}": float((v.to(mask.dtype) * mask).sum()) for k, v in values.items()}
+
+
 def _check_logits(logits: torch.Tensor, temperature: float) -> None:
     if logits.dim() != 3:
         raise ValueError(f"logits must be [B,T,V], got {tuple(logits.shape)}")

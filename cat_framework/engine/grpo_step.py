@@ -206,7 +206,7 @@ class GRPOStep:
             assert is_ref is not None and rows.engine_logp is not None
             engine_logp = rows.engine_logp.to(dev)
             is_w = grpo.importance_weights(is_ref, engine_logp, cfg.importance_cap)
-            sums = self._is_sums(is_ref, engine_logp, mask)
+            sums = grpo.importance_sums(is_ref, engine_logp, mask, cfg.importance_cap, MISMATCH)
             tokens = max(self._global_sum(float(mask.sum().item())), 1.0)
             metrics.update({k: self._global_sum(v) / tokens for k, v in sums.items()})
         return Tensors(
@@ -272,20 +272,6 @@ class GRPOStep:
             )
         return self._logps(model, batch), self._logps(model, batch, temperature=1.0)
 
-    def _is_sums(
-        self, is_ref: torch.Tensor, engine_logp: torch.Tensor, mask: torch.Tensor
-    ) -> dict[str, float]:
-        """This process's token-weighted sums of the importance-weight statistics (the raw
-        weight, the share capped, the log-prob gap, the share mismatched)."""
-        raw = torch.where(mask > 0, torch.exp(is_ref - engine_logp), 0.0)  # no inf * 0
-        gap = torch.where(mask > 0, (is_ref - engine_logp).abs(), 0.0)
-        values = {"raw_mean": raw, "capped_share": raw > self.cfg.importance_cap,
-                  "logp_gap_mean": gap, "mismatch_share": gap > MISMATCH}  # fmt: skip
-        return {
-            f"is_weight/{k}": float((v.to(mask.dtype) * mask).sum().item())
-            for k, v in values.items()
-        }
-
     # ------------------------------------------------------------------ update
     def _update(self, t: Tensors, step: int) -> dict[str, float]:
         """``num_iterations`` GRPO passes over the step's rows; the first pass's loss, entropy
@@ -341,7 +327,7 @@ class GRPOStep:
         """A micro-batch's importance weights from the update's own forward; their statistics
         join the token-weighted ``stats`` (divided by the global token count in :meth:`_metrics`)."""
         weights = grpo.importance_weights(old, engine_logp, self.cfg.importance_cap)
-        sums = {**self._is_sums(old, engine_logp, mask),
+        sums = {**grpo.importance_sums(old, engine_logp, mask, self.cfg.importance_cap, MISMATCH),
                 "is_weight/mean": float((weights * mask).sum().item())}  # fmt: skip
         for key, value in sums.items():
             stats[key] = stats.get(key, 0.0) + value

@@ -11,6 +11,7 @@ from cat_framework.engine.grpo import (
     entropy_from_logits,
     group_advantages,
     grpo_loss,
+    importance_sums,
     importance_weights,
     k3_kl,
     kl_penalized_rewards,
@@ -380,3 +381,15 @@ def test_clear_errors():
         grpo_loss(logp[0], logp[0], adv, mask[0])
     with pytest.raises(ValueError, match="num_sequences"):
         grpo_loss(logp, logp, adv, mask, num_sequences=0)
+
+
+def test_importance_sums_count_masked_tokens_before_truncation():
+    old = torch.tensor([[0.0, -1.0, -2.0], [-0.5, 0.0, 0.0]])
+    engine = torch.tensor([[-2.0, -1.0, -1.9], [-0.5, -0.05, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])  # the 9.0 is padding: ignored
+    sums = importance_sums(old, engine, mask, cap=3.0, gap=math.log(1.1))
+    raw = [math.exp(2.0), 1.0, math.exp(-0.1), 1.0, math.exp(0.05)]
+    assert sums["is_weight/raw_mean"] == pytest.approx(sum(raw), rel=1e-6)
+    assert sums["is_weight/capped_share"] == 1.0  # exp(2) > 3 only
+    assert sums["is_weight/logp_gap_mean"] == pytest.approx(2.0 + 0.1 + 0.05, rel=1e-5)
+    assert sums["is_weight/mismatch_share"] == 2.0  # |gap| > log 1.1 = 0.0953: 2.0 and 0.1
