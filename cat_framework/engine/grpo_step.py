@@ -187,7 +187,10 @@ class GRPOStep:
         teacher_rewards = self._gather(task)  # metrics: before any KL penalty
         adv = self._advantages(task, penalized)
         # importance weights: for an engine's log-prob mismatch, and for stale rollouts
-        engine = self.placement.pushes_weights and cfg.vllm_importance_sampling
+        # a lower-precision sampling copy always differs from the trained weights
+        engine = self.placement.pushes_weights and (
+            cfg.vllm_importance_sampling or cfg.rollout_dtype != "same"
+        )
         correct = sampled.off_policy or engine or sampled.staleness > 0
         weigh = correct and self._everyone_aligned(rows, sampled)
         # fresh rollouts, one pass, the sampler's log-probs on the full support: pi_old is the
@@ -370,8 +373,7 @@ class GRPOStep:
         rows, g = t.rows, self.rollouts.n
         lengths = self._gather(rows.batch.completion_mask.sum(-1).float().to(self.acc.device))
         trunc = self._gather(rows.truncated.float().to(self.acc.device))
-        local_tok = float(t.mask.sum().item()) or 1.0
-        tokens = max(self._global_sum(local_tok), 1.0)  # one all-reduce, not one per stat
+        tokens = max(self._global_sum(float(t.mask.sum().item())), 1.0)  # one all-reduce
         summed = ("loss", "entropy", "grad_norm", "train/nonfinite_steps")
         mean_stats = {k: self._global_sum(v) / tokens for k, v in stats.items() if k not in summed}
         scored = t.teacher_rewards[~torch.isnan(t.teacher_rewards)]

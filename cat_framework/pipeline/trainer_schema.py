@@ -105,8 +105,8 @@ class Trainer(Strict):
         description="Weights rollouts are sampled from, for a policy that samples in this "
         "process: 'same', the trained ones; 'bfloat16'/'float16', a copy of them at that "
         "precision refreshed after every update (a decode step reads half the bytes; "
-        "docs/performance.md#rollouts-from-a-bfloat16-copy). Pair it with "
-        "vllm_importance_sampling: true to correct the log-prob mismatch, as for vLLM.",
+        "docs/performance.md#rollouts-from-a-bfloat16-copy). The log-prob mismatch is "
+        "importance-weighted as for vLLM (vllm_importance_sampling is implied).",
     )
     fsdp_gather_for_generation: bool = Field(
         True,

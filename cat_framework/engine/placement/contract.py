@@ -90,6 +90,7 @@ class Setup:
     engine: Backend | None = None  # a sampler with weights of its own, when there is one
     on_shards: bool = False  # sharded modules generate (no whole copy anywhere)
     lockstep: Lockstep | None = None  # how processes generating on shards agree (2+ of them)
+    rollout_dtype: torch.dtype | None = None  # a copy that samples holds this precision
 
 
 class Placement:
@@ -217,9 +218,18 @@ class Placement:
             backend.close()
 
 
-def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A gradient-free copy of ``model`` in eval mode (pi_0, or weights to sample from)."""
-    return copy.deepcopy(model).eval().requires_grad_(False)
+def frozen_copy(model: torch.nn.Module, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """A gradient-free copy of ``model`` in eval mode (pi_0, or weights to sample from), its
+    parameters cast to ``dtype`` if given (``trainer.rollout_dtype``), as loading the model at
+    that dtype would: buffers such as rotary frequencies and the modules the model keeps in
+    float32 (``_keep_in_fp32_modules``) keep their precision."""
+    frozen = copy.deepcopy(model).eval().requires_grad_(False)
+    if dtype is not None:
+        keep = getattr(model, "_keep_in_fp32_modules", None) or []
+        for name, param in frozen.named_parameters():  # a tied weight is one parameter
+            if not any(k in name.split(".") for k in keep):
+                param.data = param.data.to(dtype)
+    return frozen
 
 
 __all__ = ["Loaded", "Moves", "Placement", "Sampled", "Setup", "frozen_copy"]

@@ -1,7 +1,8 @@
 """FSDP2 with a gathered generation copy (``trainer.fsdp_gather_for_generation: true``): each
 process holds 1/N of the trained weights and a whole, gradient-free copy that samples. After
 every update the shards are gathered one tensor at a time into the copy, whose every tensor
-is then checked against what was gathered; the copy's storage is freed during updates.
+is then checked against what was gathered; the copy's storage is freed during updates. With
+``trainer.rollout_dtype`` the copy holds that precision (checked in it).
 
 Under LoRA the copy is a whole PEFT copy (same base, same adapters): a push carries only the
 adapters, the base is never freed nor refilled, and pi_0 is the copy with its adapters off
@@ -25,7 +26,7 @@ class GatheredCopy(Placement):
 
     def __init__(self, loaded: Loaded, setup: Setup) -> None:
         super().__init__(loaded, setup, sharded=True)
-        self.generation = frozen_copy(self.model)
+        self.generation = frozen_copy(self.model, setup.rollout_dtype)
         self.sampler = sampler = loaded.backend_for(self.generation)
         if setup.lora is None:
             sharded_pi0(self, loaded, setup)

@@ -77,6 +77,7 @@ class SeparateEngine(Placement):
         served = parity.check_engine(self.sampler, pushed)
         if served is not None:
             self._engine_dtype = served.dtype
+            self._unchecked = False  # it reports again: sum the next push
         elif not self._unchecked:
             self._unchecked = True
             log.info("no weight parity check: the sampler cannot report what it serves",

@@ -17,7 +17,7 @@ either            servers (shared)      :class:`.Server` (the main process pushe
 ``trainer.async_rollouts: 1`` (``mode: train``) wraps the result in :class:`.OneStepOff`; its
 sampler needs weights of its own, so a colocated run samples from an in-process copy (a
 :class:`.SeparateEngine` whose engine is that copy). ``trainer.rollout_dtype`` other than
-``same`` makes that copy too, at its precision, whole or sharded weights alike.
+``same`` makes that copy too, at its precision (under FSDP2 the gathered copy is at it).
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ class Choice:
     def topology(self) -> type[Placement]:
         if self.engine and self.server:
             return Server
-        if self.engine or self.rollout_dtype or (self.one_step_off and not self.sharded):
+        copy = self.one_step_off or self.rollout_dtype is not None  # weights of its own
+        if self.engine or (copy and not self.sharded):
             return SeparateEngine
         if self.sharded:
             return OnShards if self.on_shards else GatheredCopy
@@ -184,19 +185,6 @@ def choose(pipeline: Pipeline, plugins: Plugins, launch: Launch) -> Choice:
     return choice
 
 
-def sampling_copy(model: torch.nn.Module, dtype: torch.dtype | None) -> torch.nn.Module:
-    """A frozen copy of the freshly loaded (whole) module to sample from, cast to ``dtype``:
-    a decode step is bound by reading the weights, so half the bytes (and bf16 matrix units
-    where the CPU has them) make it faster. Every push refreshes it. Only the parameters are
-    cast, as loading the model at that dtype does: buffers such as the rotary frequencies keep
-    their precision (rounded, they would shift every position of a long completion)."""
-    copy = frozen_copy(model)
-    if dtype is not None:
-        for param in copy.parameters():  # a tied weight is one parameter: cast once
-            param.data = param.data.to(dtype)
-    return copy
-
-
 def check_placement(pipeline: Pipeline, plugins: Plugins) -> None:
     """What ``validate`` can know without a launch: the refusals of a one-process run, and,
     when the pipeline asks to generate on FSDP2 shards (a setting that only means something
@@ -257,7 +245,7 @@ def build_placement(
         lockstep = Lockstep(accelerator.device)
     setup = Setup(
         cfg.rollouts, cfg.trainer.lora, need_frozen, pi0_generates(pipeline), accelerator,
-        on_shards=choice.on_shards, lockstep=lockstep,
+        on_shards=choice.on_shards, lockstep=lockstep, rollout_dtype=choice.rollout_dtype,
     )  # fmt: skip
     topology = choice.topology
     if issubclass(topology, SeparateEngine):
@@ -266,7 +254,7 @@ def build_placement(
         if choice.engine:
             sampler: Backend = pool.get(comp)
         else:  # one-step-off or a lower precision: a sampling copy of its own
-            sampler = loaded.backend_for(sampling_copy(loaded.model, choice.rollout_dtype))
+            sampler = loaded.backend_for(frozen_copy(loaded.model, choice.rollout_dtype))
             log.info("rollouts sample from a copy of the weights, refreshed per step",
                      dtype=str(choice.rollout_dtype or "same"))  # fmt: skip
         placement: Placement = topology(loaded, setup, sampler, sharded=choice.sharded)
