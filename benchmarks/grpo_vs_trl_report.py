@@ -72,21 +72,21 @@ whole process, py-spy's overhead included):
 
 | bucket | ours s | TRL s | ours/TRL |
 |---|---|---|---|
-| generation (the model's decode steps) | 24.6 | 33.0 | 0.75x |
-| update: backward | 13.6 | 22.6 | 0.60x |
-| update: training forward | 11.5 | 11.6 | 0.99x |
-| update: optimizer (AdamW, clipping) | 2.8 | 2.6 | 1.07x |
+| generation (the model's decode steps) | 25.7 | 34.2 | 0.75x |
+| update: backward | 15.2 | 24.7 | 0.62x |
+| update: training forward | 17.9 | 18.8 | 0.95x |
+| update: optimizer (AdamW, clipping) | 3.2 | 2.5 | 1.26x |
 
-- **Backward (0.60x)**: ours never forms the full-vocabulary logits or their gradient (the LM
+- **Backward (0.62x)**: ours never forms the full-vocabulary logits or their gradient (the LM
   head fused with the log-softmax in chunks, its backward written out: `engine/linear_logps.py`),
   and forwards each micro-batch at its own width from length-sorted rows.
-- **Training forward (0.99x) and optimizer (1.07x)**: the same model forward and the same
-  single-tensor AdamW on both sides; nothing of ours to remove there.
+- **Training forward (0.95x) and optimizer (1.26x)**: the same model forward and the same
+  single-tensor AdamW with clipping on both sides.
 - **Generation (0.75x-0.85x)**: the same decode step per token, bound by reading the float32
   weights (`generation_levers-cpu-2core.md`: 33 ms for 1 row, 69 ms for 16); ours prefills each
   prompt once per group and drops finished rows (at fixed length none finish).
 
-So at equal float32 work the step cannot reach 0.6x TRL's: 27 % of its profiled time (the training
+So at equal float32 work the step cannot reach 0.6x TRL's: 34 % of its profiled time (the training
 forward and the optimizer) runs the same kernels as TRL's, and generation is the same model forward. Only
 fewer bytes or cheaper arithmetic per token go further, and that changes the settings: sampling
 from a bfloat16 copy (`trainer.rollout_dtype: bfloat16`) takes generation to 0.54x and the step
