@@ -141,12 +141,9 @@ def components_cmd(kind: str | None, as_json: bool) -> None:
                 click.echo(f"      {pname} ({typ}, {default}): {schema.get('description', '')}")
 
 
-_set_option = set_option
-
-
 @cli.command("validate")
 @click.argument("pipelines", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@_set_option
+@set_option
 @click.option(
     "--data",
     "check_data",
@@ -196,7 +193,7 @@ def _data_findings(pipeline: Any) -> str:
 
 @cli.command("run")
 @click.argument("pipeline", type=click.Path(dir_okay=False))
-@_set_option
+@set_option
 @click.option(
     "--resume",
     "resume",
