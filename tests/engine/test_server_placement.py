@@ -113,6 +113,30 @@ def straight(setup):
     return run
 
 
+def test_the_server_scores_as_the_trainer_does(setup):
+    """``score()`` over HTTP (the servers' prompt log-probs; first in this module, so the server
+    still holds the base weights) equals the in-process ``transformers`` backend's T=1 scores."""
+    from cat_plugins.backends.transformers_backend import TransformersBackend
+    from cat_plugins.backends.vllm_server import VLLMServerBackend
+
+    served = VLLMServerBackend(
+        {"model": str(setup["model"]), "urls": [setup["server"].command.url]}
+    )
+    local = TransformersBackend({"model": str(setup["model"]), "device": "cpu"})
+    contexts = [[{"role": "user", "content": "What is 2 + 3?"}], "The sum of 4 and 4 is"]
+    continuations = ["It is 5.", [5, 6, 7]]
+    try:
+        got = served.score(contexts, continuations)
+        with pytest.raises(ValueError, match="non-empty context"):
+            served.score([""], ["x"])
+    finally:
+        served.close()
+    want = local.score(contexts, continuations)
+    assert [len(g) for g in got] == [len(w) for w in want] and all(got)
+    for g, w in zip(got, want, strict=True):
+        assert g == pytest.approx(w, rel=1e-4, abs=1e-4)
+
+
 def test_the_server_trains_as_the_in_process_engine(setup, straight):
     engine_run = setup["tmp"] / "engine-run"
     proc = cli("run", str(setup["engine"]), "--run-dir", str(engine_run))

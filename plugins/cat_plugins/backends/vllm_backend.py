@@ -36,10 +36,12 @@ from cat_plugins.backends.vllm_support import (
     check_prompt_fits,
     check_vllm_version,
     cpu_env_defaults,
+    encode_prompt,
     engine_process_cores,
     import_vllm,
     installed_vllm_version,
     normalize_weight_names,
+    score_spans,
     with_tied_head,
 )
 
@@ -184,15 +186,7 @@ class VLLMBackend(Backend):
 
     def encode_context(self, context: Sequence[Message] | str) -> list[int]:
         """Token ids of a prompt: chat messages get the template with the generation prompt."""
-        if isinstance(context, str):
-            return list(self.tokenizer(context)["input_ids"])
-        text = self.tokenizer.apply_chat_template(
-            [dict(m) for m in context],
-            tokenize=False,
-            add_generation_prompt=True,
-            **self.params.chat_template_kwargs,
-        )
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return encode_prompt(self.tokenizer, context, self.params.chat_template_kwargs)
 
     def _prompt(self, ids: list[int]) -> Any:
         from vllm.inputs import TokensPrompt
@@ -260,25 +254,10 @@ class VLLMBackend(Backend):
                 "vllm backend: score() gives T=1 log-probs only (vLLM's prompt log-probs skip "
                 "temperature); score with the transformers backend for another temperature"
             )
-        if len(contexts) != len(continuations):
-            raise ValueError(
-                f"score got {len(contexts)} contexts but {len(continuations)} continuations"
-            )
+        pairs = score_spans(self.encode_context, self.tokenizer, contexts, continuations)
         self._check_awake()
-        spans, prompts = [], []
-        for ctx, cont in zip(contexts, continuations, strict=True):
-            ctx_ids = self.encode_context(ctx)
-            if not ctx_ids:
-                raise ValueError(
-                    "score needs a non-empty context (the first token has no log-prob)"
-                )
-            cont_ids = (
-                list(self.tokenizer(cont, add_special_tokens=False)["input_ids"])
-                if isinstance(cont, str)
-                else [int(t) for t in cont]
-            )
-            spans.append((len(ctx_ids), cont_ids))
-            prompts.append(self._prompt(ctx_ids + cont_ids))
+        spans = [(len(ctx_ids), cont_ids) for ctx_ids, cont_ids in pairs]
+        prompts = [self._prompt(ctx_ids + cont_ids) for ctx_ids, cont_ids in pairs]
         todo = [i for i, (_, cont_ids) in enumerate(spans) if cont_ids]
         results: list[list[float]] = [[] for _ in spans]
         if not todo:

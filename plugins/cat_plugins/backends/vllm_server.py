@@ -41,7 +41,9 @@ from cat_plugins.backends.vllm_chunks import BACKEND, WORKER_EXTENSION
 from cat_plugins.backends.vllm_server_wire import RESTART, ServerError, base_url, call
 from cat_plugins.backends.vllm_support import (
     check_prompt_fits,
+    encode_prompt,
     normalize_weight_names,
+    score_spans,
     with_tied_head,
 )
 
@@ -158,13 +160,7 @@ class VLLMServerBackend(Backend):
     # ------------------------------------------------------------------ prompts
     def encode_context(self, context: Sequence[Message] | str) -> list[int]:
         """Prompt token ids, as the vllm backend and the trainer make them."""
-        if isinstance(context, str):
-            return list(self.tokenizer(context)["input_ids"])
-        text = self.tokenizer.apply_chat_template(
-            [dict(m) for m in context], tokenize=False, add_generation_prompt=True,
-            **self.params.chat_template_kwargs,
-        )  # fmt: skip
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return encode_prompt(self.tokenizer, context, self.params.chat_template_kwargs)
 
     def _spread(self, bodies: list[dict[str, Any]], route: str) -> list[Any]:
         """POST every body, concurrently, spread over the replicas (rotating per batch)."""
@@ -252,19 +248,10 @@ class VLLMServerBackend(Backend):
         continuations: Sequence[str | Sequence[int]],
     ) -> list[list[float]]:
         """Teacher-forced T=1 log-probs from the servers' prompt log-probs."""
-        if len(contexts) != len(continuations):
-            raise ValueError(
-                f"score got {len(contexts)} contexts, {len(continuations)} continuations"
-            )
         spans, bodies = [], []
-        for ctx, cont in zip(contexts, continuations, strict=True):
-            ctx_ids = self.encode_context(ctx)
-            if not ctx_ids:
-                raise ValueError(
-                    "score needs a non-empty context (the first token has no log-prob)"
-                )
-            cont_ids = (list(self.tokenizer(cont, add_special_tokens=False)["input_ids"])
-                        if isinstance(cont, str) else [int(t) for t in cont])  # fmt: skip
+        for ctx_ids, cont_ids in score_spans(
+            self.encode_context, self.tokenizer, contexts, continuations
+        ):
             check_prompt_fits(len(ctx_ids) + len(cont_ids), self.params.max_model_len)
             spans.append((len(ctx_ids), cont_ids))
             bodies.append({"model": self.served_model, "prompt": ctx_ids + cont_ids,

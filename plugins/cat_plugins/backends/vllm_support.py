@@ -8,7 +8,7 @@ import contextlib
 import importlib.metadata as md
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from cat_framework import BackendError
@@ -176,6 +176,43 @@ def callers_random_state() -> Iterator[None]:
             torch.cuda.set_rng_state_all(cuda)
 
 
+def encode_prompt(
+    tokenizer: Any, context: Sequence[Any] | str, chat_template_kwargs: Mapping[str, Any]
+) -> list[int]:
+    """Prompt token ids as the trainer encodes them: chat messages get the template with the
+    generation prompt (no second BOS), text is tokenised as it is."""
+    if isinstance(context, str):
+        return list(tokenizer(context)["input_ids"])
+    text = tokenizer.apply_chat_template(
+        [dict(m) for m in context], tokenize=False, add_generation_prompt=True,
+        **chat_template_kwargs,
+    )  # fmt: skip
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def score_spans(
+    encode: Callable[[Any], list[int]],
+    tokenizer: Any,
+    contexts: Sequence[Any],
+    continuations: Sequence[str | Sequence[int]],
+) -> list[tuple[list[int], list[int]]]:
+    """(context ids, continuation ids) of each pair a ``score()`` call reads the prompt
+    log-probs of; refuses unequal lists and an empty context (its first token has none)."""
+    if len(contexts) != len(continuations):
+        raise ValueError(
+            f"score got {len(contexts)} contexts but {len(continuations)} continuations"
+        )
+    spans = []
+    for ctx, cont in zip(contexts, continuations, strict=True):
+        ctx_ids = encode(ctx)
+        if not ctx_ids:
+            raise ValueError("score needs a non-empty context (the first token has no log-prob)")
+        cont_ids = (list(tokenizer(cont, add_special_tokens=False)["input_ids"])
+                    if isinstance(cont, str) else [int(t) for t in cont])  # fmt: skip
+        spans.append((ctx_ids, cont_ids))
+    return spans
+
+
 def normalize_weight_names(
     named_tensors: Iterable[tuple[str, Any]],
 ) -> Iterator[tuple[str, Any]]:
@@ -218,10 +255,12 @@ __all__ = [
     "check_prompt_fits",
     "check_vllm_version",
     "cpu_env_defaults",
+    "encode_prompt",
     "engine_process_cores",
     "import_vllm",
     "installed_vllm_version",
     "local_core_slice",
     "normalize_weight_names",
+    "score_spans",
     "with_tied_head",
 ]
