@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -115,10 +114,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = [int(r) for r in args.rows.split(",")]
     load = os.getloadavg()
     result = measure(rows, args.steps, args.repeats)
-    cpu = next(
-        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-         if ln.startswith("model name")), platform.processor(),
-    )  # fmt: skip
+    from generation import cpu_name  # the benchmarks' one reading of the CPU model
+
+    cpu = cpu_name()
     result.update(
         rows=rows, steps=args.steps, repeats=args.repeats,
         command=" ".join(["python", "benchmarks/generation_levers.py", *(argv or sys.argv[1:])]),
